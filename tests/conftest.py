@@ -1,0 +1,52 @@
+"""Shared fixtures: the real default model on the real (patched) native path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyrcedge.models import model_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    path = model_path()
+    if not path.exists():
+        pytest.fail(f"{path} is missing: scripts/setup.sh fetches it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llm(default_model: Path):
+    """One small context on the default model, shared by tests that only read from it."""
+    from pyrcedge.loading import open_llama
+
+    model = open_llama(default_model, n_ctx=256, n_threads=2, n_threads_batch=2, flash_attn=True)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def stock_python() -> Path:
+    """The Python of the stock environment (scripts/setup.sh --stock)."""
+    path = Path(os.environ.get("PYRCEDGE_STOCK_PYTHON", REPO / ".venv-stock" / "bin" / "python"))
+    if not path.exists():
+        pytest.fail(f"{path} is missing: scripts/setup.sh --stock sets up the stock environment")
+    return path
+
+
+@pytest.fixture
+def cli():
+    """Runs `pyrcedge ARGS` in a subprocess: a crash shows as a signal, not a dead test session."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pyrcedge", *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+    return run
