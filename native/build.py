@@ -108,7 +108,7 @@ def fetch_sdist(cache: Path, python: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     log(f"fetching {SDIST_NAME} from the package index")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        run([python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        run([python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-python",
              "-d", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"])
         got = Path(tmp) / SDIST_NAME
         if not got.exists():
