@@ -20,9 +20,20 @@ from .errors import NativeLibraryError
 # tests/test_native.py checks that the two lists agree.
 CDEF = """
 struct llama_context;
+typedef int32_t llama_pos;
+typedef int32_t llama_seq_id;
 const char * llama_rcedge_version(void);
 int32_t llama_rcedge_kv_cells_used(const struct llama_context * ctx);
 int32_t llama_rcedge_kv_cells_total(const struct llama_context * ctx);
+int32_t llama_rcedge_scoring_enable(struct llama_context * ctx, float alpha);
+int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);
+int32_t llama_rcedge_scoring_enabled(const struct llama_context * ctx);
+int32_t llama_rcedge_set_alpha(struct llama_context * ctx, float alpha);
+int32_t llama_rcedge_reset_stats(struct llama_context * ctx, uint32_t what);
+int32_t llama_rcedge_n_layer(const struct llama_context * ctx);
+int32_t llama_rcedge_n_head_kv(const struct llama_context * ctx, int32_t il);
+int32_t llama_rcedge_get_cells( const struct llama_context * ctx, int32_t * cells, llama_pos * pos, llama_seq_id * seq, int32_t n_max);
+int32_t llama_rcedge_get_scores( const struct llama_context * ctx, int32_t il, const int32_t * cells, int32_t n_cells, float * out, size_t n_out);
 """
 
 ffi = FFI()

@@ -28,6 +28,87 @@ extern "C" {
     // Returns -1 in the same cases as llama_rcedge_kv_cells_used.
     LLAMA_API int32_t llama_rcedge_kv_cells_total(const struct llama_context * ctx);
 
+    //
+    // pyrcedge: attention scoring
+    //
+    // While scoring is on, every prefill and decode step makes the CPU attention kernels update,
+    // per model layer, per KV head (the query heads of a GQA group summed) and per KV cell:
+    //   [0] a2sf   decayed attention: A <- alpha*A + p for each query in order
+    //   [1] count  (query, query head) pairs that saw the cell
+    //   [2] sum    of the raw scaled logits f = q.k*kq_scale (after soft-capping, before the mask)
+    //   [3] sumsq  of f^2
+    //   [4] max    of f (-INFINITY while count is 0)
+    // A cell's statistics are cleared when a token is written into it. docs/rcstat.md says how
+    // they are used. Scoring needs a plain KV cache on the CPU (no sliding-window or recurrent
+    // memory, no offloaded KV); one sequence per context is what it is built and tested for.
+    //
+    // Functions return LLAMA_RCEDGE_OK (0) or one of the negative codes below. Output buffers
+    // belong to the caller and are only read or written during the call. None of these may run
+    // concurrently with llama_decode on the same context.
+
+#define LLAMA_RCEDGE_N_STATS 5
+
+    enum llama_rcedge_status {
+        LLAMA_RCEDGE_OK                 =  0,
+        LLAMA_RCEDGE_ERR_NULL           = -1, // a required pointer is NULL
+        LLAMA_RCEDGE_ERR_MEMORY_KIND    = -2, // the context's memory is not a plain KV cache
+        LLAMA_RCEDGE_ERR_NOT_HOST       = -3, // the KV cache is not in host memory
+        LLAMA_RCEDGE_ERR_SCORING_OFF    = -4, // scoring is not enabled on this context
+        LLAMA_RCEDGE_ERR_ALPHA          = -5, // alpha is NaN or outside [0, 1]
+        LLAMA_RCEDGE_ERR_LAYER          = -6, // layer index out of range, or a layer with no KV
+        LLAMA_RCEDGE_ERR_CELL           = -7, // cell index out of range
+        LLAMA_RCEDGE_ERR_BUFFER         = -8, // output buffer too small
+        LLAMA_RCEDGE_ERR_ALLOC          = -9, // allocation failed
+        LLAMA_RCEDGE_ERR_HEADS          = -10, // layers differ in KV heads (no reduction over layers)
+    };
+
+    // Turn scoring on with forgetting factor alpha in [0, 1] (1: H2O, 0: newest query only).
+    // Allocates n_layer x n_head_kv x n_ctx x 5 floats beside the KV cache, all cleared; a
+    // context already scoring keeps its statistics and only takes the new alpha.
+    LLAMA_API int32_t llama_rcedge_scoring_enable(struct llama_context * ctx, float alpha);
+
+    // Turn scoring off and free the statistics. The graph is then exactly the stock one.
+    LLAMA_API int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);
+
+    // 1 when scoring is on, 0 when off, or a negative code.
+    LLAMA_API int32_t llama_rcedge_scoring_enabled(const struct llama_context * ctx);
+
+    // Change alpha (takes effect from the next decode).
+    LLAMA_API int32_t llama_rcedge_set_alpha(struct llama_context * ctx, float alpha);
+
+#define LLAMA_RCEDGE_RESET_A2SF    1u
+#define LLAMA_RCEDGE_RESET_MOMENTS 2u
+
+    // Clear the A2SF scores and/or the logit moments of every cell (a new statistics window).
+    LLAMA_API int32_t llama_rcedge_reset_stats(struct llama_context * ctx, uint32_t what);
+
+    // Layers of the model (valid layer indices are 0..n-1), or a negative code.
+    LLAMA_API int32_t llama_rcedge_n_layer(const struct llama_context * ctx);
+
+    // KV heads of layer il, or a negative code.
+    LLAMA_API int32_t llama_rcedge_n_head_kv(const struct llama_context * ctx, int32_t il);
+
+    // The used cells of sequence 0's stream, in cell order: their indices, positions and sequence
+    // ids (the lowest, when a cell holds several). Any of the arrays may be NULL. Returns how
+    // many cells are used, writing at most n_max; call with n_max = 0 to size the arrays.
+    LLAMA_API int32_t llama_rcedge_get_cells(
+            const struct llama_context * ctx,
+                             int32_t   * cells,
+                           llama_pos   * pos,
+                        llama_seq_id   * seq,
+                             int32_t     n_max);
+
+    // Statistics of the given cells: out[i][g][k] for cell cells[i], KV head g, statistic k, so
+    // n_out must be at least n_cells * n_head_kv * LLAMA_RCEDGE_N_STATS. il >= 0 reads one layer;
+    // il = -1 reduces over all layers (sums, and the max of maxima).
+    LLAMA_API int32_t llama_rcedge_get_scores(
+            const struct llama_context * ctx,
+                             int32_t     il,
+                       const int32_t   * cells,
+                             int32_t     n_cells,
+                               float   * out,
+                              size_t     n_out);
+
 #ifdef __cplusplus
 }
 #endif

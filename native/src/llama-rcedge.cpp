@@ -4,6 +4,14 @@
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
+#include "llama-model.h"
+
+#include "ggml-backend.h"
+#include "ggml-cpp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
 
 #define LLAMA_RCEDGE_VERSION "0.1.0"
 
@@ -12,11 +20,11 @@ const char * llama_rcedge_version(void) {
 }
 
 // The context's KV cache, or nullptr when its memory is of another kind.
-static const llama_kv_cache * rcedge_kv_cache(const llama_context * ctx) {
+static llama_kv_cache * rcedge_kv_cache(const llama_context * ctx) {
     if (ctx == nullptr) {
         return nullptr;
     }
-    return dynamic_cast<const llama_kv_cache *>(llama_get_memory(ctx));
+    return dynamic_cast<llama_kv_cache *>(llama_get_memory(ctx));
 }
 
 int32_t llama_rcedge_kv_cells_used(const llama_context * ctx) {
@@ -38,4 +46,315 @@ int32_t llama_rcedge_kv_cells_total(const llama_context * ctx) {
         return -1;
     }
     return (int32_t) kv->get_size();
+}
+
+//
+// attention scoring
+//
+
+static constexpr int64_t RC_N = LLAMA_RCEDGE_N_STATS;
+static_assert(LLAMA_RCEDGE_N_STATS == GGML_ATTN_SCORES_N, "one layout for the C API and the kernels");
+
+// Statistics beside one KV cache: one F32 tensor [5, kv_size, n_head_kv, n_stream] per layer
+// with KV, in a host buffer of their own.
+struct llama_rcedge_scores {
+    float alpha = 1.0f;
+    ggml_context_ptr        ctx;
+    ggml_backend_buffer_ptr buf;
+    std::vector<ggml_tensor *> by_layer; // model layer id -> tensor, nullptr for layers without KV
+};
+
+static void rcedge_clear_cell(float * s, uint32_t what) {
+    if (what & LLAMA_RCEDGE_RESET_A2SF) {
+        s[0] = 0.0f;
+    }
+    if (what & LLAMA_RCEDGE_RESET_MOMENTS) {
+        s[1] = s[2] = s[3] = 0.0f;
+        s[4] = -INFINITY;
+    }
+}
+
+static float * rcedge_cell(const ggml_tensor * t, int64_t stream, int64_t head, int64_t cell) {
+    return (float *) ((char *) t->data + stream*t->nb[3] + head*t->nb[2] + cell*t->nb[1]);
+}
+
+static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
+    for (const ggml_tensor * t : sc.by_layer) {
+        if (t == nullptr) {
+            continue;
+        }
+        for (int64_t s = 0; s < t->ne[3]; ++s) {
+            for (int64_t g = 0; g < t->ne[2]; ++g) {
+                for (int64_t c = 0; c < t->ne[1]; ++c) {
+                    rcedge_clear_cell(rcedge_cell(t, s, g, c), what);
+                }
+            }
+        }
+    }
+}
+
+ggml_tensor * llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo, float * alpha) const {
+    if (!rcedge || il < 0 || (size_t) il >= rcedge->by_layer.size() || rcedge->by_layer[il] == nullptr) {
+        return nullptr;
+    }
+    ggml_tensor * t = rcedge->by_layer[il];
+    const uint32_t ns = sinfo.s1 - sinfo.s0 + 1;
+    *alpha = rcedge->alpha;
+    return ggml_view_4d(ctx, t, RC_N, n_kv, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+}
+
+void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
+    if (!rcedge) {
+        return;
+    }
+    for (size_t s = 0; s < sinfo.n_stream(); ++s) {
+        const uint32_t stream = sinfo.strm[s];
+        for (const uint32_t idx : sinfo.idxs[s]) {
+            for (const ggml_tensor * t : rcedge->by_layer) {
+                if (t == nullptr) {
+                    continue;
+                }
+                for (int64_t g = 0; g < t->ne[2]; ++g) {
+                    rcedge_clear_cell(rcedge_cell(t, stream, g, idx), LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
+                }
+            }
+        }
+    }
+}
+
+ggml_tensor * llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il, float * alpha) const {
+    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur], alpha);
+}
+
+uint32_t llama_kv_cache_context::get_rcedge_epoch() const {
+    return kv->rcedge_epoch;
+}
+
+static bool rcedge_alpha_ok(float alpha) {
+    return alpha >= 0.0f && alpha <= 1.0f; // false for NaN too
+}
+
+int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
+    if (ctx == nullptr) {
+        return LLAMA_RCEDGE_ERR_NULL;
+    }
+    if (!rcedge_alpha_ok(alpha)) {
+        return LLAMA_RCEDGE_ERR_ALPHA;
+    }
+    llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        return LLAMA_RCEDGE_ERR_MEMORY_KIND;
+    }
+    if (kv->rcedge) {
+        return llama_rcedge_set_alpha(ctx, alpha);
+    }
+
+    const llama_hparams & hparams = llama_get_model(ctx)->hparams;
+    const std::vector<uint32_t> layer_ids = kv->get_layer_ids();
+    for (const uint32_t il : layer_ids) {
+        const ggml_tensor * k = kv->get_k_storage((int32_t) il);
+        if (k == nullptr || k->buffer == nullptr || !ggml_backend_buffer_is_host(k->buffer)) {
+            return LLAMA_RCEDGE_ERR_NOT_HOST;
+        }
+    }
+
+    auto sc = std::make_shared<llama_rcedge_scores>();
+    sc->alpha = alpha;
+    ggml_init_params params = {
+        /*.mem_size   =*/ (layer_ids.size() + 1)*ggml_tensor_overhead(),
+        /*.mem_buffer =*/ nullptr,
+        /*.no_alloc   =*/ true,
+    };
+    sc->ctx.reset(ggml_init(params));
+    if (!sc->ctx) {
+        return LLAMA_RCEDGE_ERR_ALLOC;
+    }
+    sc->by_layer.assign(hparams.n_layer(), nullptr);
+    for (const uint32_t il : layer_ids) {
+        if (il >= sc->by_layer.size()) {
+            sc->by_layer.resize(il + 1, nullptr);
+        }
+        ggml_tensor * t = ggml_new_tensor_4d(sc->ctx.get(), GGML_TYPE_F32, RC_N, kv->get_size(), hparams.n_head_kv(il), kv->get_n_stream());
+        ggml_format_name(t, "rcedge_scores_l%u", il);
+        sc->by_layer[il] = t;
+    }
+    sc->buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(sc->ctx.get(), ggml_backend_cpu_buffer_type()));
+    if (!sc->buf) {
+        return LLAMA_RCEDGE_ERR_ALLOC;
+    }
+    rcedge_clear_all(*sc, LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
+
+    kv->rcedge = std::move(sc);
+    kv->rcedge_epoch++;
+    return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_scoring_disable(llama_context * ctx) {
+    llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+    }
+    if (kv->rcedge) {
+        kv->rcedge.reset();
+        kv->rcedge_epoch++;
+    }
+    return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_scoring_enabled(const llama_context * ctx) {
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+    }
+    return kv->rcedge ? 1 : 0;
+}
+
+// The context's scoring state, or a negative code in *status.
+static llama_rcedge_scores * rcedge_scores(const llama_context * ctx, int32_t * status) {
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        *status = ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+        return nullptr;
+    }
+    if (!kv->rcedge) {
+        *status = LLAMA_RCEDGE_ERR_SCORING_OFF;
+        return nullptr;
+    }
+    *status = LLAMA_RCEDGE_OK;
+    return kv->rcedge.get();
+}
+
+int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    if (!rcedge_alpha_ok(alpha)) {
+        return LLAMA_RCEDGE_ERR_ALPHA;
+    }
+    if (sc->alpha != alpha) {
+        sc->alpha = alpha;
+        rcedge_kv_cache(ctx)->rcedge_epoch++; // alpha is baked into the graph's nodes
+    }
+    return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_reset_stats(llama_context * ctx, uint32_t what) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    rcedge_clear_all(*sc, what);
+    return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_n_layer(const llama_context * ctx) {
+    if (ctx == nullptr) {
+        return LLAMA_RCEDGE_ERR_NULL;
+    }
+    return (int32_t) llama_get_model(ctx)->hparams.n_layer();
+}
+
+int32_t llama_rcedge_n_head_kv(const llama_context * ctx, int32_t il) {
+    if (ctx == nullptr) {
+        return LLAMA_RCEDGE_ERR_NULL;
+    }
+    const llama_hparams & hparams = llama_get_model(ctx)->hparams;
+    if (il < 0 || (uint32_t) il >= hparams.n_layer()) {
+        return LLAMA_RCEDGE_ERR_LAYER;
+    }
+    return (int32_t) hparams.n_head_kv(il);
+}
+
+int32_t llama_rcedge_get_cells(const llama_context * ctx, int32_t * cells, llama_pos * pos, llama_seq_id * seq, int32_t n_max) {
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+    }
+    const llama_kv_cells & kc = kv->get_cells(0);
+    int32_t n = 0;
+    for (uint32_t i = 0; i < kc.size(); ++i) {
+        if (kc.is_empty(i)) {
+            continue;
+        }
+        if (n < n_max) {
+            if (cells) {
+                cells[n] = (int32_t) i;
+            }
+            if (pos) {
+                pos[n] = kc.pos_get(i);
+            }
+            if (seq) {
+                llama_seq_id first = -1;
+                for (llama_seq_id s = 0; s < LLAMA_MAX_SEQ && first < 0; ++s) {
+                    if (kc.seq_has(i, s)) {
+                        first = s;
+                    }
+                }
+                seq[n] = first;
+            }
+        }
+        ++n;
+    }
+    return n;
+}
+
+int32_t llama_rcedge_get_scores(const llama_context * ctx, int32_t il, const int32_t * cells, int32_t n_cells, float * out, size_t n_out) {
+    int32_t status;
+    const llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    if (n_cells < 0 || (n_cells > 0 && (cells == nullptr || out == nullptr))) {
+        return LLAMA_RCEDGE_ERR_NULL;
+    }
+    const int32_t n_layer = (int32_t) sc->by_layer.size();
+    if (il < -1 || il >= n_layer || (il >= 0 && sc->by_layer[il] == nullptr)) {
+        return LLAMA_RCEDGE_ERR_LAYER;
+    }
+
+    std::vector<const ggml_tensor *> layers;
+    for (int32_t l = (il < 0 ? 0 : il); l < (il < 0 ? n_layer : il + 1); ++l) {
+        if (sc->by_layer[l] != nullptr) {
+            layers.push_back(sc->by_layer[l]);
+        }
+    }
+    if (layers.empty()) {
+        return LLAMA_RCEDGE_ERR_LAYER;
+    }
+    const int64_t n_head_kv = layers.front()->ne[2];
+    const int64_t kv_size   = layers.front()->ne[1];
+    for (const ggml_tensor * t : layers) {
+        if (t->ne[2] != n_head_kv) {
+            return LLAMA_RCEDGE_ERR_HEADS;
+        }
+    }
+    if (n_out < (size_t) n_cells*n_head_kv*RC_N) {
+        return LLAMA_RCEDGE_ERR_BUFFER;
+    }
+    for (int32_t i = 0; i < n_cells; ++i) {
+        if (cells[i] < 0 || cells[i] >= kv_size) {
+            return LLAMA_RCEDGE_ERR_CELL;
+        }
+    }
+
+    const uint32_t stream = rcedge_kv_cache(ctx)->get_stream(0);
+    for (int32_t i = 0; i < n_cells; ++i) {
+        for (int64_t g = 0; g < n_head_kv; ++g) {
+            float * o = out + (i*n_head_kv + g)*RC_N;
+            o[0] = o[1] = o[2] = o[3] = 0.0f;
+            o[4] = -INFINITY;
+            for (const ggml_tensor * t : layers) {
+                const float * s = rcedge_cell(t, stream, g, cells[i]);
+                o[0] += s[0];
+                o[1] += s[1];
+                o[2] += s[2];
+                o[3] += s[3];
+                o[4]  = std::max(o[4], s[4]);
+            }
+        }
+    }
+    return LLAMA_RCEDGE_OK;
 }

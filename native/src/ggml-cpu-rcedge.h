@@ -1,0 +1,83 @@
+// pyrcedge: attention statistics fused into the CPU attention kernels (ops.cpp).
+//
+// An attention node (GGML_OP_FLASH_ATTN_EXT or GGML_OP_SOFT_MAX) that carries a scores tensor
+// (ggml_attn_set_scores) also accumulates, per KV cell and KV head, the A2SF decayed attention
+// and the moments of the raw scaled logits f = (q.k)*scale (after soft-capping, before the mask):
+//
+//   scores[0] a2sf   A <- alpha^N A + sum_q alpha^(N-1-q) sum_{h in group} p_h(q)
+//   scores[1] count  number of (query, query head) pairs that saw the cell
+//   scores[2] sum    of f
+//   scores[3] sumsq  of f^2
+//   scores[4] max    of f
+//
+// Rows are computed by whichever thread takes them, and query heads of one GQA group, or queries
+// of one batch, land on different threads. So a finished row is added into the thread's private
+// slab, and after a barrier every thread reduces a disjoint range of cells into the scores. The
+// split-KV decode path, where each thread owns a range of cells, writes the scores directly.
+//
+// Scratch lives at the end of the op's work buffer; ggml_graph_plan reserves it through
+// ggml_cpu_rcedge_work_size.
+#pragma once
+
+#include "ggml.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ggml_compute_params;
+
+// Work buffer bytes the node's scoring needs on top of the op's own (0 when it has no scores).
+size_t ggml_cpu_rcedge_work_size(const struct ggml_tensor * node, int n_threads);
+
+#ifdef __cplusplus
+}
+
+// State of one op's scoring as seen by one thread.
+struct ggml_cpu_rcedge {
+    float * scores = nullptr; // scores view data, nullptr when the node is not scored
+    size_t  nb1 = 0, nb2 = 0, nb3 = 0; // scores strides: cell, KV head, stream
+    float   alpha = 1.0f;
+    int64_t n_kv = 0, n_head_kv = 0, n_stream = 0;
+    int64_t N = 0;  // queries per stream in this batch
+    int64_t rk2 = 1; // query heads per KV head
+    int64_t rk3 = 1; // query streams per KV stream
+    int64_t chunk = 0; // split-KV: cells per thread
+
+    float * row_ms = nullptr; // shared: final (M, S) per query head (split-KV)
+    float * logits = nullptr; // this thread's logits buffer
+    float * slab   = nullptr; // this thread's partial sums [n_stream][n_head_kv][n_kv][5]
+    int64_t thread_stride = 0; // floats from one thread's logits + slab to the next thread's
+
+    int ith = 0, nth = 1;
+
+    explicit operator bool() const { return scores != nullptr; }
+};
+
+// Set up `rc` for this thread; zero its slab unless the op runs the split-KV path.
+void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor * dst,
+                           bool split_kv, ggml_cpu_rcedge & rc);
+
+// Add a finished flash-attention row: query iq1 of head iq2, stream iq3, logits f[ic - ic0] for
+// cells [ic0, ic1), row mask mp (f16, may be null) scaled by slope, and the row's final max M and
+// sum S (S relative to M, sinks included).
+void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
+                            int64_t ic0, int64_t ic1, const float * f,
+                            const ggml_fp16_t * mp, float slope, float M, float S);
+
+// Add a finished soft_max row: logits f and probabilities p over all cells, row mask (f16 or f32).
+void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
+                                 const float * f, const float * p, const void * mp, bool mask_f16);
+
+// All threads: barrier, then reduce the slabs into the scores (decay included).
+void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rcedge & rc);
+
+// Split-KV decode, all threads, after the partials are reduced and rc.row_ms filled: barrier,
+// then each thread scores its own cells [ith*chunk, ...) for every head.
+void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_tensor * dst,
+                               const ggml_cpu_rcedge & rc);
+#endif

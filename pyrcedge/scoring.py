@@ -1,0 +1,140 @@
+"""Attention scoring on a llama.cpp context: the statistics the patched kernels keep per layer,
+KV head and KV cell (native/include/llama-rcedge.h; their use: docs/rcstat.md).
+
+Every function takes the context as llama_cpp gives it (`Llama.ctx`). Arrays returned are
+copies owned by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _native
+from .errors import NativeLibraryError, PyrcedgeError
+
+STATS = ("a2sf", "count", "sum", "sumsq", "max")
+N_STATS = len(STATS)
+
+RESET_A2SF = 1
+RESET_MOMENTS = 2
+
+
+class ScoringError(PyrcedgeError, RuntimeError):
+    """Scoring cannot do what was asked in the context's current state (e.g. it is off)."""
+
+
+class ScoringInputError(PyrcedgeError, ValueError):
+    """An argument is out of range: alpha, a layer index, a cell index."""
+
+
+_ERRORS: dict[int, tuple[type[Exception], str]] = {
+    -1: (ScoringInputError, "a required pointer is NULL"),
+    -2: (NativeLibraryError, "this context's memory is not a plain KV cache (sliding-window or recurrent models are not supported)"),
+    -3: (NativeLibraryError, "the KV cache is not in host memory (scoring runs on the CPU)"),
+    -4: (ScoringError, "scoring is off on this context: call enable_scoring first"),
+    -5: (ScoringInputError, "alpha must be a number in [0, 1]"),
+    -6: (ScoringInputError, "layer index out of range"),
+    -7: (ScoringInputError, "cell index out of range"),
+    -8: (ScoringInputError, "output buffer too small"),
+    -9: (ScoringError, "could not allocate the statistics"),
+    -10: (ScoringError, "layers differ in KV heads: read them one layer at a time"),
+}
+
+
+def _check(code: int, what: str) -> int:
+    if code >= 0:
+        return code
+    kind, message = _ERRORS.get(code, (ScoringError, f"error code {code}"))
+    raise kind(f"{what}: {message}")
+
+
+def _check_alpha(alpha: float) -> float:
+    if not isinstance(alpha, (int, float)) or math.isnan(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ScoringInputError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def enable_scoring(ctx: Any, alpha: float = 1.0) -> None:
+    """Allocate the statistics beside the KV cache and start accumulating them."""
+    _check(_native.lib().llama_rcedge_scoring_enable(_native.context_ptr(ctx), _check_alpha(alpha)),
+           "enable_scoring")
+
+
+def disable_scoring(ctx: Any) -> None:
+    """Stop scoring and free the statistics; the graph is then exactly the stock one."""
+    _check(_native.lib().llama_rcedge_scoring_disable(_native.context_ptr(ctx)), "disable_scoring")
+
+
+def scoring_enabled(ctx: Any) -> bool:
+    return bool(_check(_native.lib().llama_rcedge_scoring_enabled(_native.context_ptr(ctx)),
+                       "scoring_enabled"))
+
+
+def set_alpha(ctx: Any, alpha: float) -> None:
+    _check(_native.lib().llama_rcedge_set_alpha(_native.context_ptr(ctx), _check_alpha(alpha)),
+           "set_alpha")
+
+
+def reset_stats(ctx: Any, *, a2sf: bool = True, moments: bool = True) -> None:
+    """Clear the A2SF scores and/or the logit moments of every cell (a new window)."""
+    what = (RESET_A2SF if a2sf else 0) | (RESET_MOMENTS if moments else 0)
+    _check(_native.lib().llama_rcedge_reset_stats(_native.context_ptr(ctx), what), "reset_stats")
+
+
+def n_layer(ctx: Any) -> int:
+    return _check(_native.lib().llama_rcedge_n_layer(_native.context_ptr(ctx)), "n_layer")
+
+
+def n_head_kv(ctx: Any, layer: int) -> int:
+    return _check(_native.lib().llama_rcedge_n_head_kv(_native.context_ptr(ctx), int(layer)),
+                  f"n_head_kv(layer={layer})")
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The used cells of the cache, in cell order."""
+
+    index: npt.NDArray[np.int32]
+    pos: npt.NDArray[np.int32]
+    seq: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def used_cells(ctx: Any) -> Cells:
+    lib, ptr = _native.lib(), _native.context_ptr(ctx)
+    n = _check(lib.llama_rcedge_get_cells(ptr, _native.ffi.NULL, _native.ffi.NULL, _native.ffi.NULL, 0),
+               "used_cells")
+    index, pos, seq = (np.empty(n, np.int32) for _ in range(3))
+    if n:
+        got = lib.llama_rcedge_get_cells(ptr, _native.ffi.from_buffer("int32_t[]", index),
+                                         _native.ffi.from_buffer("int32_t[]", pos),
+                                         _native.ffi.from_buffer("int32_t[]", seq), n)
+        _check(got, "used_cells")
+    return Cells(index=index, pos=pos, seq=seq)
+
+
+def read_scores(ctx: Any, layer: int | None = None,
+                cells: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
+    """Statistics as an array [cell, KV head, stat] (stat order: STATS) for one layer, or reduced
+    over all layers when layer is None. cells: cell indices (default: the used cells)."""
+    ptr = _native.context_ptr(ctx)
+    idx = used_cells(ctx).index if cells is None else np.ascontiguousarray(cells, dtype=np.int32)
+    if idx.ndim != 1:
+        raise ScoringInputError("cells must be a one-dimensional list of cell indices")
+    il = -1 if layer is None else int(layer)
+    if layer is not None and not 0 <= il < n_layer(ctx):
+        raise ScoringInputError(f"read_scores: layer {layer} out of range [0, {n_layer(ctx)})")
+    heads = n_head_kv(ctx, 0 if il < 0 else il)
+    out = np.empty((len(idx), heads, N_STATS), np.float32)
+    code = _native.lib().llama_rcedge_get_scores(
+        ptr, il, _native.ffi.from_buffer("int32_t[]", idx) if len(idx) else _native.ffi.NULL,
+        len(idx), _native.ffi.from_buffer("float[]", out) if len(idx) else _native.ffi.NULL, out.size)
+    _check(code, f"read_scores(layer={layer})")
+    return out
