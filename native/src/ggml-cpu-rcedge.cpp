@@ -1,47 +1,70 @@
 // pyrcedge: attention statistics fused into the CPU attention kernels. See ggml-cpu-rcedge.h.
+//
+// Layout: statistics are stored structure-of-arrays, a row of n_kv cells per statistic, so every
+// update below is a plain loop over contiguous cells that the compiler vectorises. Masked cells
+// are excluded with selects, not branches: their logits in the row buffers are never written by
+// the kernels and may hold anything.
 #include "ggml-cpu-rcedge.h"
 
+#include "ggml-cpu.h"
 #include "ggml-cpu-impl.h"
 #include "simd-mappings.h"
 #include "common.h"
+#include "vec.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
-static constexpr int64_t RC_NSTAT = 5;       // a2sf, count, sum, sumsq, max
-static constexpr size_t  RC_ALIGN = 64;      // bytes: keep each thread's area on its own lines
+static constexpr int64_t RC_NSTAT = GGML_ATTN_SCORES_N; // a2sf, count, sum, sumsq, max
+static constexpr size_t  RC_ALIGN = 64;                 // bytes: each thread's areas on their own lines
 
 static size_t rc_pad(size_t n_floats) {
     const size_t per_line = RC_ALIGN/sizeof(float);
     return (n_floats + per_line - 1)/per_line*per_line;
 }
 
-// Scratch layout of a scored node for nth threads, in floats:
-//   [row_ms: 2*n_head] then per thread [logits][slab]
+// f16 -INFINITY: masked cells carry it, whatever the ALiBi slope
+static inline bool rc_masked(ggml_fp16_t m) {
+    return m == (ggml_fp16_t) 0xFC00;
+}
+
+// Scratch layout of a scored node for nth threads, in floats (int32 for seg_at and nseg):
+//   [row_ms: 2*n_head] then per thread [logits][v][seg_at][seg_m][nseg][tmp][slab]
 struct rc_layout {
     size_t row_ms;
     size_t logits;
+    size_t rec;   // each of v, seg_at, seg_m
+    size_t nseg;
+    size_t tmp;
     size_t slab;
-    size_t total() const { return row_ms + (logits + slab)*n_threads; }
     int    n_threads;
+    size_t per_thread() const { return logits + 3*rec + nseg + tmp + slab; }
+    size_t total() const { return row_ms + per_thread()*n_threads; }
 };
 
 static rc_layout rc_get_layout(const ggml_tensor * node, const ggml_tensor * scores, int nth) {
-    const int64_t n_kv      = scores->ne[1];
+    const int64_t n_kv      = scores->ne[0];
     const int64_t n_head_kv = scores->ne[2];
     const int64_t n_stream  = scores->ne[3];
     const int64_t n_head    = node->src[0]->ne[2];
 
     size_t logits = (size_t) n_kv; // one row (soft_max, flash attention one_chunk)
+    size_t rec    = 0;
+    size_t tmp    = 0;
     if (node->op == GGML_OP_FLASH_ATTN_EXT) {
         const int64_t chunk = (n_kv + nth - 1)/nth;
-        logits = std::max<size_t>((size_t) GGML_FA_TILE_Q*n_kv, (size_t) (n_head*chunk));
+        rec    = std::max<size_t>((size_t) n_kv, (size_t) (n_head*chunk)); // one row, or every head's chunk
+        logits = std::max<size_t>((size_t) GGML_FA_TILE_Q*n_kv, rec);
+        tmp    = 3*(size_t) n_kv; // rows of probabilities, visibility, additive mask
     }
     rc_layout l;
     l.row_ms    = rc_pad(2*n_head);
     l.logits    = rc_pad(logits);
-    l.slab      = rc_pad(n_stream*n_head_kv*n_kv*RC_NSTAT);
+    l.rec       = rc_pad(rec);
+    l.nseg      = rec ? rc_pad(n_head) : 0;
+    l.tmp       = rc_pad(tmp);
+    l.slab      = rc_pad(n_stream*n_head_kv*RC_NSTAT*n_kv);
     l.n_threads = nth;
     return l;
 }
@@ -54,28 +77,20 @@ size_t ggml_cpu_rcedge_work_size(const ggml_tensor * node, int n_threads) {
     return rc_get_layout(node, scores, n_threads).total()*sizeof(float) + RC_ALIGN;
 }
 
-static float * rc_base(const ggml_compute_params * params, const ggml_tensor * dst, int nth) {
-    const size_t need = ggml_cpu_rcedge_work_size(dst, nth);
-    GGML_ASSERT(params->wsize >= need && "rcedge: work buffer too small (graph not planned with scores)");
-    uintptr_t p = (uintptr_t) params->wdata + params->wsize - need;
-    p = (p + RC_ALIGN - 1)/RC_ALIGN*RC_ALIGN;
-    return (float *) p;
-}
-
 void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor * dst,
                            bool split_kv, ggml_cpu_rcedge & rc) {
     const ggml_tensor * scores = ggml_attn_get_scores(dst, &rc.alpha);
     if (scores == nullptr) {
         return;
     }
-    GGML_ASSERT(scores->type == GGML_TYPE_F32 && scores->ne[0] == RC_NSTAT && scores->nb[0] == sizeof(float));
+    GGML_ASSERT(scores->type == GGML_TYPE_F32 && scores->ne[1] == RC_NSTAT && scores->nb[0] == sizeof(float));
 
     const ggml_tensor * q = dst->src[0]; // queries (flash attention) or kq (soft_max)
     rc.scores    = (float *) scores->data;
     rc.nb1       = scores->nb[1];
     rc.nb2       = scores->nb[2];
     rc.nb3       = scores->nb[3];
-    rc.n_kv      = scores->ne[1];
+    rc.n_kv      = scores->ne[0];
     rc.n_head_kv = scores->ne[2];
     rc.n_stream  = scores->ne[3];
     rc.N         = q->ne[1];
@@ -86,65 +101,224 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     rc.chunk     = (rc.n_kv + rc.nth - 1)/rc.nth;
     GGML_ASSERT(rc.rk2*rc.n_head_kv == q->ne[2] && rc.rk3*rc.n_stream == q->ne[3]);
 
+    const size_t need = ggml_cpu_rcedge_work_size(dst, rc.nth);
+    GGML_ASSERT(params->wsize >= need && "rcedge: work buffer too small (graph not planned with scores)");
+    uintptr_t p = (uintptr_t) params->wdata + params->wsize - need;
+    float * base = (float *) ((p + RC_ALIGN - 1)/RC_ALIGN*RC_ALIGN);
+
     const rc_layout l = rc_get_layout(dst, scores, rc.nth);
-    float * base = rc_base(params, dst, rc.nth);
     rc.row_ms        = base;
-    rc.thread_stride = (int64_t) (l.logits + l.slab);
+    rc.thread_stride = (int64_t) l.per_thread();
     rc.logits        = base + l.row_ms + rc.thread_stride*rc.ith;
-    rc.slab          = rc.logits + l.logits;
+    rc.v             = rc.logits + l.logits;
+    rc.seg_at        = (int32_t *) (rc.v + l.rec);
+    rc.seg_m         = rc.v + 2*l.rec;
+    rc.nseg          = (int32_t *) (rc.v + 3*l.rec);
+    rc.tmp           = rc.v + 3*l.rec + l.nseg;
+    rc.slab          = rc.tmp + l.tmp;
 
     if (!split_kv) {
-        const int64_t n = rc.n_stream*rc.n_head_kv*rc.n_kv;
-        for (int64_t i = 0; i < n; ++i) {
-            float * s = rc.slab + i*RC_NSTAT;
-            s[0] = s[1] = s[2] = s[3] = 0.0f;
-            s[4] = -INFINITY;
+        for (int64_t r = 0; r < rc.n_stream*rc.n_head_kv; ++r) {
+            float * s = rc.slab + r*RC_NSTAT*rc.n_kv;
+            memset(s, 0, 4*rc.n_kv*sizeof(float));
+            std::fill(s + 4*rc.n_kv, s + 5*rc.n_kv, -INFINITY);
         }
     }
 }
 
-static inline void rc_add(float * s, float w, float p, float f) {
-    s[0] += w*p;
-    s[1] += 1.0f;
-    s[2] += f;
-    s[3] += f*f;
-    s[4]  = std::max(s[4], f);
+// The five statistic rows of (stream, KV head), starting at cell c0, in a slab or the scores.
+struct rc_rows {
+    float * a, * cnt, * sum, * sumsq, * max;
+};
+
+static rc_rows rc_slab_rows(const ggml_cpu_rcedge & rc, const float * slab, int64_t s, int64_t g, int64_t c0) {
+    float * r = (float *) slab + (s*rc.n_head_kv + g)*RC_NSTAT*rc.n_kv + c0;
+    return { r, r + rc.n_kv, r + 2*rc.n_kv, r + 3*rc.n_kv, r + 4*rc.n_kv };
 }
+
+static rc_rows rc_score_rows(const ggml_cpu_rcedge & rc, int64_t s, int64_t g, int64_t c0) {
+    char * r = (char *) rc.scores + s*rc.nb3 + g*rc.nb2 + c0*sizeof(float);
+    return { (float *) r, (float *) (r + rc.nb1), (float *) (r + 2*rc.nb1), (float *) (r + 3*rc.nb1), (float *) (r + 4*rc.nb1) };
+}
+
+// Add one row's cells: probabilities p scaled by wp, logits f (0 in masked cells), visibility
+// vis (1 or 0) and the additive mask madd (0 or -inf); vis and madd null: all visible. Branch-free
+// so that the compiler vectorises it.
+static void rc_add_row_impl(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
+                            float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx, int64_t n, float wp,
+                            const float * GGML_RESTRICT p, const float * GGML_RESTRICT f,
+                            const float * GGML_RESTRICT vis, const float * GGML_RESTRICT madd) {
+    if (vis == nullptr) {
+        for (int64_t i = 0; i < n; ++i) {
+            a[i]     += wp*p[i];
+            cnt[i]   += 1.0f;
+            sum[i]   += f[i];
+            sumsq[i] += f[i]*f[i];
+            mx[i]     = std::max(mx[i], f[i]);
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        a[i]     += wp*p[i];
+        cnt[i]   += vis[i];
+        sum[i]   += f[i];
+        sumsq[i] += f[i]*f[i];
+        mx[i]     = std::max(mx[i], f[i] + madd[i]);
+    }
+}
+
+// Per-thread rows for one row of cells: exponentials, visibility, additive mask.
+struct rc_row_tmp {
+    float * p, * vis, * madd;
+};
+
+static rc_row_tmp rc_tmp_rows(const ggml_cpu_rcedge & rc) {
+    return { rc.tmp, rc.tmp + rc.n_kv, rc.tmp + 2*rc.n_kv };
+}
+
+// For n cells of a row: t.p[i] = exp(f[i] + slope*mask[i] - M) (vectorised; 0 when masked),
+// t.vis and t.madd from the mask, and f[i] = 0 in masked cells, whose logits the kernels never
+// wrote. Returns false when there is no mask (t.vis, t.madd unused).
+static bool rc_prepare_row(int64_t n, const rc_row_tmp & t, float * GGML_RESTRICT f,
+                           const ggml_fp16_t * GGML_RESTRICT mp, float slope, float M) {
+    // integer selects on the f16 mask bits: float compares would keep the compiler from
+    // vectorising (they may trap), and masked logits may hold any bits, NaN included
+    typedef uint32_t __attribute__((may_alias)) bits_t;
+    float  * GGML_RESTRICT p    = t.p;
+    float  * GGML_RESTRICT vis  = t.vis;
+    float  * GGML_RESTRICT madd = t.madd;
+    bits_t * GGML_RESTRICT fb   = (bits_t *) f;
+    bits_t * GGML_RESTRICT mb   = (bits_t *) madd;
+    if (mp) {
+        ggml_cpu_fp16_to_fp32(mp, p, n); // the mask as f32, -inf where masked
+        for (int64_t i = 0; i < n; ++i) {
+            const uint32_t keep = 0u - (uint32_t) (mp[i] != (ggml_fp16_t) 0xFC00); // all ones if visible
+            fb[i] &= keep;                                    // masked logits become 0
+            p[i]   = f[i] + slope*p[i];                       // -inf where masked
+            vis[i] = (float) (keep & 1u);
+            mb[i]  = ~keep & 0xFF800000u;                     // 0 or -inf
+        }
+    } else {
+        memcpy(p, f, n*sizeof(float));
+    }
+    if (M == -INFINITY) { // nothing visible
+        memset(p, 0, n*sizeof(float));
+    } else {
+        ggml_vec_soft_max_f32((int) n, p, p, M);
+    }
+    return mp != nullptr;
+}
+
+static void rc_add_row(const rc_rows & o, int64_t n, float wp, const rc_row_tmp & t, const float * f, bool masked) {
+    rc_add_row_impl(o.a, o.cnt, o.sum, o.sumsq, o.max, n, wp, t.p, f,
+                    masked ? t.vis : nullptr, masked ? t.madd : nullptr);
+}
+
+// The visibility rows only (for recorded rows, whose probabilities come from the kernel).
+static bool rc_mask_row(int64_t n, const rc_row_tmp & t, const ggml_fp16_t * GGML_RESTRICT mp) {
+    typedef uint32_t __attribute__((may_alias)) bits_t;
+    if (mp == nullptr) {
+        return false;
+    }
+    float  * GGML_RESTRICT vis = t.vis;
+    bits_t * GGML_RESTRICT mb  = (bits_t *) t.madd;
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t keep = 0u - (uint32_t) (mp[i] != (ggml_fp16_t) 0xFC00);
+        vis[i] = (float) (keep & 1u);
+        mb[i]  = ~keep & 0xFF800000u;
+    }
+    return true;
+}
+
+// p[i] = v[i] * exp(M_seg - M) * S_inv: the kernel's exp(s - running max), rescaled per segment
+// of constant running max to the row's final max. Masked cells have v = 0.
+static void rc_p_from_rec(int64_t n, float * GGML_RESTRICT p, const ggml_cpu_rcedge_rec & rec, float M, float S_inv) {
+    if (rec.nseg == 0 || M == -INFINITY) {
+        memset(p, 0, n*sizeof(float));
+        return;
+    }
+    memset(p, 0, rec.seg_at[0]*sizeof(float));
+    for (int32_t k = 0; k < rec.nseg; ++k) {
+        const int64_t i0  = rec.seg_at[k];
+        const int64_t i1  = k + 1 < rec.nseg ? rec.seg_at[k + 1] : n;
+        const float   fac = expf(rec.seg_m[k] - M)*S_inv;
+        const float * GGML_RESTRICT v = rec.v;
+        for (int64_t i = i0; i < i1; ++i) {
+            p[i] = v[i]*fac;
+        }
+    }
+}
+
+ggml_cpu_rcedge_rec ggml_cpu_rcedge_rec_row(const ggml_cpu_rcedge & rc, int64_t slot) {
+    ggml_cpu_rcedge_rec rec;
+    rec.f      = rc.logits + slot*rc.chunk;
+    rec.v      = rc.v      + slot*rc.chunk;
+    rec.seg_at = rc.seg_at + slot*rc.chunk;
+    rec.seg_m  = rc.seg_m  + slot*rc.chunk;
+    return rec;
+}
+
+void ggml_cpu_rcedge_rec_done(const ggml_cpu_rcedge & rc, int64_t slot, const ggml_cpu_rcedge_rec & rec) {
+    rc.nseg[slot] = rec.nseg;
+}
+
+void ggml_cpu_rcedge_fa_rec_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
+                                int64_t ic0, int64_t ic1, const ggml_cpu_rcedge_rec & rec,
+                                const ggml_fp16_t * mp, float M, float S) {
+    const int64_t n     = ic1 - ic0;
+    const float   w     = powf(rc.alpha, (float) (rc.N - 1 - iq1));
+    const float   S_inv = S > 0.0f ? 1.0f/S : 0.0f;
+    const rc_row_tmp t  = rc_tmp_rows(rc);
+    rc_p_from_rec(n, t.p, rec, M, S_inv);
+    const bool masked = rc_mask_row(n, t, mp ? mp + ic0 : nullptr);
+    rc_add_row(rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0), n, w, t, rec.f, masked);
+}
+
 
 void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
-                            int64_t ic0, int64_t ic1, const float * f,
+                            int64_t ic0, int64_t ic1, float * f,
                             const ggml_fp16_t * mp, float slope, float M, float S) {
-    const float w     = powf(rc.alpha, (float) (rc.N - 1 - iq1));
-    const float S_inv = S > 0.0f ? 1.0f/S : 0.0f;
-    float * slot = rc.slab + ((iq3/rc.rk3)*rc.n_head_kv + iq2/rc.rk2)*rc.n_kv*RC_NSTAT;
-    for (int64_t ic = ic0; ic < ic1; ++ic) {
-        const float mv = mp ? slope*GGML_CPU_FP16_TO_FP32(mp[ic]) : 0.0f;
-        if (mv == -INFINITY) {
-            continue;
-        }
-        const float fv = f[ic - ic0];
-        const float p  = S_inv > 0.0f ? expf(fv + mv - M)*S_inv : 0.0f;
-        rc_add(slot + ic*RC_NSTAT, w, p, fv);
-    }
+    const int64_t n     = ic1 - ic0;
+    const float   w     = powf(rc.alpha, (float) (rc.N - 1 - iq1));
+    const float   S_inv = S > 0.0f ? 1.0f/S : 0.0f;
+    const rc_row_tmp t  = rc_tmp_rows(rc);
+    const bool masked   = rc_prepare_row(n, t, f, mp ? mp + ic0 : nullptr, slope, M);
+    rc_add_row(rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0), n, w*S_inv, t, f, masked);
 }
 
 void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
                                  const float * f, const float * p, const void * mp, bool mask_f16) {
     const float w = powf(rc.alpha, (float) (rc.N - 1 - iq1));
-    float * slot = rc.slab + ((iq3/rc.rk3)*rc.n_head_kv + iq2/rc.rk2)*rc.n_kv*RC_NSTAT;
-    for (int64_t ic = 0; ic < rc.n_kv; ++ic) {
-        if (mp) {
-            const float m = mask_f16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[ic]) : ((const float *) mp)[ic];
-            if (m == -INFINITY) {
-                continue;
-            }
-        }
-        rc_add(slot + ic*RC_NSTAT, w, p[ic], f[ic]);
+    const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, 0);
+    if (mp == nullptr) {
+        rc_add_row_impl(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, w, p, f, nullptr, nullptr);
+        return;
+    }
+    // the soft_max path has no tmp area: its slab rows are only reached through o, and the
+    // visibility is rebuilt here one cell at a time
+    for (int64_t i = 0; i < rc.n_kv; ++i) {
+        const float m   = mask_f16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[i]) : ((const float *) mp)[i];
+        const bool  vis = m != -INFINITY;
+        const float fv  = vis ? f[i] : 0.0f;
+        o.a[i]     += w*p[i];
+        o.cnt[i]   += vis ? 1.0f : 0.0f;
+        o.sum[i]   += fv;
+        o.sumsq[i] += fv*fv;
+        o.max[i]    = vis ? std::max(o.max[i], f[i]) : o.max[i];
     }
 }
 
-static inline float * rc_cell(const ggml_cpu_rcedge & rc, int64_t s, int64_t g, int64_t ic) {
-    return (float *) ((char *) rc.scores + s*rc.nb3 + g*rc.nb2 + ic*rc.nb1);
+static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
+                          float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx,
+                          const float * GGML_RESTRICT ia, const float * GGML_RESTRICT icnt, const float * GGML_RESTRICT isum,
+                          const float * GGML_RESTRICT isumsq, const float * GGML_RESTRICT imx, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        a[i]     += ia[i];
+        cnt[i]   += icnt[i];
+        sum[i]   += isum[i];
+        sumsq[i] += isumsq[i];
+        mx[i]     = imx[i] > mx[i] ? imx[i] : mx[i];
+    }
 }
 
 void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rcedge & rc) {
@@ -153,32 +327,24 @@ void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rced
     }
     ggml_barrier(params->threadpool);
 
-    const int64_t n_units = rc.n_stream*rc.n_head_kv*rc.n_kv;
-    const int64_t per     = (n_units + rc.nth - 1)/rc.nth;
-    const int64_t u0      = std::min(n_units, per*rc.ith);
-    const int64_t u1      = std::min(n_units, u0 + per);
-    const float   decay   = powf(rc.alpha, (float) rc.N);
-
-    for (int64_t u = u0; u < u1; ++u) {
-        const int64_t ic = u % rc.n_kv;
-        const int64_t g  = (u / rc.n_kv) % rc.n_head_kv;
-        const int64_t s  = u / (rc.n_kv*rc.n_head_kv);
-        float a = 0.0f, n = 0.0f, s1 = 0.0f, s2 = 0.0f, mx = -INFINITY;
-        for (int t = 0; t < rc.nth; ++t) {
-            // slabs are laid out at a fixed stride, and slab entries follow the units' order
-            const float * in = rc.slab + (t - rc.ith)*rc.thread_stride + u*RC_NSTAT;
-            a  += in[0];
-            n  += in[1];
-            s1 += in[2];
-            s2 += in[3];
-            mx  = std::max(mx, in[4]);
+    // each thread reduces its own range of cells, in every (stream, KV head)
+    const int64_t c0 = std::min(rc.n_kv, rc.chunk*rc.ith);
+    const int64_t n  = std::min(rc.n_kv, c0 + rc.chunk) - c0;
+    if (n <= 0) {
+        return;
+    }
+    const float decay = powf(rc.alpha, (float) rc.N);
+    for (int64_t s = 0; s < rc.n_stream; ++s) {
+        for (int64_t g = 0; g < rc.n_head_kv; ++g) {
+            const rc_rows o = rc_score_rows(rc, s, g, c0);
+            for (int64_t i = 0; i < n; ++i) {
+                o.a[i] *= decay;
+            }
+            for (int t = 0; t < rc.nth; ++t) {
+                const rc_rows in = rc_slab_rows(rc, rc.slab + (t - rc.ith)*rc.thread_stride, s, g, c0);
+                rc_merge_rows(o.a, o.cnt, o.sum, o.sumsq, o.max, in.a, in.cnt, in.sum, in.sumsq, in.max, n);
+            }
         }
-        float * out = rc_cell(rc, s, g, ic);
-        out[0] = decay*out[0] + a;
-        out[1] += n;
-        out[2] += s1;
-        out[3] += s2;
-        out[4]  = std::max(out[4], mx);
     }
 }
 
@@ -205,34 +371,28 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
     float max_bias = 0.0f;
     memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
 
-    const int64_t ic0 = std::min(rc.n_kv, rc.chunk*rc.ith);
-    const int64_t ic1 = std::min(rc.n_kv, ic0 + rc.chunk);
-    const float   decay = rc.alpha; // one query
+    // this thread's cells: the range whose logits it computed
+    const int64_t c0 = std::min(rc.n_kv, rc.chunk*rc.ith);
+    const int64_t n  = std::min(rc.n_kv, c0 + rc.chunk) - c0;
+    if (n <= 0) {
+        return;
+    }
+    const float decay = rc.alpha; // one query
 
     for (int64_t g = 0; g < rc.n_head_kv; ++g) {
-        for (int64_t ic = ic0; ic < ic1; ++ic) {
-            float a = 0.0f, n = 0.0f, s1 = 0.0f, s2 = 0.0f, mx = -INFINITY;
-            for (int64_t h = g*rc.rk2; h < (g + 1)*rc.rk2; ++h) {
-                const ggml_fp16_t * mp = mask ? (const ggml_fp16_t *) ((const char *) mask->data + (h % mask->ne[2])*mask->nb[2]) : nullptr;
-                const float mv = mp ? rc_alibi_slope(max_bias, n_head, h)*GGML_CPU_FP16_TO_FP32(mp[ic]) : 0.0f;
-                if (mv == -INFINITY) {
-                    continue;
-                }
-                const float M  = rc.row_ms[2*h + 0];
-                const float S  = rc.row_ms[2*h + 1];
-                const float fv = rc.logits[h*rc.chunk + (ic - ic0)];
-                a  += S > 0.0f ? expf(fv + mv - M)/S : 0.0f;
-                n  += 1.0f;
-                s1 += fv;
-                s2 += fv*fv;
-                mx  = std::max(mx, fv);
-            }
-            float * out = rc_cell(rc, 0, g, ic);
-            out[0] = decay*out[0] + a;
-            out[1] += n;
-            out[2] += s1;
-            out[3] += s2;
-            out[4]  = std::max(out[4], mx);
+        const rc_rows o = rc_score_rows(rc, 0, g, c0);
+        for (int64_t i = 0; i < n; ++i) {
+            o.a[i] *= decay;
+        }
+        for (int64_t h = g*rc.rk2; h < (g + 1)*rc.rk2; ++h) {
+            const ggml_fp16_t * m = mask ? (const ggml_fp16_t *) ((const char *) mask->data + (h % mask->ne[2])*mask->nb[2]) + c0 : nullptr;
+            ggml_cpu_rcedge_rec rec = ggml_cpu_rcedge_rec_row(rc, h);
+            rec.nseg = rc.nseg[h];
+            const float S = rc.row_ms[2*h + 1];
+            const rc_row_tmp t = rc_tmp_rows(rc);
+            rc_p_from_rec(n, t.p, rec, rc.row_ms[2*h + 0], S > 0.0f ? 1.0f/S : 0.0f);
+            const bool masked = rc_mask_row(n, t, m);
+            rc_add_row(o, n, 1.0f, t, rec.f, masked);
         }
     }
 }

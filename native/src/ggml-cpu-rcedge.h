@@ -10,6 +10,8 @@
 //   scores[3] sumsq  of f^2
 //   scores[4] max    of f
 //
+// The scores tensor is [n_kv, 5, n_head_kv, n_stream]: a row of cells per statistic.
+//
 // Rows are computed by whichever thread takes them, and query heads of one GQA group, or queries
 // of one batch, land on different threads. So a finished row is added into the thread's private
 // slab, and after a barrier every thread reduces a disjoint range of cells into the scores. The
@@ -40,7 +42,7 @@ size_t ggml_cpu_rcedge_work_size(const struct ggml_tensor * node, int n_threads)
 // State of one op's scoring as seen by one thread.
 struct ggml_cpu_rcedge {
     float * scores = nullptr; // scores view data, nullptr when the node is not scored
-    size_t  nb1 = 0, nb2 = 0, nb3 = 0; // scores strides: cell, KV head, stream
+    size_t  nb1 = 0, nb2 = 0, nb3 = 0; // scores strides: statistic, KV head, stream
     float   alpha = 1.0f;
     int64_t n_kv = 0, n_head_kv = 0, n_stream = 0;
     int64_t N = 0;  // queries per stream in this batch
@@ -50,7 +52,12 @@ struct ggml_cpu_rcedge {
 
     float * row_ms = nullptr; // shared: final (M, S) per query head (split-KV)
     float * logits = nullptr; // this thread's logits buffer
-    float * slab   = nullptr; // this thread's partial sums [n_stream][n_head_kv][n_kv][5]
+    float * v      = nullptr; // this thread's recorded exp(s - running max) (one_chunk, split-KV)
+    int32_t * seg_at = nullptr; // where the running max changed, per recorded row
+    float   * seg_m  = nullptr; // the running max from there on
+    int32_t * nseg   = nullptr; // split-KV: segments of each head's record
+    float * tmp    = nullptr; // this thread's buffer for exponentials
+    float * slab   = nullptr; // this thread's partial sums [n_stream][n_head_kv][5][n_kv]
     int64_t thread_stride = 0; // floats from one thread's logits + slab to the next thread's
 
     int ith = 0, nth = 1;
@@ -58,15 +65,53 @@ struct ggml_cpu_rcedge {
     explicit operator bool() const { return scores != nullptr; }
 };
 
+// One flash-attention row recorded while the kernel walks its cells (one_chunk, split-KV): the
+// raw logits f, the kernel's own exp(s - running max) v, and the cells where the running max
+// changed. Its probabilities then cost one exp per max change, not one per cell.
+struct ggml_cpu_rcedge_rec {
+    float   * f      = nullptr; // nullptr: not recording
+    float   * v      = nullptr;
+    int32_t * seg_at = nullptr;
+    float   * seg_m  = nullptr;
+    int32_t   nseg   = 0;
+
+    explicit operator bool() const { return f != nullptr; }
+
+    // cell i (relative to the row's first) is masked
+    void masked(int64_t i) { f[i] = 0.0f; v[i] = 0.0f; }
+
+    // cell i has logit fv, the kernel's exp value vs, and the running max went from Mold to M
+    void key(int64_t i, float fv, float vs, float Mold, float M) {
+        f[i] = fv;
+        v[i] = vs;
+        if (M != Mold) {
+            seg_at[nseg] = (int32_t) i;
+            seg_m[nseg]  = M;
+            ++nseg;
+        }
+    }
+};
+
+// The record for slot 0 (one_chunk rows) or slot h (split-KV: head h's chunk).
+ggml_cpu_rcedge_rec ggml_cpu_rcedge_rec_row(const ggml_cpu_rcedge & rc, int64_t slot);
+
+// split-KV: keep the record's segment count until the partials are reduced.
+void ggml_cpu_rcedge_rec_done(const ggml_cpu_rcedge & rc, int64_t slot, const ggml_cpu_rcedge_rec & rec);
+
+// Add a finished recorded row (one_chunk): as ggml_cpu_rcedge_fa_row, from its record.
+void ggml_cpu_rcedge_fa_rec_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
+                                int64_t ic0, int64_t ic1, const ggml_cpu_rcedge_rec & rec,
+                                const ggml_fp16_t * mp, float M, float S);
+
 // Set up `rc` for this thread; zero its slab unless the op runs the split-KV path.
 void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor * dst,
                            bool split_kv, ggml_cpu_rcedge & rc);
 
-// Add a finished flash-attention row: query iq1 of head iq2, stream iq3, logits f[ic - ic0] for
+// Add a finished flash-attention row (tiled): query iq1 of head iq2, stream iq3, logits f[ic - ic0] for
 // cells [ic0, ic1), row mask mp (f16, may be null) scaled by slope, and the row's final max M and
-// sum S (S relative to M, sinks included).
+// sum S (S relative to M, sinks included). f is scratch: masked cells are zeroed in place.
 void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
-                            int64_t ic0, int64_t ic1, const float * f,
+                            int64_t ic0, int64_t ic1, float * f,
                             const ggml_fp16_t * mp, float slope, float M, float S);
 
 // Add a finished soft_max row: logits f and probabilities p over all cells, row mask (f16 or f32).

@@ -55,8 +55,8 @@ int32_t llama_rcedge_kv_cells_total(const llama_context * ctx) {
 static constexpr int64_t RC_N = LLAMA_RCEDGE_N_STATS;
 static_assert(LLAMA_RCEDGE_N_STATS == GGML_ATTN_SCORES_N, "one layout for the C API and the kernels");
 
-// Statistics beside one KV cache: one F32 tensor [5, kv_size, n_head_kv, n_stream] per layer
-// with KV, in a host buffer of their own.
+// Statistics beside one KV cache: one F32 tensor [kv_size, 5, n_head_kv, n_stream] per layer
+// with KV (a row of cells per statistic), in a host buffer of their own.
 struct llama_rcedge_scores {
     float alpha = 1.0f;
     ggml_context_ptr        ctx;
@@ -64,18 +64,21 @@ struct llama_rcedge_scores {
     std::vector<ggml_tensor *> by_layer; // model layer id -> tensor, nullptr for layers without KV
 };
 
-static void rcedge_clear_cell(float * s, uint32_t what) {
-    if (what & LLAMA_RCEDGE_RESET_A2SF) {
-        s[0] = 0.0f;
-    }
-    if (what & LLAMA_RCEDGE_RESET_MOMENTS) {
-        s[1] = s[2] = s[3] = 0.0f;
-        s[4] = -INFINITY;
-    }
+// statistic k of a cell
+static float & rcedge_stat(const ggml_tensor * t, int64_t stream, int64_t head, int64_t cell, int64_t k) {
+    return *(float *) ((char *) t->data + stream*t->nb[3] + head*t->nb[2] + k*t->nb[1] + cell*t->nb[0]);
 }
 
-static float * rcedge_cell(const ggml_tensor * t, int64_t stream, int64_t head, int64_t cell) {
-    return (float *) ((char *) t->data + stream*t->nb[3] + head*t->nb[2] + cell*t->nb[1]);
+static void rcedge_clear_cell(const ggml_tensor * t, int64_t stream, int64_t head, int64_t cell, uint32_t what) {
+    if (what & LLAMA_RCEDGE_RESET_A2SF) {
+        rcedge_stat(t, stream, head, cell, 0) = 0.0f;
+    }
+    if (what & LLAMA_RCEDGE_RESET_MOMENTS) {
+        rcedge_stat(t, stream, head, cell, 1) = 0.0f;
+        rcedge_stat(t, stream, head, cell, 2) = 0.0f;
+        rcedge_stat(t, stream, head, cell, 3) = 0.0f;
+        rcedge_stat(t, stream, head, cell, 4) = -INFINITY;
+    }
 }
 
 static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
@@ -85,8 +88,8 @@ static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
         }
         for (int64_t s = 0; s < t->ne[3]; ++s) {
             for (int64_t g = 0; g < t->ne[2]; ++g) {
-                for (int64_t c = 0; c < t->ne[1]; ++c) {
-                    rcedge_clear_cell(rcedge_cell(t, s, g, c), what);
+                for (int64_t c = 0; c < t->ne[0]; ++c) {
+                    rcedge_clear_cell(t, s, g, c, what);
                 }
             }
         }
@@ -100,7 +103,7 @@ ggml_tensor * llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, 
     ggml_tensor * t = rcedge->by_layer[il];
     const uint32_t ns = sinfo.s1 - sinfo.s0 + 1;
     *alpha = rcedge->alpha;
-    return ggml_view_4d(ctx, t, RC_N, n_kv, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+    return ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
 }
 
 void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
@@ -115,7 +118,7 @@ void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
                     continue;
                 }
                 for (int64_t g = 0; g < t->ne[2]; ++g) {
-                    rcedge_clear_cell(rcedge_cell(t, stream, g, idx), LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
+                    rcedge_clear_cell(t, stream, g, idx, LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
                 }
             }
         }
@@ -174,7 +177,7 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
         if (il >= sc->by_layer.size()) {
             sc->by_layer.resize(il + 1, nullptr);
         }
-        ggml_tensor * t = ggml_new_tensor_4d(sc->ctx.get(), GGML_TYPE_F32, RC_N, kv->get_size(), hparams.n_head_kv(il), kv->get_n_stream());
+        ggml_tensor * t = ggml_new_tensor_4d(sc->ctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
         ggml_format_name(t, "rcedge_scores_l%u", il);
         sc->by_layer[il] = t;
     }
@@ -325,7 +328,7 @@ int32_t llama_rcedge_get_scores(const llama_context * ctx, int32_t il, const int
         return LLAMA_RCEDGE_ERR_LAYER;
     }
     const int64_t n_head_kv = layers.front()->ne[2];
-    const int64_t kv_size   = layers.front()->ne[1];
+    const int64_t kv_size   = layers.front()->ne[0];
     for (const ggml_tensor * t : layers) {
         if (t->ne[2] != n_head_kv) {
             return LLAMA_RCEDGE_ERR_HEADS;
@@ -347,12 +350,10 @@ int32_t llama_rcedge_get_scores(const llama_context * ctx, int32_t il, const int
             o[0] = o[1] = o[2] = o[3] = 0.0f;
             o[4] = -INFINITY;
             for (const ggml_tensor * t : layers) {
-                const float * s = rcedge_cell(t, stream, g, cells[i]);
-                o[0] += s[0];
-                o[1] += s[1];
-                o[2] += s[2];
-                o[3] += s[3];
-                o[4]  = std::max(o[4], s[4]);
+                for (int64_t k = 0; k < 4; ++k) {
+                    o[k] += rcedge_stat(t, stream, g, cells[i], k);
+                }
+                o[4] = std::max(o[4], rcedge_stat(t, stream, g, cells[i], 4));
             }
         }
     }
