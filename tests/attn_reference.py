@@ -118,8 +118,8 @@ def model(path: str) -> int:
 
 
 def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: int = 512,
-        type_k: int = 1, alpha: float | None = None, capture: bool = False, n_ctx: int = 1024,
-        prefill: int | None = None) -> Run:
+        type_k: int = 1, type_v: int = 1, alpha: float | None = None, capture: bool = False,
+        n_ctx: int = 1024, prefill: int | None = None) -> Run:
     """Evaluate `tokens`: the first `prefill` (default: all) in ubatches of `batch`, each its own
     decode call, then the rest one at a time, as generation feeds them."""
     m = model(path)
@@ -132,6 +132,7 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
     params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash
                               else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     params.type_k = type_k
+    params.type_v = type_v
     params.no_perf = True
 
     captured: dict[int, np.ndarray] = {}

@@ -87,6 +87,15 @@ def test_alpha(default_model, tokens, path, alpha):
     assert_matches_reference(run, alpha)
 
 
+@pytest.mark.parametrize("path", ["fa-one_chunk", "fa-split_kv"])
+def test_quantised_v_cache(default_model, tokens, path):
+    # a quantised V cache needs flash attention; with a Q8_0 K too, every step takes one_chunk
+    n, batch, prefill, _ = PATHS[path]
+    run = ar.run(str(default_model), tokens[:n], flash=True, threads=2, batch=batch, prefill=prefill,
+                 type_k=Q8_0, type_v=Q8_0, alpha=0.9, capture=True)
+    assert_matches_reference(run, 0.9)
+
+
 def test_one_batch_equals_token_by_token(default_model, tokens):
     # flash attention computes a batch and single steps alike, so everything must agree
     whole = ar.run(str(default_model), tokens[:48], flash=True, batch=48, alpha=0.7)
