@@ -1,4 +1,4 @@
-// pyrcedge's C API, compiled into libllama (native/src/llama-rcedge.cpp).
+// pyrcedge's C API, compiled into libllama (native/src/rcedge-api.cpp).
 //
 // Everything here is named llama_rcedge_* and lives in this header only, so llama.h stays as
 // upstream ships it. The Python package binds these declarations through cffi
