@@ -232,7 +232,8 @@ static bool rc_mask_row(int64_t n, const rc_row_tmp & t, const ggml_fp16_t * GGM
 
 // p[i] = v[i] * exp(M_seg - M) * S_inv: the kernel's exp(s - running max), rescaled per segment
 // of constant running max to the row's final max. Masked cells have v = 0.
-static void rc_p_from_rec(int64_t n, float * GGML_RESTRICT p, const ggml_cpu_rcedge_rec & rec, float M, float S_inv) {
+// (p may be rec.v itself: the update is elementwise in place.)
+static void rc_p_from_rec(int64_t n, float * p, const ggml_cpu_rcedge_rec & rec, float M, float S_inv) {
     if (rec.nseg == 0 || M == -INFINITY) {
         memset(p, 0, n*sizeof(float));
         return;
@@ -242,7 +243,7 @@ static void rc_p_from_rec(int64_t n, float * GGML_RESTRICT p, const ggml_cpu_rce
         const int64_t i0  = rec.seg_at[k];
         const int64_t i1  = k + 1 < rec.nseg ? rec.seg_at[k + 1] : n;
         const float   fac = expf(rec.seg_m[k] - M)*S_inv;
-        const float * GGML_RESTRICT v = rec.v;
+        const float * v = rec.v;
         for (int64_t i = i0; i < i1; ++i) {
             p[i] = v[i]*fac;
         }
@@ -358,6 +359,69 @@ static float rc_alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
     return h < n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1);
 }
 
+// Split-KV, all heads of a group at once: the heads' probabilities replace their recorded v
+// rows in place, then one pass per group updates the statistics (R = query heads per KV head).
+template <int R>
+static void rc_group_update(const rc_rows & o, int64_t n, float decay, const float * const * p,
+                            const float * const * f, const float * GGML_RESTRICT vis,
+                            const float * GGML_RESTRICT madd) {
+    float * GGML_RESTRICT a     = o.a;
+    float * GGML_RESTRICT cnt   = o.cnt;
+    float * GGML_RESTRICT sum   = o.sum;
+    float * GGML_RESTRICT sumsq = o.sumsq;
+    float * GGML_RESTRICT mx    = o.max;
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+        float ps = 0.0f, fs = 0.0f, f2 = 0.0f, fm = -INFINITY;
+        for (int j = 0; j < R; ++j) {
+            const float fv = f[j][i];
+            ps += p[j][i];
+            fs += fv;
+            f2 += fv*fv;
+            fm  = std::max(fm, fv);
+        }
+        a[i]     = decay*a[i] + ps;
+        cnt[i]  += (float) R*vis[i];
+        sum[i]  += fs;
+        sumsq[i] += f2;
+        mx[i]    = std::max(mx[i], fm + madd[i]);
+    }
+}
+
+static bool rc_group_pass(const ggml_cpu_rcedge & rc, const ggml_tensor * mask, float max_bias,
+                          int64_t c0, int64_t n, float decay) {
+    if (mask == nullptr || mask->ne[2] != 1 || max_bias > 0.0f || rc.rk2 > 8) {
+        return false;
+    }
+    const rc_row_tmp t = rc_tmp_rows(rc);
+    rc_mask_row(n, t, (const ggml_fp16_t *) mask->data + c0);
+    for (int64_t g = 0; g < rc.n_head_kv; ++g) {
+        const float * p[8];
+        const float * f[8];
+        for (int64_t j = 0; j < rc.rk2; ++j) {
+            const int64_t h = g*rc.rk2 + j;
+            ggml_cpu_rcedge_rec rec = ggml_cpu_rcedge_rec_row(rc, h);
+            rec.nseg = rc.nseg[h];
+            const float S = rc.row_ms[2*h + 1];
+            rc_p_from_rec(n, rec.v, rec, rc.row_ms[2*h + 0], S > 0.0f ? 1.0f/S : 0.0f); // in place
+            p[j] = rec.v;
+            f[j] = rec.f;
+        }
+        const rc_rows o = rc_score_rows(rc, 0, g, c0);
+        switch (rc.rk2) {
+            case 1: rc_group_update<1>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 2: rc_group_update<2>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 3: rc_group_update<3>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 4: rc_group_update<4>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 5: rc_group_update<5>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 6: rc_group_update<6>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 7: rc_group_update<7>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 8: rc_group_update<8>(o, n, decay, p, f, t.vis, t.madd); break;
+        }
+    }
+    return true;
+}
+
 void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_tensor * dst,
                                const ggml_cpu_rcedge & rc) {
     if (!rc) {
@@ -378,6 +442,11 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
         return;
     }
     const float decay = rc.alpha; // one query
+
+    // one mask row for every head (llama.cpp's case): a GQA group in a single pass
+    if (rc_group_pass(rc, mask, max_bias, c0, n, decay)) {
+        return;
+    }
 
     for (int64_t g = 0; g < rc.n_head_kv; ++g) {
         const rc_rows o = rc_score_rows(rc, 0, g, c0);
