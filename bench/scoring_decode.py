@@ -96,13 +96,17 @@ def main() -> None:
         for w in workers.values():
             w.close()
 
+    def paired(n: int, a: str, b: str) -> float:
+        """Median over rounds of a/b measured back to back: drift between rounds cancels."""
+        return statistics.median(x / y for x, y in zip(samples[(n, a)], samples[(n, b)]))
+
     rows = []
     for n in args.contexts:
         med = {v: statistics.median(samples[(n, v)]) for v in workers}
         rows.append({"context": n, **{f"{v} tok/s": round(med[v], 2) for v in workers},
-                     "on/off": round(med["scoring on"] / med["scoring off"], 3),
-                     "off/stock": round(med["scoring off"] / med["stock"], 3),
-                     "on/stock": round(med["scoring on"] / med["stock"], 3),
+                     "on/off": round(paired(n, "scoring on", "scoring off"), 3),
+                     "off/stock": round(paired(n, "scoring off", "stock"), 3),
+                     "on/stock": round(paired(n, "scoring on", "stock"), 3),
                      "samples": {v: [round(x, 2) for x in samples[(n, v)]] for v in workers}})
     command = "bench/scoring_decode.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; threads={args.threads}, flash attention {args.flash}"
@@ -113,7 +117,9 @@ def main() -> None:
     lines = [f"# Decode speed: scoring on vs off vs stock llama-cpp-python", "",
              f"Command: `.venv/bin/python {command}`  ", f"Machine: {machine}  ",
              f"Date: {time.strftime('%Y-%m-%d')}; model SmolLM2-135M-Instruct Q4_1; {args.steps} decode steps per "
-             f"sample after a prompt of `context` tokens, {args.reps} interleaved rounds, medians.", "",
+             f"sample after a prompt of `context` tokens, {args.reps} interleaved rounds. Speeds: medians; "
+             f"ratios: medians over rounds of the ratio within a round (back-to-back runs). Per-round "
+             f"samples are in the .json beside this file.", "",
              "| context | stock tok/s | scoring off tok/s | scoring on tok/s | on/off | off/stock | on/stock |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
