@@ -19,7 +19,9 @@ PATCHES = Path(__file__).resolve().parent / "patches"
 OWNERS = {
     "0002-ggml-attention-scores-api.patch": ["ggml/include/ggml.h", "ggml/src/ggml.c"],
     "0003-ggml-cpu-fused-attention-scores.patch": ["ggml/src/ggml-cpu/"],
-    "0004-llama-kv-cache-attention-scores.patch": ["src/"],
+    "0004-llama-kv-cache-attention-scores.patch": ["src/llama-graph.h", "src/llama-graph.cpp",
+                                                  "src/llama-kv-cache.h", "src/llama-kv-cache.cpp"],
+    "0005-llama-context-exact-n-ctx.patch": ["src/llama-context.cpp"],
 }
 
 

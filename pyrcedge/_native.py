@@ -20,11 +20,15 @@ from .errors import NativeLibraryError
 # tests/test_native.py checks that the two lists agree.
 CDEF = """
 struct llama_context;
+struct llama_model;
 typedef int32_t llama_pos;
 typedef int32_t llama_seq_id;
 const char * llama_rcedge_version(void);
 int32_t llama_rcedge_kv_cells_used(const struct llama_context * ctx);
 int32_t llama_rcedge_kv_cells_total(const struct llama_context * ctx);
+int32_t llama_rcedge_set_exact_n_ctx(int32_t exact);
+int64_t llama_rcedge_kv_cell_bytes( const struct llama_model * model, int32_t type_k, int32_t type_v, int32_t flash_attn);
+int64_t llama_rcedge_kv_bytes(const struct llama_context * ctx);
 int32_t llama_rcedge_scoring_enable(struct llama_context * ctx, float alpha);
 int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);
 int32_t llama_rcedge_scoring_enabled(const struct llama_context * ctx);

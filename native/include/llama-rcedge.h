@@ -29,6 +29,29 @@ extern "C" {
     LLAMA_API int32_t llama_rcedge_kv_cells_total(const struct llama_context * ctx);
 
     //
+    // pyrcedge: KV cache memory budgets
+    //
+
+    // Ask that contexts created by this thread from now on get a KV cache of exactly the n_ctx
+    // they ask for (exact != 0), instead of n_ctx rounded up to a multiple of 256 cells, so that
+    // a cache sized to a memory budget is not allocated beyond it. Returns the previous setting.
+    // The setting is per thread and stays until changed; the CPU backend needs no padding.
+    LLAMA_API int32_t llama_rcedge_set_exact_n_ctx(int32_t exact);
+
+    // Bytes one KV cell takes over all layers with K and V stored as ggml types type_k and
+    // type_v (enum ggml_type values), as llama_kv_cache allocates them (flash_attn != 0: V stored
+    // by rows, as with flash attention). Returns -1 when model is NULL or a type is invalid.
+    LLAMA_API int64_t llama_rcedge_kv_cell_bytes(
+            const struct llama_model * model,
+                             int32_t   type_k,
+                             int32_t   type_v,
+                             int32_t   flash_attn);
+
+    // Bytes the context's KV cache buffers take (K and V of all layers and streams), or -1 when
+    // its memory is not a plain KV cache.
+    LLAMA_API int64_t llama_rcedge_kv_bytes(const struct llama_context * ctx);
+
+    //
     // pyrcedge: attention scoring
     //
     // While scoring is on, every prefill and decode step makes the CPU attention kernels update,

@@ -49,6 +49,60 @@ int32_t llama_rcedge_kv_cells_total(const llama_context * ctx) {
 }
 
 //
+// KV cache memory budgets
+//
+
+// read by the patched llama_context constructor (patch 0005)
+static thread_local bool rcedge_exact_n_ctx = false;
+
+bool llama_rcedge_exact_n_ctx_requested() {
+    return rcedge_exact_n_ctx;
+}
+
+int32_t llama_rcedge_set_exact_n_ctx(int32_t exact) {
+    const int32_t prev = rcedge_exact_n_ctx ? 1 : 0;
+    rcedge_exact_n_ctx = exact != 0;
+    return prev;
+}
+
+// mirrors the per-layer tensor sizes of the llama_kv_cache constructor
+int64_t llama_rcedge_kv_cell_bytes(const llama_model * model, int32_t type_k, int32_t type_v, int32_t flash_attn) {
+    if (model == nullptr || type_k < 0 || type_k >= GGML_TYPE_COUNT || type_v < 0 || type_v >= GGML_TYPE_COUNT) {
+        return -1;
+    }
+    const ggml_type tk = (ggml_type) type_k;
+    const ggml_type tv = (ggml_type) type_v;
+    if (ggml_blck_size(tk) <= 0 || ggml_type_size(tk) == 0 || ggml_blck_size(tv) <= 0 || ggml_type_size(tv) == 0) {
+        return -1; // a removed or placeholder type
+    }
+    const llama_hparams & hp = model->hparams;
+    const bool v_trans = flash_attn == 0;
+    int64_t bytes = 0;
+    for (uint32_t il = 0; il < hp.n_layer_all; ++il) {
+        if (!hp.has_kv(il)) {
+            continue;
+        }
+        bytes += (int64_t) ggml_row_size(tk, hp.n_embd_k_gqa(il));
+        if (!hp.is_mla()) {
+            bytes += (int64_t) ggml_row_size(tv, v_trans ? hp.n_embd_v_gqa_max() : hp.n_embd_v_gqa(il));
+        }
+    }
+    return bytes;
+}
+
+int64_t llama_rcedge_kv_bytes(const llama_context * ctx) {
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        return -1;
+    }
+    int64_t bytes = 0;
+    for (const auto & [buft, size] : kv->memory_breakdown()) {
+        bytes += (int64_t) size;
+    }
+    return bytes;
+}
+
+//
 // attention scoring
 //
 
