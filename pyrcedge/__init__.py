@@ -8,17 +8,30 @@ from __future__ import annotations
 
 from ._native import version as native_version
 from .errors import (
+    BudgetError,
     ContextOverflowError,
     ModelFetchError,
     ModelLoadError,
     NativeLibraryError,
+    PolicyError,
     PyrcedgeError,
 )
+from .kvcache import EvictionEvent, KVStats
+from .llama import Llama
+from .policies import POLICIES, CacheView, Policy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "POLICIES",
+    "BudgetError",
+    "CacheView",
     "ContextOverflowError",
+    "EvictionEvent",
+    "KVStats",
+    "Llama",
+    "Policy",
+    "PolicyError",
     "ModelFetchError",
     "ModelLoadError",
     "NativeLibraryError",

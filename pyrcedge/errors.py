@@ -22,3 +22,11 @@ class ModelFetchError(PyrcedgeError, RuntimeError):
 
 class ContextOverflowError(PyrcedgeError, ValueError):
     """More tokens were asked for than the KV cache can hold."""
+
+
+class BudgetError(PyrcedgeError, ValueError):
+    """A KV budget or eviction setting that cannot work (too small, malformed, unknown)."""
+
+
+class PolicyError(PyrcedgeError, RuntimeError):
+    """An eviction policy failed or returned an invalid choice; the cache was left unchanged."""

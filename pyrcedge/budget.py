@@ -1,0 +1,108 @@
+"""KV memory budgets: what a user writes (tokens, "256MiB", "auto") turned into KV cells.
+
+A cell holds one token's K and V in every layer. Its size in bytes comes from libllama
+(llama_rcedge_kv_cell_bytes), computed exactly as llama_kv_cache allocates it for the chosen
+cache types, so a byte budget bounds the real allocation. The statistics that scoring keeps
+beside the cache (5 floats per layer, KV head and cell) are reported apart: they are not K or V.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from . import _native
+from .errors import BudgetError
+
+Budget = Union[int, str, None]
+
+# "auto" takes this fraction of the memory available when the model is opened: the rest is
+# left for the model weights, the compute buffers, Python and the other programs running.
+AUTO_FRACTION = 0.25
+# ggml aligns every tensor in a buffer; the allowance covers the K and V tensors of all layers.
+_ALIGN_SLACK_PER_TENSOR = 256
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+GGML_TYPE_F16 = 1
+
+
+def parse_bytes(text: str) -> int:
+    """'256MiB' -> 268435456, '1.5GB' -> 1500000000 (SI and binary units; case-insensitive)."""
+    m = _SIZE.match(text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise BudgetError(f"kv_budget {text!r} is not a size: write tokens as an int, bytes as "
+                          "'256MiB' or '1.5GB', or 'auto'")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What sizing a KV cache needs to know of a model, read without loading its weights."""
+
+    cell_bytes: int        # K + V of one cell over all layers, at the chosen cache types
+    n_layer: int
+    n_ctx_train: int
+
+
+def model_shape(model_path: str | os.PathLike[str], type_k: int, type_v: int,
+                flash_attn: bool) -> ModelShape:
+    """Read the model's hyper-parameters (vocab_only load: no weights) and size one cell."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(os.fsencode(model_path), params)
+    if not model:
+        raise BudgetError(f"cannot read the hyper-parameters of {model_path}")
+    try:
+        ptr = _native.ffi.cast("struct llama_model *", ctypes.cast(model, ctypes.c_void_p).value)
+        cell = int(_native.lib().llama_rcedge_kv_cell_bytes(ptr, int(type_k), int(type_v),
+                                                              1 if flash_attn else 0))
+        n_layer = int(llama_cpp.llama_model_n_layer(model))
+        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+    finally:
+        llama_cpp.llama_model_free(model)
+    if cell <= 0:
+        raise BudgetError(f"invalid KV cache types type_k={type_k}, type_v={type_v}")
+    return ModelShape(cell_bytes=cell, n_layer=n_layer, n_ctx_train=n_ctx_train)
+
+
+def available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def cells_for(budget: Budget, shape_of: Callable[[], ModelShape], default_cells: int) -> tuple[int, int | None]:
+    """(cells, byte limit or None) for a budget. shape_of() is only called for byte budgets."""
+    if budget is None:
+        return default_cells, None
+    if isinstance(budget, bool) or not isinstance(budget, (int, str)):
+        raise BudgetError(f"kv_budget must be tokens (int), a size ('256MiB') or 'auto', "
+                          f"got {budget!r}")
+    if isinstance(budget, int):
+        if budget < 1:
+            raise BudgetError(f"kv_budget must be at least 1 token, got {budget}")
+        return budget, None
+    shape = shape_of()
+    if budget.strip().lower() == "auto":
+        limit = int(available_bytes() * AUTO_FRACTION)
+        cap = shape.n_ctx_train  # more cells than trained positions buys nothing
+    else:
+        limit = parse_bytes(budget)
+        cap = None
+    slack = 2 * shape.n_layer * _ALIGN_SLACK_PER_TENSOR
+    cells = max(0, (limit - slack) // shape.cell_bytes)
+    if cap:
+        cells = min(cells, cap)
+    if cells < 1:
+        raise BudgetError(f"kv_budget {budget!r} ({limit} bytes) holds no KV cell: one cell takes "
+                          f"{shape.cell_bytes} bytes with these cache types")
+    return int(cells), limit

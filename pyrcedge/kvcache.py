@@ -1,0 +1,283 @@
+"""The budgeted KV cache of one sequence: which history tokens are cached, where, and eviction.
+
+`BudgetedKV` keeps the bookkeeping that llama_cpp.Llama does not: the token history can grow
+without end while the KV cache holds a subset of it (at most `budget` cells). It asks the
+policy which cells to evict, checks the answer before touching anything, removes the cells
+from libllama's cache and, with positions="compact", shifts the survivors' positions down so
+that they stay contiguous (llama.cpp re-rotates the keys at the next decode, StreamingLLM-style).
+
+Positions: with "keep" a token keeps the position of its history index for ever (the model
+sees the gaps); with "compact" the cached tokens hold positions 0..n-1 in history order, so a
+stream can run past the model's trained context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _native, scoring
+from .errors import BudgetError, ContextOverflowError, PolicyError, PyrcedgeError
+from .policies import CacheView, Policy
+
+POSITION_MODES = ("keep", "compact")
+
+
+@dataclass(frozen=True)
+class EvictionEvent:
+    """One eviction: what went, and the cache around it (passed to on_evict callbacks)."""
+
+    evicted: npt.NDArray[np.int64]   # history indices of the evicted tokens
+    tokens: npt.NDArray[np.int32]    # their token ids
+    cells_before: int
+    cells_after: int
+    history_tokens: int              # history length when it happened
+    policy: str
+
+
+@dataclass(frozen=True)
+class KVStats:
+    """The state of a budgeted cache (Llama.kv_stats())."""
+
+    cells_used: int
+    budget_cells: int
+    budget_bytes: int          # K and V of budget_cells cells at the cache types
+    allocated_bytes: int       # what llama.cpp allocated for K and V
+    statistics_bytes: int      # the scoring statistics beside the cache (0 with scoring off)
+    evictions: int             # eviction events
+    evicted_tokens: int
+    history_tokens: int        # tokens of the history (cached or not)
+    positions: npt.NDArray[np.int64] = field(repr=False)  # history indices still cached
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "positions"}
+        d["positions_kept"] = int(len(self.positions))
+        return d
+
+
+@dataclass
+class Protection:
+    """Tokens no policy may evict: the first `sink`, the last `recent`, and pinned spans."""
+
+    sink: int
+    recent: int
+    pinned: list[tuple[int, int]] = field(default_factory=list)
+
+    def evictable(self, logical: npt.NDArray[np.int64], n_history: int) -> npt.NDArray[np.bool_]:
+        ok = (logical >= self.sink) & (logical < n_history - self.recent)
+        for start, end in self.pinned:
+            ok &= ~((logical >= start) & (logical < end))
+        return ok
+
+
+def check_span(span: Sequence[int]) -> tuple[int, int]:
+    try:
+        start, end = (int(x) for x in span)
+    except (TypeError, ValueError):
+        raise BudgetError(f"a pinned span is (start, end) in token indices, got {span!r}") from None
+    if not 0 <= start < end:
+        raise BudgetError(f"pinned span {span!r} must satisfy 0 <= start < end")
+    return start, end
+
+
+class BudgetedKV:
+    """Bookkeeping and eviction for sequence 0 of a llama_context (ctypes pointer)."""
+
+    def __init__(self, ctx: Any, budget_cells: int, policy: Policy, protection: Protection,
+                 eviction_batch: int, positions: str,
+                 on_evict: Callable[[EvictionEvent], None] | None = None) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.ctx = ctx
+        self.mem = llama_cpp.llama_get_memory(ctx)
+        self.budget = budget_cells
+        self.policy = policy
+        self.protection = protection
+        self.batch = eviction_batch
+        self.compact = positions == "compact"
+        self.on_evict = on_evict
+        if self.compact and not llama_cpp.llama_memory_can_shift(self.mem):
+            raise BudgetError("positions='compact' needs a model whose keys can be shifted; "
+                              "this one cannot (use positions='keep')")
+        self.cached = np.empty(0, np.int64)   # history indices of cached tokens, position order
+        self.horizon = 0                      # history length at the last eviction
+        self.window_start = 0                 # history index where the statistics window began
+        self.last_check = 0                   # history length at the last eviction point
+        self.evictions = 0
+        self.evicted_tokens = 0
+
+    # --- where tokens are ---------------------------------------------------------------
+
+    def position_of(self, k: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Positions of the cached tokens at indices k of `cached`."""
+        k = np.asarray(k)
+        return k.astype(np.int64) if self.compact else self.cached[k]
+
+    def next_pos(self) -> int:
+        if len(self.cached) == 0:
+            return 0
+        return len(self.cached) if self.compact else int(self.cached[-1]) + 1
+
+    def appended(self, start: int, n: int) -> None:
+        self.cached = np.concatenate([self.cached, np.arange(start, start + n, dtype=np.int64)])
+
+    def can_truncate(self, n: int) -> bool:
+        """Whether dropping history from n on leaves exactly what a run on history[:n] left:
+        true unless an eviction happened after the history passed n."""
+        return n >= self.horizon
+
+    def truncate(self, n: int) -> None:
+        """Remove the cached tokens of history index >= n."""
+        k = int(np.searchsorted(self.cached, n))
+        if k < len(self.cached):
+            p0 = int(self.position_of(k))
+            self._llama_cpp.llama_memory_seq_rm(self.mem, 0, p0, -1)
+            self.cached = self.cached[:k]
+        self.horizon = min(self.horizon, n)
+        self.window_start = min(self.window_start, n)
+        self.last_check = min(self.last_check, n)
+
+    def clear(self) -> None:
+        self._llama_cpp.llama_memory_clear(self.mem, True)
+        self.cached = np.empty(0, np.int64)
+        self.horizon = self.window_start = self.last_check = 0
+
+    # --- eviction -----------------------------------------------------------------------
+
+    def room_without_eviction(self) -> int:
+        return self.budget - len(self.cached)
+
+    def max_chunk(self, n_history: int) -> int:
+        """The most tokens one decode may add when the cache must evict to take them."""
+        protected = int((~self.protection.evictable(self.cached, n_history)).sum())
+        return max(1, self.budget - max(protected, self.protection.sink + self.protection.recent))
+
+    def make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32]) -> None:
+        """Evict so that n_new more tokens fit; raises and leaves the cache unchanged if that
+        cannot be done."""
+        used = len(self.cached)
+        need = used + n_new - self.budget
+        due = self.policy.proactive and n_history - self.last_check >= self.batch
+        if need <= 0 and not due:
+            return
+        if need > 0 and not self.policy.evicts:
+            raise ContextOverflowError(
+                f"Requested tokens ({n_history + n_new}) exceed context window of {self.budget}")
+        evictable = self.protection.evictable(self.cached, n_history)
+        n_evictable = int(evictable.sum())
+        if need > n_evictable:
+            raise BudgetError(
+                f"cannot make room for {n_new} tokens: {used} tokens are cached in a budget of "
+                f"{self.budget} and only {n_evictable} may be evicted (the sink, the recent "
+                "window and pinned spans hold the rest)")
+        target = min(max(need, self.batch), n_evictable) if need > 0 else 0
+        view = self._view(evictable, need, history)
+        try:
+            chosen = self.policy.select(view, target)
+            chosen = np.asarray(chosen)
+        except PyrcedgeError:
+            raise
+        except Exception as e:  # a user policy's own failure
+            raise PolicyError(f"policy {self.policy.name!r} raised {type(e).__name__}: {e}; "
+                              "the cache is unchanged") from e
+        rows = self._check_choice(view, chosen, need)
+        self._evict_rows(view, rows, n_history)
+        self.last_check = n_history
+
+    def _view(self, evictable: npt.NDArray[np.bool_], need: int,
+              history: npt.NDArray[np.int32]) -> CacheView:
+        cells = scoring.used_cells(self.ctx)
+        if len(cells) != len(self.cached):
+            raise PyrcedgeError(f"internal: the KV cache holds {len(cells)} cells but pyrcedge "
+                                f"tracks {len(self.cached)} tokens")
+        order = np.argsort(cells.pos, kind="stable")
+        cell_idx, pos = cells.index[order], cells.pos[order]
+        if not np.array_equal(pos, self.position_of(np.arange(len(self.cached)))):
+            raise PyrcedgeError("internal: cached positions differ from pyrcedge's bookkeeping")
+        stats_on = self.policy.uses_statistics
+        n_layer = scoring.n_layer(self.ctx) if stats_on else 0
+
+        def read(layer: int | None) -> npt.NDArray[np.float32]:
+            return scoring.read_scores(self.ctx, layer, cell_idx)
+
+        return CacheView(cells=cell_idx, positions=pos, logical=self.cached.copy(),
+                         tokens=history[self.cached], evictable=evictable,
+                         n_required=max(need, 0), window_start=self.window_start,
+                         read_stats=read if stats_on else None, n_layer=n_layer)
+
+    def _check_choice(self, view: CacheView, chosen: npt.NDArray[Any], need: int) -> npt.NDArray[np.int64]:
+        name = self.policy.name
+        if chosen.ndim != 1 or (chosen.size and not np.issubdtype(chosen.dtype, np.integer)):
+            raise PolicyError(f"policy {name!r} must return a one-dimensional array of cell "
+                              f"indices, got {chosen!r}; the cache is unchanged")
+        row_of = {int(c): r for r, c in enumerate(view.cells)}
+        rows = []
+        for c in chosen.tolist():
+            r = row_of.get(int(c))
+            if r is None:
+                raise PolicyError(f"policy {name!r} chose cell {c}, which holds no cached token; "
+                                  "the cache is unchanged")
+            if not view.evictable[r]:
+                raise PolicyError(f"policy {name!r} chose cell {c}, which holds a protected token "
+                                  f"(history index {view.logical[r]}); the cache is unchanged")
+            rows.append(r)
+        if len(set(rows)) != len(rows):
+            raise PolicyError(f"policy {name!r} chose a cell twice; the cache is unchanged")
+        if len(rows) < need:
+            raise PolicyError(f"policy {name!r} chose {len(rows)} cells but {need} must go for "
+                              "the new tokens to fit; the cache is unchanged")
+        return np.sort(np.asarray(rows, np.int64))
+
+    def _evict_rows(self, view: CacheView, rows: npt.NDArray[np.int64], n_history: int) -> None:
+        lc = self._llama_cpp
+        before = len(self.cached)
+        if len(rows):
+            pos = view.positions[rows].astype(np.int64)
+            # remove runs of consecutive positions with one call each
+            breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+            for run in np.split(pos, breaks):
+                lc.llama_memory_seq_rm(self.mem, 0, int(run[0]), int(run[-1]) + 1)
+            keep = np.ones(before, bool)
+            keep[rows] = False
+            if self.compact:
+                self._compact(view.positions[keep].astype(np.int64))
+            evicted = self.cached[rows]
+            self.cached = self.cached[keep]
+            self.horizon = n_history
+            self.evictions += 1
+            self.evicted_tokens += len(rows)
+        if self.policy.uses_statistics:
+            # a new statistics window: the RC moments describe the queries since this point
+            scoring.reset_stats(self.ctx, a2sf=False, moments=True)
+            self.window_start = n_history
+        if len(rows) and self.on_evict is not None:
+            self.on_evict(EvictionEvent(evicted=evicted, tokens=view.tokens[rows],
+                                        cells_before=before, cells_after=len(self.cached),
+                                        history_tokens=n_history, policy=self.policy.name))
+
+    def _compact(self, old: npt.NDArray[np.int64]) -> None:
+        """Shift the kept positions `old` (ascending) to 0..n-1, one call per run of equal shift."""
+        delta = np.arange(len(old), dtype=np.int64) - old
+        starts = np.flatnonzero(np.diff(delta, prepend=delta[:1] + 1) != 0) if len(old) else []
+        bounds = list(starts) + [len(old)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if delta[a] != 0:
+                self._llama_cpp.llama_memory_seq_add(self.mem, 0, int(old[a]), int(old[b - 1]) + 1,
+                                                     int(delta[a]))
+
+    def stats(self, cell_bytes: int, allocated: int, history_tokens: int) -> KVStats:
+        stat_bytes = 0
+        if self.policy.uses_statistics and scoring.scoring_enabled(self.ctx):
+            n_layer = scoring.n_layer(self.ctx)
+            heads = sum(scoring.n_head_kv(self.ctx, il) for il in range(n_layer))
+            stat_bytes = heads * _native.kv_cells_total(self.ctx) * scoring.N_STATS * 4
+        return KVStats(cells_used=len(self.cached), budget_cells=self.budget,
+                       budget_bytes=self.budget * cell_bytes, allocated_bytes=allocated,
+                       statistics_bytes=stat_bytes, evictions=self.evictions,
+                       evicted_tokens=self.evicted_tokens, history_tokens=history_tokens,
+                       positions=self.cached.copy(), policy=self.policy.describe())
