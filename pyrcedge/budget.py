@@ -44,7 +44,7 @@ def parse_bytes(text: str) -> int:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What sizing a KV cache needs to know of a model, read without loading its weights."""
+    """What sizing a KV cache needs to know of a model."""
 
     cell_bytes: int        # K + V of one cell over all layers, at the chosen cache types
     n_layer: int
@@ -53,11 +53,14 @@ class ModelShape:
 
 def model_shape(model_path: str | os.PathLike[str], type_k: int, type_v: int,
                 flash_attn: bool) -> ModelShape:
-    """Read the model's hyper-parameters (vocab_only load: no weights) and size one cell."""
+    """Read the model's hyper-parameters and size one cell. llama.cpp skips the
+    hyper-parameters in a vocab_only load, so this is a full load, memory-mapped: the weights'
+    pages are read on use, and the page cache serves them to the real load that follows."""
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
+    params.use_mmap = True
+    params.n_gpu_layers = 0
     model = llama_cpp.llama_model_load_from_file(os.fsencode(model_path), params)
     if not model:
         raise BudgetError(f"cannot read the hyper-parameters of {model_path}")

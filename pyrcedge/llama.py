@@ -217,6 +217,10 @@ class Llama(llama_cpp.Llama):
     def load_state(self, state: Any) -> None:
         raise NotImplementedError("pyrcedge.Llama cannot load llama_cpp states yet")
 
+    def close(self) -> None:
+        if hasattr(self, "_stack"):  # __init__ may have failed before llama_cpp set it up
+            super().close()
+
     # --- pyrcedge's own -----------------------------------------------------------------
 
     @property

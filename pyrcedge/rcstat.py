@@ -90,20 +90,26 @@ def rc_lower(cross: Moments, self_: Moments) -> Array:
     return contextualization_lower(cross) - contextualization_upper(self_)
 
 
-def eviction_margin(cells: Moments, self_: Moments, epsilon: float) -> Array:
+def eviction_margin(cells: Moments, self_: Moments, epsilon: float,
+                    head_quantile: float = 1.0) -> Array:
     """Margin m_i of rule (T) per cell. `cells` has shape (heads, cells); `self_` (heads,).
 
-    m_i = max over heads of [U+({i}) - mu(Y_head)] - log(epsilon); a cell is negligible in
-    every head when m_i < 0. Cells never observed (n = 0 in every head) get +inf, and so does a
-    cell observed by a head that has no self keys yet: there is nothing to compare it with.
+    m_i = Q_q over heads of [U+({i}) - mu(Y_head)] - log(epsilon), Q_q the q-quantile (the
+    lower order statistic, no interpolation). With q = 1 (the max) m_i < 0 means the cell is
+    negligible in every head: the strict rule. With q = 0.5 it is negligible in at least half
+    of the heads. Cells never observed (n = 0 in every head) get +inf, and so does a cell
+    observed by a head that has no self keys yet: there is nothing to compare it with.
     """
     if not (0.0 < epsilon < 1.0):
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    if not (0.0 <= head_quantile <= 1.0):
+        raise ValueError(f"head_quantile must be in [0, 1], got {head_quantile}")
     observed = np.asarray(cells.count) > 0
     has_self = (np.asarray(self_.count) > 0)[:, None]
     with np.errstate(invalid="ignore"):
         rel = contextualization_upper(cells) - contextualization_lower(self_)[:, None]
     # a head that saw the cell but has no self keys to compare with cannot rule it out
     per_head = np.where(observed, np.where(has_self, rel, np.inf), -np.inf)
-    margin = per_head.max(axis=0) - np.log(epsilon)
+    agg = np.quantile(per_head, head_quantile, axis=0, method="inverted_cdf")
+    margin = agg - np.log(epsilon)
     return np.where(observed.any(axis=0), margin, np.inf)
