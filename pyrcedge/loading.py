@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, PyrcedgeError
 from .models import MODELS, model_path
 
 GGUF_MAGIC = b"GGUF"
@@ -42,14 +42,21 @@ def check_gguf(path: Path) -> None:
 
 
 def open_llama(model: str | os.PathLike[str] | None, **llama_kwargs: Any) -> Any:
-    """llama_cpp.Llama for `model`; ModelLoadError when it cannot be loaded."""
+    """pyrcedge.Llama for `model` when budget or policy options are given, else
+    llama_cpp.Llama; ModelLoadError when it cannot be loaded."""
     import llama_cpp
+
+    from .llama import Llama
 
     path = resolve_model(model)
     check_gguf(path)
     llama_kwargs.setdefault("verbose", False)
+    budgeted = "policy" in llama_kwargs or "kv_budget" in llama_kwargs
+    cls = Llama if budgeted else llama_cpp.Llama
     try:
-        return llama_cpp.Llama(model_path=str(path), **llama_kwargs)
+        return cls(model_path=str(path), **llama_kwargs)
+    except PyrcedgeError:
+        raise
     except ValueError as e:
         raise ModelLoadError(f"llama.cpp could not load {path}: the file is damaged, truncated or "
                              f"of an unsupported architecture ({e})") from e

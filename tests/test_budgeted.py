@@ -310,3 +310,33 @@ def test_pins_that_leave_nothing_to_evict_are_refused_cleanly(default_model):
     with pytest.raises(BudgetError, match="may be evicted"):
         llm.eval(tokens[40:41])
     assert llm.n_tokens == 40 and _native.kv_cells_used(llm.ctx) == 40
+
+
+# --- the command line ---------------------------------------------------------------------
+
+def test_run_with_a_budget_reports_evictions(cli):
+    done = cli("run", "--prompt", PROSE, "--max-tokens", "80", "--budget", "48", "--policy",
+               "window", "--recent", "8", "--eviction-batch", "8", "--threads", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    rec = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rec["policy"] == "window" and rec["kv_budget_cells"] == 48
+    assert rec["generated_tokens"] == 80 and rec["kv_cells_used_max"] <= 48
+    assert rec["evictions"] > 0 and rec["evicted_tokens"] >= rec["evictions"]
+    assert rec["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("args,match", [(("--budget", "10"), "smaller than sink_tokens"),
+                                        (("--budget", "9 parsecs"), "not a size"),
+                                        (("--budget", "64", "--pin", "x"), "START:END")])
+def test_run_refuses_bad_budget_options(cli, args, match):
+    done = cli("run", "--prompt", "Hi", "--max-tokens", "4", *args)
+    assert done.returncode == 2 and match in done.stderr and "Traceback" not in done.stderr
+
+
+def test_logprobs_while_evicting(default_model):
+    llm = make(default_model, kv_budget=48, logits_all=True, recent_tokens=8, eviction_batch=8)
+    r = llm(PROSE, max_tokens=60, temperature=0.0, logprobs=1)
+    lp = r["choices"][0]["logprobs"]["token_logprobs"]
+    assert len(lp) == r["usage"]["completion_tokens"] > 48 - 8
+    assert all(np.isfinite(x) and x <= 0 for x in lp)
+    assert llm.kv_stats().evictions > 0
