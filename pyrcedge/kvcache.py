@@ -189,6 +189,15 @@ class BudgetedKV:
         self._evict_rows(view, rows, n_history)
         self.last_check = n_history
 
+    def cached_cells(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """The cells of the cached tokens and their history indices, in position order."""
+        cells = scoring.used_cells(self.ctx)
+        order = np.argsort(cells.pos, kind="stable")
+        if len(cells) != len(self.cached):
+            raise PyrcedgeError(f"internal: the KV cache holds {len(cells)} cells but pyrcedge "
+                                f"tracks {len(self.cached)} tokens")
+        return cells.index[order], self.cached.copy()
+
     def _view(self, evictable: npt.NDArray[np.bool_], need: int,
               history: npt.NDArray[np.int32]) -> CacheView:
         cells = scoring.used_cells(self.ctx)
@@ -251,8 +260,8 @@ class BudgetedKV:
             self.horizon = n_history
             self.evictions += 1
             self.evicted_tokens += len(rows)
-        if self.policy.uses_statistics:
-            # a new statistics window: the RC moments describe the queries since this point
+        if self.policy.proactive and self.policy.uses_statistics:
+            # a new statistics window: the RC moments describe the queries since this check
             scoring.reset_stats(self.ctx, a2sf=False, moments=True)
             self.window_start = n_history
         if len(rows) and self.on_evict is not None:

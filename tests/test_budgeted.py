@@ -107,6 +107,7 @@ def test_an_evicted_token_is_never_attended_again(default_model):
                eviction_batch=16, on_evict=events.append)
     tokens = llm.tokenize((PROSE * 3).encode())[:64]
     llm.eval(tokens)                       # fills the cache
+    scoring.reset_stats(llm.ctx, a2sf=False, moments=True)
     llm.eval(llm.tokenize(b" Then"))       # evicts 16 cells, takes one, attends once
     assert len(events) == 1 and len(events[0].evicted) == 16
     cells = scoring.used_cells(llm.ctx)
@@ -114,7 +115,7 @@ def test_an_evicted_token_is_never_attended_again(default_model):
     assert not set(events[0].evicted.tolist()) & set(cells.pos.tolist())  # keep mode: pos = index
     free = np.setdiff1d(np.arange(64), cells.index)
     count = scoring.read_scores(llm.ctx, None, np.arange(64))[:, :, scoring.STATS.index("count")]
-    # moments restart at each eviction: since then only the one new query ran
+    # since the reset only the one new query ran
     assert (count[free] == 0).all(), "an evicted cell was attended"
     assert (count[cells.index] > 0).all()
 
