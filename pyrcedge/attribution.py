@@ -6,9 +6,10 @@ relative contextualization of a span S of the prompt,
 
     RC+_{l,g}(S) = U+(X_S) - mu(Y),
 
-ranks heads by RC+ over the whole cached prompt, and scores a span by the mean of RC+(S) over
+ranks heads by their expected RC over the spans, and scores a span by the mean of RC+(S) over
 the top-k heads ("rc"), or over all heads ("rc-all"). The post-softmax baseline ("attention")
 is the span's attention mass: the a2sf statistic summed over the span's cells, layers and heads.
+Heads are ranked by the mean logit's relative contextualization over the spans' union.
 Everything is computed from the per-cell statistics, which compose by sums (docs/rcstat.md).
 """
 
@@ -80,10 +81,12 @@ class Attribution:
 def head_scores(stats: npt.NDArray[np.floating], logical: npt.NDArray[np.int64],
                 spans: Sequence[tuple[int, int]], answer_start: int
                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """RC+ of every span in every head, and of the whole cached prompt in every head.
+    """RC+ of every span in every head, and every head's expected RC over the spans' union.
 
     stats: [layer, cell, KV head, 5] for the cached cells; logical: their history indices.
-    Returns (per_span [heads, spans], context [heads]), heads flattened as layer-major (l, g).
+    Returns (per_span [heads, spans], rank [heads]), heads flattened as layer-major (l, g):
+    per_span = U+(X_S) - mu(Y); rank = mu(X_C) - mu(Y) for C the union of the spans, the mean
+    logit's relative contextualization (docs/rcstat.md says why the mean ranks heads).
     NaN where the answer has no self keys in a head, or a span has no cached cell.
     """
     st = np.asarray(stats, np.float64).transpose(0, 2, 1, 3).reshape(-1, len(logical), 5)
@@ -101,10 +104,12 @@ def head_scores(stats: npt.NDArray[np.floating], logical: npt.NDArray[np.int64],
             m = moments(mask)
             return np.where(m.count > 0, rcstat.contextualization_upper(m), np.nan) - self_mu
 
-        per_span = np.stack([rc((logical >= s) & (logical < e)) for s, e in spans], axis=1) \
-            if spans else np.empty((st.shape[0], 0))
-        context = rc(logical < answer_start)
-    return per_span, context
+        masks = [(logical >= s) & (logical < e) for s, e in spans]
+        per_span = np.stack([rc(m) for m in masks], axis=1) if spans else np.empty((st.shape[0], 0))
+        union = np.logical_or.reduce(masks) if masks else np.zeros(len(logical), bool)
+        c = moments(union)
+        rank = np.where(c.count > 0, rcstat.mean(c), np.nan) - self_mu
+    return per_span, rank
 
 
 def score_spans(stats: npt.NDArray[np.floating], logical: npt.NDArray[np.int64],
