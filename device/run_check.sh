@@ -5,7 +5,7 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/rcedge-out}
 mkdir -p "$OUT"
-B=$PWD/build/device
+B=${RCEDGE_BUILD:-$PWD/build/device}
 mkdir -p "$B/src" "$B/lib"
 if [ ! -f "$B/src/pyrcedge/CMakeLists.txt" ]; then
     tar xzf device/llama-cuda-src.tar.gz -C "$B/src"
