@@ -4,7 +4,7 @@
     python device/make_model.py OUT.gguf [n_layer n_embd n_head n_head_kv n_ff]
 
 Defaults: 4 layers, 512 wide, 8 query / 2 KV heads of 64 (GQA groups of 4), FFN 1024, F16
-matrices, a 512-token SPM vocabulary (3 specials, 256 byte tokens, filler). Deterministic (seed 0).
+matrices (F32 with a last argument f32), a 512-token SPM vocabulary (3 specials, 256 byte tokens, filler). Deterministic (seed 0).
 """
 import sys
 
@@ -13,6 +13,12 @@ import numpy as np
 
 out = sys.argv[1]
 n_layer, n_embd, n_head, n_head_kv, n_ff = (int(x) for x in (sys.argv[2:7] or (4, 512, 8, 2, 1024)))
+# F32 (8th argument "f32"): CPU and CUDA then compute the forward pass alike, to about 1e-6
+# "exact" (8th argument): F32, embeddings of +-1 and matrices of multiples of 1/16 up to 3/16, so
+# layer 0's Q, K and V are exact sums on every backend (F16, TF32 or F32 arithmetic alike) and
+# its attention statistics can be compared across backends without the forward pass's rounding
+mode = sys.argv[7] if len(sys.argv) > 7 else "f16"
+dtype = np.float16 if mode == "f16" else np.float32
 n_vocab, n_ctx = 512, 4096
 hd = n_embd // n_head
 rng = np.random.default_rng(0)
@@ -28,7 +34,7 @@ w.add_head_count_kv(n_head_kv)
 w.add_rope_dimension_count(hd)
 w.add_rope_freq_base(10000.0)
 w.add_layer_norm_rms_eps(1e-5)
-w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
 
 tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
 tokens += [f"tok{i}" for i in range(n_vocab - len(tokens))]
@@ -44,14 +50,19 @@ w.add_unk_token_id(0)
 
 
 def mat(rows, cols, std):
-    return (rng.standard_normal((rows, cols)) * std).astype(np.float16)
+    if mode == "exact":
+        return (rng.integers(-3, 4, (rows, cols)) / 16.0).astype(dtype)
+    return (rng.standard_normal((rows, cols)) * std).astype(dtype)
 
 
 def norm(n):
+    if mode == "exact":
+        return np.ones(n, np.float32)
     return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
 
-w.add_tensor("token_embd.weight", mat(n_vocab, n_embd, 1.0))
+w.add_tensor("token_embd.weight", np.sign(rng.standard_normal((n_vocab, n_embd))).astype(dtype) if mode == "exact"
+             else mat(n_vocab, n_embd, 1.0))
 w.add_tensor("output_norm.weight", norm(n_embd))
 w.add_tensor("output.weight", mat(n_vocab, n_embd, n_embd ** -0.5))
 for i in range(n_layer):
