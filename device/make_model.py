@@ -33,12 +33,15 @@ w.add_head_count(n_head)
 w.add_head_count_kv(n_head_kv)
 w.add_rope_dimension_count(hd)
 w.add_rope_freq_base(10000.0)
-w.add_layer_norm_rms_eps(1e-5)
+# exact mode: no epsilon, so the RMS of +-1 embeddings is exactly 1 and the norm changes nothing
+w.add_layer_norm_rms_eps(0.0 if mode == "exact" else 1e-5)
 if mode == "exact":
-    # RoPE angles near 0: CUDA's fast-math sin/cos of large angles (about 1e-4 off at a few hundred
-    # radians) would otherwise make Q and K differ between backends before attention starts
+    # RoPE angles near 0 (cos 1, sin below half an ulp): CUDA's fast-math sin/cos of large angles
+    # (about 1e-4 off at a few hundred radians) would otherwise make Q and K differ between
+    # backends before attention starts, and F16 rounding of K and Q turns such differences into
+    # whole F16 ulps
     w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-    w.add_rope_scaling_factor(1e6)
+    w.add_rope_scaling_factor(1e12)
 w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
 
 tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
