@@ -255,19 +255,24 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
     const std::vector<uint32_t> layer_ids = kv->get_layer_ids();
     // each layer's statistics go where its K is; the fused kernels need them in host memory
     std::map<ggml_backend_buffer_type_t, std::vector<uint32_t>> by_buft;
-    bool all_host = true;
+    bool cpu_cache = true;
     for (const uint32_t il : layer_ids) {
         const ggml_tensor * k = kv->get_k_storage((int32_t) il);
         if (k == nullptr || k->buffer == nullptr) {
             return LLAMA_RCEDGE_ERR_NOT_HOST;
         }
-        all_host = all_host && ggml_backend_buffer_is_host(k->buffer);
-        by_buft[ggml_backend_buffer_get_type(k->buffer)].push_back(il);
+        // the fused kernels run only where the CPU backend computes attention: a cache in host
+        // memory of the CPU device (a GPU backend's pinned host buffer is host memory too)
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(k->buffer);
+        ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+        cpu_cache = cpu_cache && ggml_backend_buffer_is_host(k->buffer) &&
+                   (dev == nullptr || ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU);
+        by_buft[buft].push_back(il);
     }
 
     auto sc = std::make_shared<llama_rcedge_scores>();
     sc->alpha = alpha;
-    sc->portable = !all_host || rcedge_portable_requested();
+    sc->portable = !cpu_cache || rcedge_portable_requested();
     if (sc->portable && (kv->get_n_stream() != 1 || ggml_is_quantized(kv->type_v()))) {
         // one stream is what the graph ops are written for; a quantised V cache (stored for flash
         // attention, by rows) cannot feed the soft_max path that the portable statistics need
@@ -292,7 +297,7 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
             ggml_format_name(t, "rcedge_scores_l%u", il);
             sc->by_layer[il] = t;
         }
-        ggml_backend_buffer_ptr buf(ggml_backend_alloc_ctx_tensors_from_buft(tctx.get(), all_host ? ggml_backend_cpu_buffer_type() : buft));
+        ggml_backend_buffer_ptr buf(ggml_backend_alloc_ctx_tensors_from_buft(tctx.get(), cpu_cache ? ggml_backend_cpu_buffer_type() : buft));
         if (!buf) {
             return LLAMA_RCEDGE_ERR_ALLOC;
         }
