@@ -30,6 +30,8 @@ int32_t llama_rcedge_set_exact_n_ctx(int32_t exact);
 int64_t llama_rcedge_kv_cell_bytes( const struct llama_model * model, int32_t type_k, int32_t type_v, int32_t flash_attn);
 int64_t llama_rcedge_kv_bytes(const struct llama_context * ctx);
 int32_t llama_rcedge_scoring_enable(struct llama_context * ctx, float alpha);
+int32_t llama_rcedge_set_force_portable(int32_t force);
+int32_t llama_rcedge_scoring_portable(const struct llama_context * ctx);
 int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);
 int32_t llama_rcedge_scoring_enabled(const struct llama_context * ctx);
 int32_t llama_rcedge_set_alpha(struct llama_context * ctx, float alpha);

@@ -43,6 +43,7 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
     -8: (ScoringInputError, "output buffer too small"),
     -9: (ScoringError, "could not allocate the statistics"),
     -10: (ScoringError, "layers differ in KV heads: read them one layer at a time"),
+    -11: (NativeLibraryError, "the portable scoring path cannot serve this KV cache (several streams, or a quantised V cache)"),
 }
 
 
@@ -59,10 +60,26 @@ def _check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def enable_scoring(ctx: Any, alpha: float = 1.0) -> None:
-    """Allocate the statistics beside the KV cache and start accumulating them."""
-    _check(_native.lib().llama_rcedge_scoring_enable(_native.context_ptr(ctx), _check_alpha(alpha)),
-           "enable_scoring")
+def enable_scoring(ctx: Any, alpha: float = 1.0, *, portable: bool | None = None) -> None:
+    """Allocate the statistics beside the KV cache and start accumulating them.
+
+    portable=True forces the portable path (standard ggml ops in the graph, as on GPU backends)
+    even for a KV cache in host memory; None lets the backend decide (fused CPU kernels for a
+    host cache, portable otherwise)."""
+    lib = _native.lib()
+    alpha = _check_alpha(alpha)
+    prev = lib.llama_rcedge_set_force_portable(1 if portable else 0)
+    try:
+        _check(lib.llama_rcedge_scoring_enable(_native.context_ptr(ctx), alpha), "enable_scoring")
+    finally:
+        lib.llama_rcedge_set_force_portable(prev)
+
+
+def scoring_portable(ctx: Any) -> bool:
+    """True when the context's statistics come from the portable graph ops, False from the fused
+    CPU kernels (scoring must be on)."""
+    return bool(_check(_native.lib().llama_rcedge_scoring_portable(_native.context_ptr(ctx)),
+                       "scoring_portable"))
 
 
 def disable_scoring(ctx: Any) -> None:

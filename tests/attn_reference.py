@@ -119,9 +119,12 @@ def model(path: str) -> int:
 
 def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: int = 512,
         type_k: int = 1, type_v: int = 1, alpha: float | None = None, capture: bool = False,
-        n_ctx: int = 1024, prefill: int | None = None) -> Run:
+        n_ctx: int = 1024, prefill: int | None = None, portable: bool | None = None,
+        evict: tuple[int, int, list[int]] | None = None) -> Run:
     """Evaluate `tokens`: the first `prefill` (default: all) in ubatches of `batch`, each its own
-    decode call, then the rest one at a time, as generation feeds them."""
+    decode call, then the rest one at a time, as generation feeds them. portable: scoring's path
+    (None: the backend's choice). evict=(p0, p1, more): after that, remove positions [p0, p1) from
+    the cache and feed `more` one at a time (their tokens land in freed cells)."""
     m = model(path)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
@@ -172,7 +175,7 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
     assert ctx, "could not create the context"
     try:
         if alpha is not None:
-            scoring.enable_scoring(ctx, alpha)
+            scoring.enable_scoring(ctx, alpha, portable=portable)
         out = Run(scores=None, cells=None)  # type: ignore[arg-type]
         n_layer = scoring.n_layer(ctx)
         n_pre = len(tokens) if prefill is None else prefill
@@ -187,6 +190,21 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
             if capture:
                 out.logits_f64.append([captured[il] for il in range(n_layer)])
                 out.batch_pos.append(np.arange(start, start + len(chunk)))
+        if evict is not None:
+            p0, p1, more = evict
+            assert llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), 0, p0, p1)
+            for i, tok in enumerate(more):
+                arr = (llama_cpp.llama_token * 1)(tok)
+                batch_ = llama_cpp.llama_batch_init(1, 0, 1)
+                batch_.n_tokens = 1
+                batch_.token[0] = tok
+                batch_.pos[0] = len(tokens) + i
+                batch_.n_seq_id[0] = 1
+                batch_.seq_id[0][0] = 0
+                batch_.logits[0] = True
+                rc = llama_cpp.llama_decode(ctx, batch_)
+                llama_cpp.llama_batch_free(batch_)
+                assert rc == 0, f"llama_decode returned {rc}"
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(m))
         out.logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
         out.cells = scoring.used_cells(ctx)

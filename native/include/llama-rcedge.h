@@ -62,8 +62,14 @@ extern "C" {
     //   [3] sumsq  of f^2
     //   [4] max    of f (-INFINITY while count is 0)
     // A cell's statistics are cleared when a token is written into it. docs/rcstat.md says how
-    // they are used. Scoring needs a plain KV cache on the CPU (no sliding-window or recurrent
-    // memory, no offloaded KV); one sequence per context is what it is built and tested for.
+    // they are used. Scoring needs a plain KV cache (no sliding-window or recurrent memory); one
+    // sequence per context is what it is built and tested for.
+    //
+    // Two paths compute the same statistics (docs/scoring.md, docs/gpu.md). With the KV cache in
+    // host memory the CPU backend's attention kernels update them in place (fused). With the KV
+    // cache on another backend (CUDA, Metal, ...), or when forced, the graph computes them with
+    // standard ggml ops after a soft_max attention (portable): flash attention is then not used
+    // while scoring is on, and the statistics live in a buffer of the KV cache's own type.
     //
     // Functions return LLAMA_RCEDGE_OK (0) or one of the negative codes below. Output buffers
     // belong to the caller and are only read or written during the call. None of these may run
@@ -83,12 +89,24 @@ extern "C" {
         LLAMA_RCEDGE_ERR_BUFFER         = -8, // output buffer too small
         LLAMA_RCEDGE_ERR_ALLOC          = -9, // allocation failed
         LLAMA_RCEDGE_ERR_HEADS          = -10, // layers differ in KV heads (no reduction over layers)
+        LLAMA_RCEDGE_ERR_PORTABLE       = -11, // the portable path cannot serve this cache
+                                               // (several streams, or a quantised V cache)
     };
 
     // Turn scoring on with forgetting factor alpha in [0, 1] (1: H2O, 0: newest query only).
     // Allocates n_layer x n_head_kv x n_ctx x 5 floats beside the KV cache, all cleared; a
     // context already scoring keeps its statistics and only takes the new alpha.
     LLAMA_API int32_t llama_rcedge_scoring_enable(struct llama_context * ctx, float alpha);
+
+    // Ask that llama_rcedge_scoring_enable calls made by this thread from now on choose the portable
+    // path even when the KV cache is in host memory (force != 0; for testing it against the fused
+    // kernels). The environment variable LLAMA_RCEDGE_PORTABLE=1 does the same for every thread.
+    // Returns the previous setting.
+    LLAMA_API int32_t llama_rcedge_set_force_portable(int32_t force);
+
+    // 1 when the context's scoring runs on the portable path, 0 on the fused CPU kernels, or a
+    // negative code (LLAMA_RCEDGE_ERR_SCORING_OFF while scoring is off).
+    LLAMA_API int32_t llama_rcedge_scoring_portable(const struct llama_context * ctx);
 
     // Turn scoring off and free the statistics. The graph is then exactly the stock one.
     LLAMA_API int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);

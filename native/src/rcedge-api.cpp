@@ -11,6 +11,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
 #include <vector>
 
 #define LLAMA_RCEDGE_VERSION "0.1.0"
@@ -110,59 +113,87 @@ static constexpr int64_t RC_N = LLAMA_RCEDGE_N_STATS;
 static_assert(LLAMA_RCEDGE_N_STATS == GGML_ATTN_SCORES_N, "one layout for the C API and the kernels");
 
 // Statistics beside one KV cache: one F32 tensor [kv_size, 5, n_head_kv, n_stream] per layer
-// with KV (a row of cells per statistic), in a host buffer of their own.
+// with KV (a row of cells per statistic), in buffers of their own of the same buffer type as the
+// layer's K (host memory for a CPU cache, device memory for an offloaded one).
 struct llama_rcedge_scores {
     float alpha = 1.0f;
-    ggml_context_ptr        ctx;
-    ggml_backend_buffer_ptr buf;
+    // false: the CPU backend's fused kernels update the statistics (host memory only);
+    // true: standard ggml ops in the graph do (native/src/rcedge-graph.cpp), on any backend
+    bool portable = false;
+    std::vector<ggml_context_ptr>        ctxs;
+    std::vector<ggml_backend_buffer_ptr> bufs;
     std::vector<ggml_tensor *> by_layer; // model layer id -> tensor, nullptr for layers without KV
 };
 
-// statistic k of a cell
+// statistic k of a cell, in a tensor's data or a host copy of it (base)
+static float & rcedge_stat(const ggml_tensor * t, void * base, int64_t stream, int64_t head, int64_t cell, int64_t k) {
+    return *(float *) ((char *) base + stream*t->nb[3] + head*t->nb[2] + k*t->nb[1] + cell*t->nb[0]);
+}
+
 static float & rcedge_stat(const ggml_tensor * t, int64_t stream, int64_t head, int64_t cell, int64_t k) {
-    return *(float *) ((char *) t->data + stream*t->nb[3] + head*t->nb[2] + k*t->nb[1] + cell*t->nb[0]);
+    return rcedge_stat(t, t->data, stream, head, cell, k);
+}
+
+static bool rcedge_is_host(const ggml_tensor * t) {
+    return t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer);
+}
+
+static void rcedge_clear_cell(const ggml_tensor * t, void * base, int64_t stream, int64_t head, int64_t cell, uint32_t what) {
+    if (what & LLAMA_RCEDGE_RESET_A2SF) {
+        rcedge_stat(t, base, stream, head, cell, 0) = 0.0f;
+    }
+    if (what & LLAMA_RCEDGE_RESET_MOMENTS) {
+        rcedge_stat(t, base, stream, head, cell, 1) = 0.0f;
+        rcedge_stat(t, base, stream, head, cell, 2) = 0.0f;
+        rcedge_stat(t, base, stream, head, cell, 3) = 0.0f;
+        rcedge_stat(t, base, stream, head, cell, 4) = -INFINITY;
+    }
 }
 
 static void rcedge_clear_cell(const ggml_tensor * t, int64_t stream, int64_t head, int64_t cell, uint32_t what) {
-    if (what & LLAMA_RCEDGE_RESET_A2SF) {
-        rcedge_stat(t, stream, head, cell, 0) = 0.0f;
-    }
-    if (what & LLAMA_RCEDGE_RESET_MOMENTS) {
-        rcedge_stat(t, stream, head, cell, 1) = 0.0f;
-        rcedge_stat(t, stream, head, cell, 2) = 0.0f;
-        rcedge_stat(t, stream, head, cell, 3) = 0.0f;
-        rcedge_stat(t, stream, head, cell, 4) = -INFINITY;
-    }
+    rcedge_clear_cell(t, t->data, stream, head, cell, what);
 }
 
 static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
-    for (const ggml_tensor * t : sc.by_layer) {
+    std::vector<uint8_t> copy;
+    for (ggml_tensor * t : sc.by_layer) {
         if (t == nullptr) {
             continue;
         }
+        // a device tensor is cleared in a host copy (a rare, whole-cache operation)
+        const bool host = rcedge_is_host(t);
+        if (!host) {
+            copy.resize(ggml_nbytes(t));
+            ggml_backend_tensor_get(t, copy.data(), 0, copy.size());
+        }
+        void * base = host ? t->data : copy.data();
         for (int64_t s = 0; s < t->ne[3]; ++s) {
             for (int64_t g = 0; g < t->ne[2]; ++g) {
                 for (int64_t c = 0; c < t->ne[0]; ++c) {
-                    rcedge_clear_cell(t, s, g, c, what);
+                    rcedge_clear_cell(t, base, s, g, c, what);
                 }
             }
+        }
+        if (!host) {
+            ggml_backend_tensor_set(t, copy.data(), 0, copy.size());
         }
     }
 }
 
-ggml_tensor * llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo, float * alpha) const {
+ggml_tensor * llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo, float * alpha, bool * portable) const {
     if (!rcedge || il < 0 || (size_t) il >= rcedge->by_layer.size() || rcedge->by_layer[il] == nullptr) {
         return nullptr;
     }
     ggml_tensor * t = rcedge->by_layer[il];
     const uint32_t ns = sinfo.s1 - sinfo.s0 + 1;
     *alpha = rcedge->alpha;
+    *portable = rcedge->portable;
     return ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
 }
 
 void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
-    if (!rcedge) {
-        return;
+    if (!rcedge || rcedge->portable) {
+        return; // the portable path clears the cells in the graph (llama_rcedge_graph_reset)
     }
     for (size_t s = 0; s < sinfo.n_stream(); ++s) {
         const uint32_t stream = sinfo.strm[s];
@@ -179,12 +210,26 @@ void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
     }
 }
 
-ggml_tensor * llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il, float * alpha) const {
-    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur], alpha);
+ggml_tensor * llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il, float * alpha, bool * portable) const {
+    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur], alpha, portable);
 }
 
 uint32_t llama_kv_cache_context::get_rcedge_epoch() const {
     return kv->rcedge_epoch;
+}
+
+// read by llama_rcedge_scoring_enable
+static thread_local bool rcedge_force_portable = false;
+
+int32_t llama_rcedge_set_force_portable(int32_t force) {
+    const int32_t prev = rcedge_force_portable ? 1 : 0;
+    rcedge_force_portable = force != 0;
+    return prev;
+}
+
+static bool rcedge_portable_requested() {
+    const char * env = getenv("LLAMA_RCEDGE_PORTABLE");
+    return rcedge_force_portable || (env != nullptr && env[0] != '\0' && strcmp(env, "0") != 0);
 }
 
 static bool rcedge_alpha_ok(float alpha) {
@@ -208,36 +253,56 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
 
     const llama_hparams & hparams = llama_get_model(ctx)->hparams;
     const std::vector<uint32_t> layer_ids = kv->get_layer_ids();
+    // each layer's statistics go where its K is; the fused kernels need them in host memory
+    std::map<ggml_backend_buffer_type_t, std::vector<uint32_t>> by_buft;
+    bool cpu_cache = true;
     for (const uint32_t il : layer_ids) {
         const ggml_tensor * k = kv->get_k_storage((int32_t) il);
-        if (k == nullptr || k->buffer == nullptr || !ggml_backend_buffer_is_host(k->buffer)) {
+        if (k == nullptr || k->buffer == nullptr) {
             return LLAMA_RCEDGE_ERR_NOT_HOST;
         }
+        // the fused kernels run only where the CPU backend computes attention: a cache in host
+        // memory of the CPU device (a GPU backend's pinned host buffer is host memory too)
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(k->buffer);
+        ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+        cpu_cache = cpu_cache && ggml_backend_buffer_is_host(k->buffer) &&
+                   (dev == nullptr || ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU);
+        by_buft[buft].push_back(il);
     }
 
     auto sc = std::make_shared<llama_rcedge_scores>();
     sc->alpha = alpha;
-    ggml_init_params params = {
-        /*.mem_size   =*/ (layer_ids.size() + 1)*ggml_tensor_overhead(),
-        /*.mem_buffer =*/ nullptr,
-        /*.no_alloc   =*/ true,
-    };
-    sc->ctx.reset(ggml_init(params));
-    if (!sc->ctx) {
-        return LLAMA_RCEDGE_ERR_ALLOC;
+    sc->portable = !cpu_cache || rcedge_portable_requested();
+    if (sc->portable && (kv->get_n_stream() != 1 || ggml_is_quantized(kv->type_v()))) {
+        // one stream is what the graph ops are written for; a quantised V cache (stored for flash
+        // attention, by rows) cannot feed the soft_max path that the portable statistics need
+        return LLAMA_RCEDGE_ERR_PORTABLE;
     }
     sc->by_layer.assign(hparams.n_layer(), nullptr);
-    for (const uint32_t il : layer_ids) {
-        if (il >= sc->by_layer.size()) {
-            sc->by_layer.resize(il + 1, nullptr);
+    for (const auto & [buft, ils] : by_buft) {
+        ggml_init_params params = {
+            /*.mem_size   =*/ (ils.size() + 1)*ggml_tensor_overhead(),
+            /*.mem_buffer =*/ nullptr,
+            /*.no_alloc   =*/ true,
+        };
+        ggml_context_ptr tctx(ggml_init(params));
+        if (!tctx) {
+            return LLAMA_RCEDGE_ERR_ALLOC;
         }
-        ggml_tensor * t = ggml_new_tensor_4d(sc->ctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
-        ggml_format_name(t, "rcedge_scores_l%u", il);
-        sc->by_layer[il] = t;
-    }
-    sc->buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(sc->ctx.get(), ggml_backend_cpu_buffer_type()));
-    if (!sc->buf) {
-        return LLAMA_RCEDGE_ERR_ALLOC;
+        for (const uint32_t il : ils) {
+            if (il >= sc->by_layer.size()) {
+                sc->by_layer.resize(il + 1, nullptr);
+            }
+            ggml_tensor * t = ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
+            ggml_format_name(t, "rcedge_scores_l%u", il);
+            sc->by_layer[il] = t;
+        }
+        ggml_backend_buffer_ptr buf(ggml_backend_alloc_ctx_tensors_from_buft(tctx.get(), cpu_cache ? ggml_backend_cpu_buffer_type() : buft));
+        if (!buf) {
+            return LLAMA_RCEDGE_ERR_ALLOC;
+        }
+        sc->ctxs.push_back(std::move(tctx));
+        sc->bufs.push_back(std::move(buf));
     }
     rcedge_clear_all(*sc, LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
 
@@ -256,6 +321,17 @@ int32_t llama_rcedge_scoring_disable(llama_context * ctx) {
         kv->rcedge_epoch++;
     }
     return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_scoring_portable(const llama_context * ctx) {
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+    }
+    if (!kv->rcedge) {
+        return LLAMA_RCEDGE_ERR_SCORING_OFF;
+    }
+    return kv->rcedge->portable ? 1 : 0;
 }
 
 int32_t llama_rcedge_scoring_enabled(const llama_context * ctx) {
@@ -397,17 +473,35 @@ int32_t llama_rcedge_get_scores(const llama_context * ctx, int32_t il, const int
         }
     }
 
+    // statistics in device memory are read through a host copy of each layer's tensor
+    std::vector<void *> bases;
+    std::vector<std::vector<uint8_t>> copies;
+    copies.reserve(layers.size());
+    for (const ggml_tensor * t : layers) {
+        if (rcedge_is_host(t)) {
+            bases.push_back(t->data);
+        } else {
+            copies.emplace_back(ggml_nbytes(t));
+            ggml_backend_tensor_get(t, copies.back().data(), 0, copies.back().size());
+            bases.push_back(copies.back().data());
+        }
+    }
+
     const uint32_t stream = rcedge_kv_cache(ctx)->get_stream(0);
     for (int32_t i = 0; i < n_cells; ++i) {
         for (int64_t g = 0; g < n_head_kv; ++g) {
             float * o = out + (i*n_head_kv + g)*RC_N;
             o[0] = o[1] = o[2] = o[3] = 0.0f;
             o[4] = -INFINITY;
-            for (const ggml_tensor * t : layers) {
+            for (size_t l = 0; l < layers.size(); ++l) {
+                const ggml_tensor * t = layers[l];
                 for (int64_t k = 0; k < 4; ++k) {
-                    o[k] += rcedge_stat(t, stream, g, cells[i], k);
+                    o[k] += rcedge_stat(t, bases[l], stream, g, cells[i], k);
                 }
-                o[4] = std::max(o[4], rcedge_stat(t, stream, g, cells[i], 4));
+                // the portable path keeps a finite sentinel where no query saw the cell
+                if (rcedge_stat(t, bases[l], stream, g, cells[i], 1) > 0.0f) {
+                    o[4] = std::max(o[4], rcedge_stat(t, bases[l], stream, g, cells[i], 4));
+                }
             }
         }
     }

@@ -1,0 +1,132 @@
+"""The portable scoring path (standard ggml ops in the graph, what GPU backends run; docs/gpu.md),
+forced on the CPU, against the fused CPU kernels and the float64 reference, on the default model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import llama_cpp
+import numpy as np
+import pytest
+
+import attn_reference as ar
+from pyrcedge import scoring
+from test_scoring import N_HEAD_KV, TEXT, assert_matches_reference
+
+_QUIET = llama_cpp.llama_log_callback(lambda level, text, user: None)
+
+# name: (tokens, batch, prefill) -- prefill in ubatches of `batch`, the rest decoded one at a time
+CASES = {
+    "prefill": (40, 512, None),
+    "prefill-ubatches": (200, 64, None),  # four ubatches: the decay and the in-graph cell clearing across them
+    "prefill+decode": (263, 512, 256),  # decode steps past 256 cells (n_kv 512 with padding)
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_llama():
+    llama_cpp.llama_log_set(_QUIET, None)
+
+
+@pytest.fixture(scope="module")
+def tokens(default_model) -> list[int]:
+    vocab = llama_cpp.llama_model_get_vocab(ar.model(str(default_model)))
+    buf = (llama_cpp.llama_token * 1024)()
+    n = llama_cpp.llama_tokenize(vocab, TEXT, len(TEXT), buf, 1024, True, False)
+    return list(buf[:n])
+
+
+def assert_same_stats(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4) -> None:
+    """got against want ([layer, cell, kv head, stat]), to rtol of each statistic's scale."""
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    assert got.shape == want.shape
+    seen = want[..., 1] > 0
+    assert seen.any()
+    np.testing.assert_array_equal(got[..., 1], want[..., 1])  # counts are exact
+    rms = np.sqrt(want[..., 3] / np.maximum(want[..., 1], 1))
+    for k, name, scale in ((0, "a2sf", np.abs(want[..., 0])), (2, "sum", np.sqrt(want[..., 3] * want[..., 1])),
+                           (3, "sumsq", want[..., 3]), (4, "max", np.maximum(np.abs(want[..., 4]), rms))):
+        err = np.abs(got[..., k] - want[..., k])[seen]
+        tol = rtol * np.maximum(scale[seen], 1e-6)
+        worst = np.argmax(err - tol)
+        assert np.all(err <= tol), f"{name}: |diff| {err[worst]:.3g} > {tol[worst]:.3g}"
+    # no query saw the cell: max is -inf on both paths (the portable one keeps a finite sentinel inside)
+    np.testing.assert_array_equal(got[~seen][..., 4], -np.inf)
+    np.testing.assert_array_equal(want[~seen][..., 4], -np.inf)
+
+
+def _run(model, tokens, case, *, portable, alpha, flash=False, **kw):
+    n, batch, prefill = CASES[case]
+    return ar.run(str(model), tokens[:n], flash=flash, threads=2, batch=batch, prefill=prefill,
+                  alpha=alpha, portable=portable, **kw)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_portable_matches_fused(default_model, tokens, case, alpha):
+    fused = _run(default_model, tokens, case, portable=False, alpha=alpha)
+    portable = _run(default_model, tokens, case, portable=True, alpha=alpha)
+    np.testing.assert_array_equal(portable.cells.index, fused.cells.index)
+    np.testing.assert_array_equal(portable.logits, fused.logits)  # the same soft_max attention
+    assert_same_stats(portable.scores, fused.scores)
+
+
+@pytest.mark.parametrize("case", ["prefill", "prefill+decode"])
+def test_portable_with_flash_attention_requested(default_model, tokens, case):
+    # a context made for flash attention (F16 mask, V stored by rows) takes the soft_max path
+    # while portable scoring is on; the statistics are the fused soft_max path's
+    fused = _run(default_model, tokens, case, portable=False, alpha=0.9)
+    portable = _run(default_model, tokens, case, portable=True, alpha=0.9, flash=True)
+    assert_same_stats(portable.scores, fused.scores)
+
+
+@pytest.mark.parametrize("case", ["prefill-ubatches", "prefill+decode"])
+def test_portable_matches_reference(default_model, tokens, case):
+    n, batch, prefill = CASES[case]
+    run = ar.run(str(default_model), tokens[:n], flash=False, threads=2, batch=batch, prefill=prefill,
+                 alpha=0.7, portable=True, capture=True)
+    assert_matches_reference(run, 0.7)
+
+
+def test_cells_reused_after_eviction(default_model, tokens):
+    # tokens written into freed cells start from cleared statistics: on the portable path the
+    # graph clears them (set_rows), on the fused path the host does
+    kw = dict(evict=(10, 30, tokens[100:108]))
+    fused = _run(default_model, tokens, "prefill-ubatches", portable=False, alpha=0.5, **kw)
+    portable = _run(default_model, tokens, "prefill-ubatches", portable=True, alpha=0.5, **kw)
+    np.testing.assert_array_equal(portable.cells.index, fused.cells.index)
+    assert set(range(10, 30)) & set(fused.cells.index.tolist())  # freed cells were reused
+    assert_same_stats(portable.scores, fused.scores)
+
+
+def test_backend_chooses_the_path(default_model):
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = 256
+    ctx = llama_cpp.llama_init_from_model(ar.model(str(default_model)), params)
+    try:
+        scoring.enable_scoring(ctx, 0.5)
+        assert scoring.scoring_portable(ctx) is False  # host KV cache: fused CPU kernels
+        scoring.disable_scoring(ctx)
+        scoring.enable_scoring(ctx, 0.5, portable=True)
+        assert scoring.scoring_portable(ctx) is True
+        scoring.disable_scoring(ctx)
+        with pytest.raises(scoring.ScoringError):
+            scoring.scoring_portable(ctx)
+    finally:
+        llama_cpp.llama_free(ctx)
+
+
+def test_environment_variable_forces_portable(default_model):
+    code = (
+        "import llama_cpp; from pyrcedge import scoring; import sys\n"
+        f"m = llama_cpp.llama_model_load_from_file({str(default_model)!r}.encode(), llama_cpp.llama_model_default_params())\n"
+        "p = llama_cpp.llama_context_default_params(); p.n_ctx = 256\n"
+        "c = llama_cpp.llama_init_from_model(m, p); scoring.enable_scoring(c, 1.0)\n"
+        "print(scoring.scoring_portable(c))\n"
+    )
+    env = {**os.environ, "LLAMA_RCEDGE_PORTABLE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
