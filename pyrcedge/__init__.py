@@ -15,10 +15,12 @@ from .errors import (
     NativeLibraryError,
     PolicyError,
     PyrcedgeError,
+    SessionError,
 )
 from .kvcache import EvictionEvent, KVStats
 from .llama import Llama
 from .policies import POLICIES, CacheView, Policy
+from .session import SessionState
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,8 @@ __all__ = [
     "ModelLoadError",
     "NativeLibraryError",
     "PyrcedgeError",
+    "SessionError",
+    "SessionState",
     "__version__",
     "native_version",
 ]

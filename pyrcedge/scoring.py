@@ -155,3 +155,20 @@ def read_scores(ctx: Any, layer: int | None = None,
         len(idx), _native.ffi.from_buffer("float[]", out) if len(idx) else _native.ffi.NULL, out.size)
     _check(code, f"read_scores(layer={layer})")
     return out
+
+
+def write_scores(ctx: Any, layer: int, cells: npt.ArrayLike, values: npt.ArrayLike) -> None:
+    """Overwrite layer `layer`'s statistics of `cells` with values [cell, KV head, stat] (as
+    read_scores returns them); used to restore saved sessions."""
+    idx = np.ascontiguousarray(cells, dtype=np.int32)
+    heads = n_head_kv(ctx, layer)
+    vals = np.ascontiguousarray(values, dtype=np.float32)
+    if idx.ndim != 1 or vals.shape != (len(idx), heads, N_STATS):
+        raise ScoringInputError(f"write_scores: values must have shape ({len(idx)}, {heads}, "
+                                f"{N_STATS}), got {vals.shape}")
+    if not len(idx):
+        return
+    code = _native.lib().llama_rcedge_set_scores(
+        _native.context_ptr(ctx), int(layer), _native.ffi.from_buffer("int32_t[]", idx), len(idx),
+        _native.ffi.from_buffer("float[]", vals), vals.size)
+    _check(code, f"write_scores(layer={layer})")

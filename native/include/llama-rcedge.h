@@ -150,6 +150,17 @@ extern "C" {
                                float   * out,
                               size_t     n_out);
 
+    // Overwrite the statistics of the given cells of layer il (il >= 0), laid out as
+    // llama_rcedge_get_scores returns them: in[i][g][k] for cell cells[i], KV head g, statistic k.
+    // For restoring a saved session, whose cells a state restore renumbers (pyrcedge/session.py).
+    LLAMA_API int32_t llama_rcedge_set_scores(
+                  struct llama_context * ctx,
+                             int32_t     il,
+                       const int32_t   * cells,
+                             int32_t     n_cells,
+                         const float   * in,
+                              size_t     n_in);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,7 +16,7 @@
 #include <map>
 #include <vector>
 
-#define LLAMA_RCEDGE_VERSION "0.1.0"
+#define LLAMA_RCEDGE_VERSION "0.2.0"
 
 const char * llama_rcedge_version(void) {
     return LLAMA_RCEDGE_VERSION;
@@ -504,6 +504,50 @@ int32_t llama_rcedge_get_scores(const llama_context * ctx, int32_t il, const int
                 }
             }
         }
+    }
+    return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_set_scores(llama_context * ctx, int32_t il, const int32_t * cells, int32_t n_cells, const float * in, size_t n_in) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    if (n_cells < 0 || (n_cells > 0 && (cells == nullptr || in == nullptr))) {
+        return LLAMA_RCEDGE_ERR_NULL;
+    }
+    if (il < 0 || (size_t) il >= sc->by_layer.size() || sc->by_layer[il] == nullptr) {
+        return LLAMA_RCEDGE_ERR_LAYER;
+    }
+    ggml_tensor * t = sc->by_layer[il];
+    const int64_t n_head_kv = t->ne[2];
+    if (n_in < (size_t) n_cells*n_head_kv*RC_N) {
+        return LLAMA_RCEDGE_ERR_BUFFER;
+    }
+    for (int32_t i = 0; i < n_cells; ++i) {
+        if (cells[i] < 0 || cells[i] >= t->ne[0]) {
+            return LLAMA_RCEDGE_ERR_CELL;
+        }
+    }
+    // statistics in device memory are written through a host copy of the layer's tensor
+    const bool host = rcedge_is_host(t);
+    std::vector<uint8_t> copy;
+    if (!host) {
+        copy.resize(ggml_nbytes(t));
+        ggml_backend_tensor_get(t, copy.data(), 0, copy.size());
+    }
+    void * base = host ? t->data : copy.data();
+    const uint32_t stream = rcedge_kv_cache(ctx)->get_stream(0);
+    for (int32_t i = 0; i < n_cells; ++i) {
+        for (int64_t g = 0; g < n_head_kv; ++g) {
+            for (int64_t k = 0; k < RC_N; ++k) {
+                rcedge_stat(t, base, stream, g, cells[i], k) = in[(i*n_head_kv + g)*RC_N + k];
+            }
+        }
+    }
+    if (!host) {
+        ggml_backend_tensor_set(t, copy.data(), 0, copy.size());
     }
     return LLAMA_RCEDGE_OK;
 }

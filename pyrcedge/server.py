@@ -1,0 +1,146 @@
+"""`pyrcedge serve`: llama-cpp-python's OpenAI-compatible server on a budgeted pyrcedge.Llama.
+
+The routes, request types, streaming and error replies are llama_cpp.server's own
+(/v1/chat/completions, /v1/completions, /v1/models, ...), so clients that work with
+`python -m llama_cpp.server` work here. What changes is the model behind them: a pyrcedge.Llama
+inside a fixed KV budget, so a conversation longer than the cache evicts instead of failing
+with "Requested tokens exceed context window". One model serves one request at a time;
+concurrent requests wait in llama_cpp.server's lock (queued, never interrupted: the server's
+interrupt_requests setting, on by default upstream, is turned off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from .errors import PyrcedgeError
+from .loading import check_gguf, open_llama, resolve_model
+
+SERVER_EXTRA = "pip install 'pyrcedge[server]'"
+
+
+def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
+               llama_kwargs: dict[str, Any] | None = None) -> Any:
+    """A FastAPI app serving `model` through a budgeted pyrcedge.Llama (loaded now, so that a
+    bad model or budget fails here rather than at the first request)."""
+    try:
+        import llama_cpp.server.app as app_module
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as e:
+        raise PyrcedgeError(f"pyrcedge serve needs llama-cpp-python's server dependencies "
+                            f"({e.name} is missing): {SERVER_EXTRA}") from e
+
+    path = resolve_model(model)
+    check_gguf(path)
+    llm = open_llama(path, **(llama_kwargs or {}))
+    name = alias or Path(path).name
+
+    class BudgetedProxy(app_module.LlamaProxy):  # type: ignore[name-defined,misc]
+        """llama_cpp.server's model holder, handing out the budgeted Llama loaded above."""
+
+        @staticmethod
+        def load_llama_from_model_settings(settings: Any) -> Any:
+            return llm
+
+    stock_proxy = app_module.LlamaProxy
+    app_module.LlamaProxy = BudgetedProxy   # create_app builds its proxy from this name
+    try:
+        app = app_module.create_app(
+            server_settings=ServerSettings(interrupt_requests=False),
+            model_settings=[ModelSettings(model=str(path), model_alias=name)])
+    finally:
+        app_module.LlamaProxy = stock_proxy
+    app.title = "pyrcedge: llama.cpp inside a KV budget (OpenAI-compatible API)"
+    _answer_client_errors_with_400()
+    app.add_middleware(JSONBodyGuard)
+    return app
+
+
+def invalid_request(message: str, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body for a request the client must fix."""
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                      "code": None}}
+
+
+class JSONBodyGuard:
+    """ASGI middleware: a POST whose body is not a JSON object gets a 400 JSON error.
+
+    llama_cpp.server's route error handler re-reads the body as JSON while handling an error,
+    so a body that is not JSON made it fail with a plain-text 500."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            ok = isinstance(json.loads(body), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            from starlette.responses import JSONResponse
+
+            await JSONResponse(invalid_request("the request body must be a JSON object"),
+                               status_code=400)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _answer_client_errors_with_400() -> None:
+    """llama_cpp.server answers every exception that no pattern of its own matches with a 500,
+    request validation errors and invalid arguments included. Those are the client's: 400."""
+    from fastapi.exceptions import RequestValidationError
+    from llama_cpp.server.errors import RouteErrorHandler
+    from llama_cpp.server.errors import ErrorResponse
+
+    stock = RouteErrorHandler.error_message_wrapper
+    if getattr(stock, "pyrcedge", False):
+        return
+
+    def error_message_wrapper(self: Any, error: Exception, body: Any = None) -> Any:
+        if isinstance(error, RequestValidationError):
+            first = error.errors()[0] if error.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+            return 400, ErrorResponse(**invalid_request(
+                f"invalid request: {where}: {first.get('msg', error)}", where)["error"])
+        if isinstance(error, ValueError):
+            return 400, ErrorResponse(**invalid_request(str(error))["error"])
+        return stock(self, error, body)
+
+    error_message_wrapper.pyrcedge = True  # type: ignore[attr-defined]
+    RouteErrorHandler.error_message_wrapper = error_message_wrapper
+
+
+def serve(model: str | os.PathLike[str] | None, host: str = "127.0.0.1", port: int = 8000,
+          alias: str | None = None, llama_kwargs: dict[str, Any] | None = None) -> None:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise PyrcedgeError(f"pyrcedge serve needs uvicorn: {SERVER_EXTRA}") from e
+    app = create_app(model, alias, llama_kwargs)
+    name = alias or resolve_model(model).name
+    print(f"pyrcedge serve: http://{host}:{port}/v1, model {name}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
