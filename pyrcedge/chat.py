@@ -176,9 +176,12 @@ def run(conv: Conversation, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
             if message is None:
                 continue
             text = message
-        print("bot> ", end="", file=out, flush=True)
+        started = False
         try:
             for piece in conv.send(text):
+                if not started:     # after the progress bar of a long message
+                    print("bot> ", end="", file=out)
+                    started = True
                 print(piece, end="", file=out, flush=True)
         except KeyboardInterrupt:
             print(" [interrupted]", end="", file=out)
@@ -186,6 +189,8 @@ def run(conv: Conversation, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
             print(f"\nerror: {e}", file=err)
         finally:
             bar.close()
+        if not started:
+            print("bot> ", end="", file=out)
         print(file=out)
         print(conv.status(), file=err, flush=True)
 

@@ -32,7 +32,7 @@ make_venv .venv
 stamp=.venv/.pyrcedge-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  .venv/bin/python -m pip install --quiet -e '.[server,test]'
   echo "$want" > "$stamp"
 fi
 

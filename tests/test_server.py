@@ -1,0 +1,135 @@
+"""`pyrcedge serve`, exercised with the official openai client over loopback."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+BUDGET = 256
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port),
+                             "--budget", str(BUDGET), "--threads", "2", "--alias", "smol"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/models", timeout=5).read()
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"the server did not start:\n{proc.stdout.read()}")
+            time.sleep(0.3)
+    yield base, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[0], api_key="unused", max_retries=0, timeout=600)
+
+
+def post(base: str, path: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(base + path, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_lists_the_alias(client):
+    assert [m.id for m in client.models.list().data] == ["smol"]
+
+
+def test_chat_completion_plain_and_streaming(client):
+    messages = [{"role": "user", "content": "Name three colours."}]
+    r = client.chat.completions.create(model="smol", messages=messages, max_tokens=16, temperature=0)
+    text = r.choices[0].message.content
+    assert text and r.usage.completion_tokens > 0
+    chunks = client.chat.completions.create(model="smol", messages=messages, max_tokens=16,
+                                            temperature=0, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == text
+
+
+def test_text_completion(client):
+    r = client.completions.create(model="smol", prompt="The capital of France is", max_tokens=8,
+                                  temperature=0)
+    assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_conversation_longer_than_the_budget_never_fails(client):
+    """Stock llama-cpp-python with n_ctx=256 fails such a chat at its fourth turn."""
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    prompt_tokens = []
+    for i in range(8):
+        messages.append({"role": "user", "content": f"Tell me one fact about the number {i + 1}."})
+        r = client.chat.completions.create(model="smol", messages=messages, max_tokens=40,
+                                           temperature=0)
+        messages.append({"role": "assistant", "content": r.choices[0].message.content})
+        prompt_tokens.append(r.usage.prompt_tokens)
+    assert prompt_tokens[-1] > BUDGET      # the history outgrew the cache: it evicted
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    (b'{"messages": "hello"}', 400),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}', 400),
+    (b'{"prompt": "hi", "max_tokens": 4, "logprobs": 2}', 400),   # needs logits_all
+])
+def test_malformed_requests_get_a_4xx_json_error_and_serving_goes_on(server, client, body, status):
+    path = "/completions" if b"prompt" in body else "/chat/completions"
+    code, reply = post(server[0], path, body)
+    assert code == status and reply["error"]["message"]
+    r = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert server[1].poll() is None
+
+
+def test_eight_clients_fifty_requests_each_all_answered(client):
+    """Requests queue behind the one model: none is dropped or interrupted."""
+
+    def one_client(i: int) -> list[str]:
+        out = []
+        for j in range(50):
+            stream = j % 5 == 0
+            messages = [{"role": "system", "content": "Answer in one word."},
+                        {"role": "user", "content": f"Client {i}, request {j}: name a fruit."}]
+            r = client.chat.completions.create(model="smol", messages=messages, max_tokens=3,
+                                               temperature=0, stream=stream)
+            if stream:
+                reasons = [c.choices[0].finish_reason for c in r]
+                out.append(reasons[-1])
+            else:
+                out.append(r.choices[0].finish_reason)
+        return out
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(one_client, range(8)))
+    assert sum(len(r) for r in results) == 400
+    assert all(reason in ("stop", "length") for r in results for reason in r)
