@@ -1,0 +1,133 @@
+"""Load on `pyrcedge serve`: N concurrent openai clients x M chat requests on loopback.
+
+Writes docs/bench/server-load.{md,json}: answered requests, errors, throughput, latency
+percentiles, and the server's peak RSS (sampled every 0.2 s).
+
+    .venv/bin/python bench/server_load.py [--clients 8] [--requests 50] [--budget 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import openai
+import psutil
+
+from common import command, machine
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--budget", default="256")  # tokens or a size
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--name", default="server-load")
+    ap.add_argument("--note", default="", help="a line for the report (e.g. what else ran)")
+    args = ap.parse_args()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port),
+                             "--budget", args.budget, "--threads", str(args.threads)])
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{base}/models", timeout=5).read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            peak[0] = max(peak[0], p.memory_info().rss)
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
+    client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=3600)
+
+    def one_client(i: int) -> list[tuple[float, str]]:
+        out = []
+        for j in range(args.requests):
+            messages = [{"role": "system", "content": "You are a concise assistant."},
+                        {"role": "user", "content": f"Request {j} of client {i}: say something "
+                                                    f"about the number {j}."}]
+            t0 = time.perf_counter()
+            try:
+                if j % 5 == 0:     # every fifth request streams
+                    chunks = list(client.chat.completions.create(
+                        model="m", messages=messages, max_tokens=args.max_tokens,
+                        temperature=0.7, stream=True))
+                    status = chunks[-1].choices[0].finish_reason or "no finish"
+                else:
+                    r = client.chat.completions.create(model="m", messages=messages,
+                                                       max_tokens=args.max_tokens, temperature=0.7)
+                    status = r.choices[0].finish_reason
+            except openai.APIError as e:
+                status = f"error: {e}"
+            out.append((time.perf_counter() - t0, status))
+        return out
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(args.clients) as ex:
+        results = [x for r in ex.map(one_client, range(args.clients)) for x in r]
+    wall = time.perf_counter() - t0
+    stop.set()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+    lat = np.array([r[0] for r in results])
+    errors = [r[1] for r in results if r[1].startswith("error")]
+    record = {"command": command(), "machine": machine(), "clients": args.clients,
+              "requests_per_client": args.requests, "budget": args.budget,
+              "threads": args.threads, "max_tokens": args.max_tokens,
+              "answered": len(results) - len(errors), "errors": len(errors),
+              "error_samples": errors[:3], "wall_s": round(wall, 1),
+              "requests_per_s": round(len(results) / wall, 2),
+              "latency_s": {q: round(float(np.percentile(lat, p)), 2)
+                            for q, p in (("p50", 50), ("p95", 95), ("max", 100))},
+              "server_peak_rss_mib": round(peak[0] / 2**20, 1)}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    L = record["latency_s"]
+    (OUT / f"{args.name}.md").write_text(f"""# Load on pyrcedge serve
+
+Command: `{record['command']}`
+
+Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores.
+
+{args.clients} concurrent clients (the official openai client, one thread each), each sending
+{args.requests} chat requests one after the other (a system and a user message; every fifth request
+streams), max_tokens {args.max_tokens}, temperature 0.7, KV budget {args.budget} tokens. The server
+has one model, so requests queue and run one at a time.
+
+| answered | errors | wall | requests/s | latency p50 | p95 | max | server peak RSS |
+|---|---|---|---|---|---|---|---|
+| {record['answered']} / {len(results)} | {record['errors']} | {record['wall_s']} s | {record['requests_per_s']} | {L['p50']} s | {L['p95']} s | {L['max']} s | {record['server_peak_rss_mib']} MiB |
+
+Latency includes the wait in the queue behind the other clients' requests (up to
+{args.clients - 1} of them). Consecutive requests share the system prompt, which stays cached.
+{args.note}
+""")
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
