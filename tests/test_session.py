@@ -211,3 +211,25 @@ def test_a_crash_mid_save_leaves_the_previous_file_intact(default_model, tmp_pat
         assert llm.n_tokens == len(llm.tokenize(TEXT))
     finally:
         llm.close()
+
+
+def test_write_scores_round_trips_and_checks_its_input(evicted):
+    from pyrcedge import scoring
+
+    ctx = evicted.ctx
+    cells = scoring.used_cells(ctx).index
+    old = scoring.read_scores(ctx, 3, cells)
+    new = (old * 2 + 1).astype(np.float32)
+    scoring.write_scores(ctx, 3, cells, new)
+    try:
+        assert np.array_equal(scoring.read_scores(ctx, 3, cells), new)
+        assert np.array_equal(scoring.read_scores(ctx, 4, cells), scoring.read_scores(ctx, 4, cells))
+        with pytest.raises(scoring.ScoringInputError, match="layer"):
+            scoring.write_scores(ctx, 99, cells, new)
+        with pytest.raises(scoring.ScoringInputError, match="cell index"):
+            scoring.write_scores(ctx, 3, [-1], new[:1])
+        with pytest.raises(scoring.ScoringInputError, match="shape"):
+            scoring.write_scores(ctx, 3, cells, new[:, :1])
+    finally:
+        scoring.write_scores(ctx, 3, cells, old)
+    assert np.array_equal(scoring.read_scores(ctx, 3, cells), old)
