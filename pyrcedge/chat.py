@@ -9,7 +9,9 @@ pasted document, /file) shows a progress bar while it is read.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ HELP = """commands:
   /reset         start a new conversation
   /stats         show the KV cache state
   /help          this list
-  /quit          leave (Ctrl-D too)"""
+  /quit          leave (Ctrl-D too; Ctrl-C stops a reply)"""
 
 MIB = 1024 * 1024
 
@@ -178,13 +180,15 @@ def run(conv: Conversation, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
             text = message
         started = False
         try:
-            for piece in conv.send(text):
-                if not started:     # after the progress bar of a long message
-                    print("bot> ", end="", file=out)
-                    started = True
-                print(piece, end="", file=out, flush=True)
-        except KeyboardInterrupt:
-            print(" [interrupted]", end="", file=out)
+            with _StopOnInterrupt() as stop:
+                for piece in conv.send(text):
+                    if not started:     # after the progress bar of a long message
+                        print("bot> ", end="", file=out)
+                        started = True
+                    print(piece, end="", file=out, flush=True)
+                    if stop.requested:
+                        print(" [interrupted]", end="", file=out)
+                        break
         except PyrcedgeError as e:
             print(f"\nerror: {e}", file=err)
         finally:
@@ -193,6 +197,30 @@ def run(conv: Conversation, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
             print("bot> ", end="", file=out)
         print(file=out)
         print(conv.status(), file=err, flush=True)
+
+
+class _StopOnInterrupt:
+    """Ctrl-C during a reply asks it to stop at the next token, instead of raising
+    KeyboardInterrupt wherever Python happens to be (possibly between a decode and the cache's
+    bookkeeping). A second Ctrl-C raises as usual."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _command(conv: Conversation, cmd: str, arg: str) -> str | None:

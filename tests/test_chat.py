@@ -99,3 +99,18 @@ def test_a_long_message_shows_progress_while_it_is_read(tmp_path):
     c.expect("error: cannot read")
     c.expect("you> ")
     quit_(c)
+
+
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on():
+    c = spawn("--max-tokens", "400")
+    c.sendline("Write a very long story about a dragon and a knight.")
+    c.expect("bot> ")
+    c.expect(r"\w+ \w+ \w+")                                  # a few words streamed
+    c.sendintr()
+    c.expect(r"\[interrupted\]")
+    c.expect(STATUS)
+    used, budget, *_ = (int(x) for x in c.match.groups())
+    assert used <= budget
+    reply, (used, budget, *_rest) = say(c, "Now say hello.")     # the cache is consistent
+    assert reply.strip() and used <= budget
+    quit_(c)
