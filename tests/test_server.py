@@ -93,6 +93,13 @@ def test_a_conversation_longer_than_the_budget_never_fails(client):
     assert prompt_tokens[-1] > BUDGET      # the history outgrew the cache: it evicted
 
 
+def test_a_prompt_longer_than_the_budget_is_read_through_it(client):
+    doc = " ".join(f"Item {i} is a {['red', 'green', 'blue'][i % 3]} box." for i in range(120))
+    r = client.completions.create(model="smol", prompt=doc + " The last item is", max_tokens=8,
+                                  temperature=0)
+    assert r.usage.prompt_tokens > 2 * BUDGET and r.choices[0].finish_reason in ("stop", "length")
+
+
 @pytest.mark.parametrize("body,status", [
     (b"{not json", 400),
     (b"[1, 2]", 400),
