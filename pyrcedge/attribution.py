@@ -16,6 +16,7 @@ Everything is computed from the per-cell statistics, which compose by sums (docs
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -133,7 +134,8 @@ def score_spans(stats: npt.NDArray[np.floating], logical: npt.NDArray[np.int64],
         chosen = usable[np.argsort(-context[usable], kind="stable")[:top_k]]
     else:
         chosen = usable
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():   # an evicted span is NaN in every head: its score is NaN
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
         scores = np.nanmean(per_span[chosen], axis=0) if per_span.size else np.empty(0)
     return scores, [(int(h // n_head_kv), int(h % n_head_kv)) for h in chosen]
 
