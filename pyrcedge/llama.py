@@ -245,12 +245,6 @@ class Llama(llama_cpp.Llama):
             max_tokens = self.kv_budget_cells
         return super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
 
-    def set_cache(self, cache: Any) -> None:
-        if cache is not None:
-            raise BudgetError("prompt caches (set_cache) are not supported by pyrcedge.Llama: a "
-                              "saved llama_cpp state lacks the evicted cache's bookkeeping")
-        super().set_cache(cache)
-
     def save_state(self) -> SessionState:
         """The session in memory: the evicted cache, statistics, positions and history.
 

@@ -65,6 +65,17 @@ class SessionState:
     def n_tokens(self) -> int:
         return int(self.header["n_tokens"])
 
+    # what llama_cpp's prompt caches (LlamaRAMCache, LlamaDiskCache) read of a state
+    @property
+    def input_ids(self) -> npt.NDArray[np.intc]:
+        """The token history the state continues."""
+        return np.asarray(self.arrays.get("history", np.zeros(0, np.intc)), np.intc)
+
+    @property
+    def llama_state_size(self) -> int:
+        """Bytes the state holds (a prompt cache's capacity is counted in these)."""
+        return len(self.kv) + sum(a.nbytes for a in self.arrays.values())
+
 
 def encode(state: SessionState) -> bytes:
     blobs = [("kv", "uint8", [len(state.kv)], state.kv)]

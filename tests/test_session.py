@@ -233,3 +233,41 @@ def test_write_scores_round_trips_and_checks_its_input(evicted):
     finally:
         scoring.write_scores(ctx, 3, cells, old)
     assert np.array_equal(scoring.read_scores(ctx, 3, cells), old)
+
+
+def test_a_prompt_cache_keeps_each_conversation(default_model):
+    """Two chats interleaved on one Llama with llama_cpp's RAM cache: each continues from its own
+    saved state (no re-read), and its replies equal those of the chat run alone."""
+    import llama_cpp
+
+    turns = {"a": ["Hi! Tell me about cats.", "What do they eat?", "And how long do they live?"],
+             "b": ["Hello, what is the capital of Spain?", "Is it large?", "What is there to see?"]}
+
+    def run(order: list[str]) -> tuple[dict[str, list[str]], list[int]]:
+        llm = make(default_model, kv_budget=96)
+        llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=1 << 30))
+        fed: list[int] = []
+        eval_ = llm.eval
+        llm.eval = lambda tokens: (fed.append(len(tokens)), eval_(tokens))[1]   # type: ignore
+        chats = {k: [{"role": "system", "content": "Be brief."}] for k in turns}
+        replies: dict[str, list[str]] = {k: [] for k in turns}
+        step = {k: 0 for k in turns}
+        try:
+            for k in order:
+                chats[k].append({"role": "user", "content": turns[k][step[k]]})
+                step[k] += 1
+                r = llm.create_chat_completion(messages=chats[k], max_tokens=24, temperature=0)
+                msg = r["choices"][0]["message"]
+                chats[k].append({"role": "assistant", "content": msg["content"]})
+                replies[k].append(msg["content"])
+            assert llm.kv_stats().evictions > 0
+        finally:
+            llm.close()
+        return replies, fed
+
+    alone, _ = run(["a", "a", "a"])
+    mixed, fed = run(["a", "b", "a", "b", "a", "b"])
+    assert mixed["a"] == alone["a"]
+    # every turn read only its new message (plus the template around it), never a whole chat
+    assert max(fed[2:]) < 40
+
