@@ -4,6 +4,10 @@ Writes docs/bench/server-load.{md,json}: answered requests, errors, throughput, 
 percentiles, and the server's peak RSS (sampled every 0.2 s).
 
     .venv/bin/python bench/server_load.py [--clients 8] [--requests 50] [--budget 256]
+    .venv/bin/python bench/server_load.py --mode conversation --requests 10 [--prompt-cache 512MiB]
+
+--mode independent: every request is a system and a user message; --mode conversation: each
+client holds one conversation and sends all of it with every request (it outgrows the budget).
 """
 
 from __future__ import annotations
@@ -37,13 +41,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--name", default="server-load")
     ap.add_argument("--note", default="", help="a line for the report (e.g. what else ran)")
+    ap.add_argument("--mode", choices=("independent", "conversation"), default="independent")
+    ap.add_argument("--prompt-cache", default="0", help="pyrcedge serve --prompt-cache")
     args = ap.parse_args()
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port),
-                             "--budget", args.budget, "--threads", str(args.threads)])
+                             "--budget", args.budget, "--threads", str(args.threads),
+                             "--prompt-cache", args.prompt_cache])
     base = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
         try:
@@ -63,26 +70,34 @@ def main() -> None:
     threading.Thread(target=sample, daemon=True).start()
     client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=3600)
 
+    fed: list[int] = []   # prompt tokens of every request (usage)
+
     def one_client(i: int) -> list[tuple[float, str]]:
         out = []
+        chat = [{"role": "system", "content": "You are a concise assistant."}]
         for j in range(args.requests):
-            messages = [{"role": "system", "content": "You are a concise assistant."},
-                        {"role": "user", "content": f"Request {j} of client {i}: say something "
-                                                    f"about the number {j}."}]
+            ask = {"role": "user", "content": f"Request {j} of client {i}: say something about "
+                                              f"the number {j}."}
+            messages = chat + [ask] if args.mode == "conversation" else [chat[0], ask]
             t0 = time.perf_counter()
+            reply = ""
             try:
                 if j % 5 == 0:     # every fifth request streams
                     chunks = list(client.chat.completions.create(
                         model="m", messages=messages, max_tokens=args.max_tokens,
                         temperature=0.7, stream=True))
+                    reply = "".join(c.choices[0].delta.content or "" for c in chunks)
                     status = chunks[-1].choices[0].finish_reason or "no finish"
                 else:
                     r = client.chat.completions.create(model="m", messages=messages,
                                                        max_tokens=args.max_tokens, temperature=0.7)
-                    status = r.choices[0].finish_reason
+                    reply, status = r.choices[0].message.content or "", r.choices[0].finish_reason
+                    fed.append(r.usage.prompt_tokens)
             except openai.APIError as e:
                 status = f"error: {e}"
             out.append((time.perf_counter() - t0, status))
+            if args.mode == "conversation":
+                chat += [ask, {"role": "assistant", "content": reply}]
         return out
 
     t0 = time.perf_counter()
@@ -97,7 +112,9 @@ def main() -> None:
     errors = [r[1] for r in results if r[1].startswith("error")]
     record = {"command": command(), "machine": machine(), "clients": args.clients,
               "requests_per_client": args.requests, "budget": args.budget,
-              "threads": args.threads, "max_tokens": args.max_tokens,
+              "threads": args.threads, "max_tokens": args.max_tokens, "mode": args.mode,
+              "prompt_cache": args.prompt_cache,
+              "prompt_tokens_max": max(fed, default=0),
               "answered": len(results) - len(errors), "errors": len(errors),
               "error_samples": errors[:3], "wall_s": round(wall, 1),
               "requests_per_s": round(len(results) / wall, 2),
@@ -114,16 +131,17 @@ Command: `{record['command']}`
 Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores.
 
 {args.clients} concurrent clients (the official openai client, one thread each), each sending
-{args.requests} chat requests one after the other (a system and a user message; every fifth request
-streams), max_tokens {args.max_tokens}, temperature 0.7, KV budget {args.budget} tokens. The server
-has one model, so requests queue and run one at a time.
+{args.requests} chat requests one after the other ({"a system and a user message" if args.mode == "independent" else "the whole conversation so far: it reaches " + str(max(fed, default=0)) + " prompt tokens"};
+every fifth request streams), max_tokens {args.max_tokens}, temperature 0.7, KV budget
+{args.budget} tokens, prompt cache {args.prompt_cache} (`pyrcedge serve --prompt-cache`). The
+server has one model, so requests queue and run one at a time.
 
 | answered | errors | wall | requests/s | latency p50 | p95 | max | server peak RSS |
 |---|---|---|---|---|---|---|---|
 | {record['answered']} / {len(results)} | {record['errors']} | {record['wall_s']} s | {record['requests_per_s']} | {L['p50']} s | {L['p95']} s | {L['max']} s | {record['server_peak_rss_mib']} MiB |
 
 Latency includes the wait in the queue behind the other clients' requests (up to
-{args.clients - 1} of them). Consecutive requests share the system prompt, which stays cached.
+{args.clients - 1} of them).
 {args.note}
 """)
     print(json.dumps(record))

@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     serve(args.model, host=args.host, port=args.port, alias=args.alias,
-          llama_kwargs={**budget_options(args), "n_threads": args.threads,
+          prompt_cache_bytes=args.prompt_cache, llama_kwargs={**budget_options(args), "n_threads": args.threads,
                         "n_threads_batch": args.threads, "flash_attn": True, "seed": args.seed})
     return 0
 
@@ -183,6 +183,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"libllama: {_native.libllama_path()}")
     print(llama_cpp.llama_print_system_info().decode())
     return 0
+
+
+def _size(text: str) -> int:
+    from .budget import parse_bytes
+
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        return parse_bytes(text)
+    except PyrcedgeError:
+        raise argparse.ArgumentTypeError(f"a size is bytes (1048576) or 256MiB / 1GB, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -248,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--seed", type=int, default=0)
+    srv.add_argument("--prompt-cache", type=_size, default=0, metavar="SIZE",
+                     help="keep each conversation's evicted cache (256MiB, 1GB; default 0: off), "
+                          "so that interleaved conversations continue instead of re-reading")
     srv.add_argument("--n-ctx", type=_positive_int, default=2048, help=argparse.SUPPRESS)
     srv.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1)
     add_budget_options(srv)

@@ -23,9 +23,10 @@ SERVER_EXTRA = "pip install 'pyrcedge[server]'"
 
 
 def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
-               llama_kwargs: dict[str, Any] | None = None) -> Any:
+               llama_kwargs: dict[str, Any] | None = None, prompt_cache_bytes: int = 0) -> Any:
     """A FastAPI app serving `model` through a budgeted pyrcedge.Llama (loaded now, so that a
-    bad model or budget fails here rather than at the first request)."""
+    bad model or budget fails here rather than at the first request). prompt_cache_bytes > 0
+    keeps the states of recent conversations (llama_cpp.LlamaRAMCache of pyrcedge states)."""
     try:
         import llama_cpp.server.app as app_module
         from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -36,6 +37,10 @@ def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
     path = resolve_model(model)
     check_gguf(path)
     llm = open_llama(path, **(llama_kwargs or {}))
+    if prompt_cache_bytes > 0:
+        import llama_cpp
+
+        llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=prompt_cache_bytes))
     name = alias or Path(path).name
 
     class BudgetedProxy(app_module.LlamaProxy):  # type: ignore[name-defined,misc]
@@ -135,12 +140,13 @@ def _answer_client_errors_with_400() -> None:
 
 
 def serve(model: str | os.PathLike[str] | None, host: str = "127.0.0.1", port: int = 8000,
-          alias: str | None = None, llama_kwargs: dict[str, Any] | None = None) -> None:
+          alias: str | None = None, llama_kwargs: dict[str, Any] | None = None,
+          prompt_cache_bytes: int = 0) -> None:
     try:
         import uvicorn
     except ImportError as e:
         raise PyrcedgeError(f"pyrcedge serve needs uvicorn: {SERVER_EXTRA}") from e
-    app = create_app(model, alias, llama_kwargs)
+    app = create_app(model, alias, llama_kwargs, prompt_cache_bytes)
     name = alias or resolve_model(model).name
     print(f"pyrcedge serve: http://{host}:{port}/v1, model {name}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
