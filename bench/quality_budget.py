@@ -43,7 +43,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tova": {"policy": "tova"},
     "rcstat": {"policy": "rcstat", "rc_epsilon": 0.1},
     "random": {"policy": "random"},
+    # the H2O paper's split and A2SF's later code: half the budget a recent window
+    "h2o-recent50": {"policy": "h2o", "recent_share": 0.5},
+    "a2sf-recent50": {"policy": "a2sf", "alpha": 0.3, "recent_share": 0.5},
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith("recent50")]
 # the policies that read attention statistics, and those that do not (targets compare them)
 SCORED = ("h2o", "a2sf", "tova", "rcstat")
 
@@ -53,6 +57,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from pyrcedge.evaluation.perplexity import streaming_perplexity
 
     kw = dict(job["kwargs"])
+    share = kw.pop("recent_share", None)
+    if share is not None:
+        kw["recent_tokens"] = int(share * job["budget"])
     llm = pyrcedge.Llama(job["model"], kv_budget=job["budget"], n_threads=job["threads"],
                          n_threads_batch=job["threads"], flash_attn=True, seed=0, **kw)
     try:
@@ -94,7 +101,7 @@ def main() -> None:
     ap.add_argument("--skip-chars", type=int, default=0, help="start the excerpt this far in")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--budgets", type=float, nargs="+", default=[6.25, 12.5, 25.0, 50.0])
-    ap.add_argument("--policies", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--policies", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
     ap.add_argument("--epsilons", type=float, nargs="*", default=[0.01, 0.03, 0.1, 0.2, 0.4])
     ap.add_argument("--sweep-budgets", type=float, nargs="*", default=[12.5, 25.0])
@@ -115,12 +122,14 @@ def main() -> None:
     out = REPO / "docs" / "bench" / a.out
     out.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
+    commands = [command()]
     if out.with_suffix(".json").exists():
         old = json.loads(out.with_suffix(".json").read_text())
         if old.get("tokens") == a.tokens and old.get("model") == model and old.get("novel") == a.novel:
             done = {r["key"]: r for r in old["runs"]}
+            commands = old.get("commands", [old["command"]]) + commands
     jobs = [j for j in jobs_for(a, len(tokens)) if j["key"] not in done]
-    header = {"command": command(), "machine": machine(), "model": model, "novel": a.novel,
+    header = {"command": commands[0], "commands": commands, "machine": machine(), "model": model, "novel": a.novel,
               "skip_chars": a.skip_chars, "tokens": a.tokens, "chunk": a.chunk,
               "threads": a.threads, "workers": a.workers,
               "load_average_start": os.getloadavg()}

@@ -10,7 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GRID_ORDER = ["window", "streamingllm", "context-shift", "context-shift-keep", "h2o", "a2sf",
-              "tova", "rcstat", "random"]
+              "tova", "rcstat", "random", "h2o-recent50", "a2sf-recent50"]
 BASELINES = ("window", "streamingllm", "context-shift", "context-shift-keep")
 
 
@@ -50,7 +50,7 @@ def write_report(out: Path, img: Path) -> None:
     shares = sorted({s for v in grid.values() for s in v})
     name = out.name
     lines = [f"# Quality against KV budget: streaming perplexity ({d['tokens']} tokens)", "",
-             f"Command: `{d['command']}`  ",
+             "Commands: " + ", ".join(f"`{c}`" for c in d.get("commands", [d["command"]])) + "  ",
              f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, shared with another "
              f"engineer's work (load average {d['load_average_start'][0]:.2f} at the start); "
              f"{d['threads']} thread per run, {d['workers']} runs at a time. Perplexity does not "
