@@ -46,8 +46,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the H2O paper's split and A2SF's later code: half the budget a recent window
     "h2o-recent50": {"policy": "h2o", "recent_share": 0.5},
     "a2sf-recent50": {"policy": "a2sf", "alpha": 0.3, "recent_share": 0.5},
+    "a2sf-0.9": {"policy": "a2sf", "alpha": 0.9},
+    "rcstat-0.01": {"policy": "rcstat", "rc_epsilon": 0.01},
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith("recent50")]
+EXTRA = ("h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01")
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in EXTRA]
 # the policies that read attention statistics, and those that do not (targets compare them)
 SCORED = ("h2o", "a2sf", "tova", "rcstat")
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GRID_ORDER = ["window", "streamingllm", "context-shift", "context-shift-keep", "h2o", "a2sf",
-              "tova", "rcstat", "random", "h2o-recent50", "a2sf-recent50"]
+              "tova", "rcstat", "random", "h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01"]
 BASELINES = ("window", "streamingllm", "context-shift", "context-shift-keep")
 
 

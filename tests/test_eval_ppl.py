@@ -8,7 +8,6 @@ import math
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import llama_cpp
