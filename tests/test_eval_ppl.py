@@ -13,6 +13,7 @@ import pytest
 import llama_cpp
 import pyrcedge
 from pyrcedge.evaluation import austen
+from pyrcedge.evaluation.cli import Tokenizer
 from pyrcedge.evaluation.perplexity import EvaluationError, streaming_perplexity, text_tokens
 
 N = 160   # tokens of Pride and Prejudice the tests read
@@ -29,8 +30,7 @@ def austen_text() -> str:
 
 @pytest.fixture(scope="module")
 def tokens(default_model, austen_text) -> list[int]:
-    llm = llama_cpp.Llama(str(default_model), vocab_only=True, verbose=False)
-    return text_tokens(llm, austen_text, N)
+    return text_tokens(Tokenizer(str(default_model)), austen_text, N)
 
 
 def make(model: Path, **kw) -> pyrcedge.Llama:
