@@ -21,7 +21,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_speed_report(result: dict[str, Any], out: Path, plot: str | None) -> None:
-    result = {**result, "machine": machine()}
+    result = {**result, "machine": result.get("machine") or machine()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     s, p, r, m = result["stock"], result["pyrcedge"], result["ratios"], result["machine"]
@@ -48,8 +48,14 @@ def write_speed_report(result: dict[str, Any], out: Path, plot: str | None) -> N
              f"| KV bytes | {s['kv_bytes'] / mib:.1f} MiB | {p['kv_bytes'] / mib:.1f} MiB "
              f"(+ {result['pyrcedge_statistics_bytes'] / mib:.1f} MiB statistics) | "
              f"**{r['kv_bytes_less']:.2f}x less** |",
+             f"| prompt tokens evaluated | {s['prefill_tokens']} | {p['prefill_tokens']} | |",
              f"| peak RSS | {s['peak_rss_bytes'] / mib:.0f} MiB | {p['peak_rss_bytes'] / mib:.0f} MiB"
              f" | {r['peak_rss']:.2f} |", "",
+             f"Stock's n_ctx leaves room for the last turn; sized to the final history alone "
+             f"({s['history_tokens']} cells) its KV would be {s['history_tokens'] / result['budget']:.2f}x "
+             "pyrcedge's. pyrcedge evaluates more prompt tokens when a prompt diverges from its "
+             "history before the last eviction (a reply that re-tokenizes differently): it then "
+             "re-reads the whole conversation (docs/budget.md), where stock truncates.", "",
              f"pyrcedge evicted {result['pyrcedge_evictions']} times. KV bytes: llama.cpp's own log "
              "line (stock) and kv_stats().allocated_bytes (pyrcedge); the statistics the scoring "
              "keeps beside the cache are listed apart. Peak RSS includes the mapped model file.", ""]
