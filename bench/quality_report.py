@@ -43,6 +43,12 @@ def targets(grid: dict[str, dict[float, dict]], full: float, shares: list[float]
     return lines
 
 
+def fmt_command(c: str) -> str:
+    """`command` (note), for a command recorded with a parenthesised note after it."""
+    cmd, _, note = c.partition(" (")
+    return f"`{cmd}`" + (f" ({note}" if note else "")
+
+
 def write_report(out: Path, img: Path) -> None:
     import matplotlib
 
@@ -59,7 +65,8 @@ def write_report(out: Path, img: Path) -> None:
     shares = sorted({s for v in grid.values() for s in v})
     name = out.name
     lines = [f"# Quality against KV budget: streaming perplexity ({d['tokens']} tokens)", "",
-             "Commands: " + ", ".join(f"`{c}`" for c in d.get("commands", [d["command"]])) + "  ",
+             "Commands: " + ", ".join(fmt_command(c) for c in d.get("commands", [d["command"]]))
+             + "  ",
              f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, shared with another "
              f"engineer's work (load average {d['load_average_start'][0]:.2f} at the start); "
              f"{d['threads']} thread per run, up to 2 runs at a time. Perplexity does not "
