@@ -121,11 +121,13 @@ def write_report(out: Path, img: Path) -> None:
                   "twice its size even without eviction)."]
     # plots
     img.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in GRID_ORDER:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.get_cmap("tab20").colors
+    for k, v in enumerate(GRID_ORDER):
         if v in grid:
             xs = sorted(grid[v])
-            ax.plot(xs, [grid[v][x]["ppl"] for x in xs], marker="o",
+            ax.plot(xs, [grid[v][x]["ppl"] for x in xs], marker="os^vD"[k % 5],
+                    color=colors[(2 * k) % 20 + (k * 2 >= 20)],
                     linestyle="--" if v in BASELINES or v == "random" else "-", label=v)
     ax.axhline(full, color="black", linewidth=1, label="full cache")
     ax.set_xscale("log", base=2)
