@@ -37,11 +37,12 @@ def main() -> None:
     ap.add_argument("--context-chars", type=int, default=3000)
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--question-first", action="store_true")
     ap.add_argument("--out", default="qa-budget")
     a = ap.parse_args()
     base = [sys.executable, "-m", "pyrcedge", "eval", "qa", "--model", a.model, "--dataset",
             a.dataset, "--n", str(a.n), "--context-chars", str(a.context_chars), "--threads", "1",
-            "--json", "--quiet", "--examples"]
+            "--json", "--quiet", "--examples"] + (["--question-first"] if a.question_first else [])
     configs = {"full": []} | {p: ["--budget", a.share, *POLICIES[p]] for p in a.policies}
 
     def run(name: str) -> tuple[str, dict]:
@@ -70,7 +71,8 @@ def main() -> None:
              f"{a.n} questions (seed 0), contexts of {full['context_tokens_mean']:.0f} tokens on "
              f"average; budget {a.share} of each context "
              f"({results[a.policies[0]]['budget_cells_mean']:.0f} cells on average). Greedy answers "
-             "of at most 32 tokens through the chat template; SQuAD EM/F1.", "",
+             "of at most 32 tokens through the chat template; SQuAD EM/F1."
+             + (" The question is stated before the context too." if a.question_first else ""), "",
              "| cache | EM | F1 | F1 / full |", "|---|---|---|---|",
              f"| full | {full['em']:.3f} | {full['f1']:.3f} | 1.000 |"]
     for p in a.policies:

@@ -31,10 +31,10 @@ def test_qa_examples_hold_their_answers_in_long_contexts():
 def test_eval_qa_reads_contexts_longer_than_the_budget(cli):
     done = cli("eval", "qa", "--n", "1", "--context-chars", "1200", "--budget", "25%",
                "--policy", "a2sf", "--max-tokens", "8", "--threads", "1", "--json", "--quiet",
-               "--examples")
+               "--examples", "--question-first")
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout.strip().splitlines()[-1])
-    assert r["n"] == 1 and 0 <= r["em"] <= r["f1"] <= 1
+    assert r["n"] == 1 and 0 <= r["em"] <= r["f1"] <= 1 and r["question_first"] is True
     ex = r["examples"][0]
     assert ex["budget_cells"] == ex["kv_cells_allocated"] < ex["context_tokens"]
     assert ex["kv_cells_used_end"] <= ex["budget_cells"] and ex["evicted_tokens"] > 0

@@ -173,12 +173,14 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     budgeted = Budgeted(_llm_opener(args), args.budget)
     try:
         result = run_qa(examples, budgeted, lambda t: tok.tokenize(t.encode("utf-8"), False, False),
-                        max_tokens=args.max_tokens, progress=not args.quiet)
+                        max_tokens=args.max_tokens, progress=not args.quiet,
+                        question_first=args.question_first)
     finally:
         budgeted.close()
     record = {"dataset": args.dataset, "model": args.model or "default",
               "policy": (args.policy or "a2sf") if args.budget is not None else "full",
-              "budget": args.budget, "seed": args.seed, **result}
+              "budget": args.budget, "seed": args.seed, "question_first": args.question_first,
+              **result}
     if not args.examples:
         record.pop("examples")
     if args.json:
@@ -281,6 +283,8 @@ def register(sub: Any) -> None:
                     help="squad: pad the paragraph with its article's others to this length")
     qa.add_argument("--max-tokens", type=_positive_int, default=32)
     qa.add_argument("--examples", action="store_true", help="include every answer in the JSON")
+    qa.add_argument("--question-first", action="store_true",
+                    help="also state the question before the context (read before eviction)")
     add_budget_options(qa)
     qa.set_defaults(func=cmd_eval_qa)
     ni = esub.add_parser("niah", help="needle in a haystack hit rate (RULER niah_single)")

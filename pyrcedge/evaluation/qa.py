@@ -129,16 +129,21 @@ class Budgeted:
             self._llm = None
 
 
-def answer(llm: Any, context: str, question: str, max_tokens: int) -> str:
+def answer(llm: Any, context: str, question: str, max_tokens: int,
+           question_first: bool = False) -> str:
+    """The greedy answer; question_first also states the question before the context, so the
+    context is read (and evicted) with the question already in the cache."""
+    ask = f"Question: {question}\n\n" if question_first else ""
     r = llm.create_chat_completion(messages=[
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}],
+        {"role": "user", "content": f"{ask}Context:\n{context}\n\nQuestion: {question}"}],
         max_tokens=max_tokens, temperature=0.0)
     return (r["choices"][0]["message"]["content"] or "").strip()
 
 
 def run_qa(examples: list[QAExample], budgeted: Budgeted, tokenize: Callable[[str], list[int]],
-           max_tokens: int = 32, progress: bool = False) -> dict[str, Any]:
+           max_tokens: int = 32, progress: bool = False,
+           question_first: bool = False) -> dict[str, Any]:
     from .. import _native
 
     if not examples:
@@ -148,7 +153,7 @@ def run_qa(examples: list[QAExample], budgeted: Budgeted, tokenize: Callable[[st
     for k, ex in enumerate(examples):
         n_ctx_tokens = len(tokenize(ex.context))
         llm = budgeted.for_context(n_ctx_tokens)
-        pred = answer(llm, ex.context, ex.question, max_tokens)
+        pred = answer(llm, ex.context, ex.question, max_tokens, question_first)
         st = llm.kv_stats()
         rows.append({"id": ex.id, "prediction": pred, "answers": list(ex.answers),
                      "em": exact_match(pred, ex.answers), "f1": f1_score(pred, ex.answers),
