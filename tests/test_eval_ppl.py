@@ -145,3 +145,54 @@ def test_streaming_perplexity_bad_input(default_model, tokens):
         streaming_perplexity(llm, tokens[:1])
     with pytest.raises(EvaluationError, match="empty"):
         text_tokens(llm, "  \n")
+
+
+# --- the R lazy-load reader, on a database built here byte by byte -------------------------
+
+def _xdr(*ints: int) -> bytes:
+    import struct
+
+    return struct.pack(f">{len(ints)}i", *ints)
+
+
+def _chars(s: str | None) -> bytes:
+    if s is None:
+        return _xdr(9, -1)                                   # NA_character_
+    b = s.encode("utf-8")
+    return _xdr(9 | (8 << 12), len(b)) + b                   # CHARSXP, UTF-8 level
+
+
+def _strsxp(values: list, names: list[str] | None = None) -> bytes:
+    head = _xdr(16 | (0x200 if names else 0), len(values)) + b"".join(map(_chars, values))
+    return head + (_names(names) if names else b"")
+
+
+def _names(names: list[str]) -> bytes:                     # pairlist(names = c(...))
+    return _xdr(2 | 0x400) + _xdr(1) + _chars("names") + _strsxp(names) + _xdr(254)
+
+
+def _serialize(body: bytes) -> bytes:
+    return b"X\n" + _xdr(2, 0x40200, 0x20300) + body
+
+
+def test_r_lazyload_reader_on_a_hand_built_database():
+    import gzip
+    import struct
+    import zlib
+
+    from pyrcedge.evaluation.rdata import RDataError, read_lazyload
+
+    obj = _serialize(_strsxp(["It is a truth", None, "universally acknowledged é"]))
+    record = struct.pack(">I", len(obj)) + zlib.compress(obj)
+    rdb = b"padding!" + record
+    # the index: list(variables = list(novel = c(8L, len))), with names attributes
+    where = _xdr(13, 2, 8, len(record))                    # INTSXP c(8, len)
+    variables = _xdr(19 | 0x200, 1) + where + _names(["novel"])
+    index = _serialize(_xdr(19 | 0x200, 1) + variables + _names(["variables"]))
+    out = read_lazyload(gzip.compress(index), rdb)
+    assert list(out) == ["novel"]
+    assert out["novel"].values == ["It is a truth", None, "universally acknowledged é"]
+    with pytest.raises(RDataError, match="past the end"):
+        read_lazyload(gzip.compress(index), rdb[:20])
+    with pytest.raises(RDataError, match="XDR"):
+        read_lazyload(gzip.compress(b"A\n" + index[2:]), rdb)
