@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="show which libllama is loaded and its build")
     info.set_defaults(func=cmd_info)
+
+    from .evaluation.cli import register as register_evaluation
+    register_evaluation(sub)
     return ap
 
 

@@ -135,6 +135,26 @@ class Window(Policy):
         return view.logical.astype(np.float64)
 
 
+class ContextShift(Window):
+    """llama.cpp's context shift: when the cache is full, keep the first n_keep tokens (the
+    sink, sink_tokens) and discard the older half of the rest (at least what the budget needs).
+    llama.cpp then shifts the survivors' positions down; with positions="compact" pyrcedge does
+    exactly that, with positions="keep" the model sees the gap instead."""
+
+    name = "context-shift"
+
+    def select(self, view: CacheView, n: int) -> npt.ArrayLike:
+        if n <= 0:
+            return np.empty(0, np.int32)
+        cand = np.flatnonzero(view.evictable)
+        if len(cand) == 0:
+            return np.empty(0, np.int32)
+        n_keep = int(cand[0])                     # the protected tokens before the first evictable
+        n_discard = (len(view) - n_keep) // 2     # llama.cpp: n_discard = (n_past - n_keep) / 2
+        order = cand[np.argsort(view.logical[cand], kind="stable")]
+        return view.cells[order[:min(len(order), max(n, n_discard))]]
+
+
 class A2SFPolicy(Policy):
     """A2SF: attention accumulated with forgetting factor alpha (REFERENCE.md section 1)."""
 
@@ -250,7 +270,8 @@ class CallablePolicy(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (FullCache, Window, H2O, A2SFPolicy, TOVA, RandomPolicy, RCStatPolicy)
+    p.name: p for p in (FullCache, Window, ContextShift, H2O, A2SFPolicy, TOVA, RandomPolicy,
+                        RCStatPolicy)
 }
 
 

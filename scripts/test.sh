@@ -13,4 +13,7 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     echo "test: chromium is missing (sudo apt-get install chromium); the HTML test will fail" >&2
   fi
 fi
+# evaluation data the tests read, into data/files (sha256 checked; Austen via apt-get download)
+fetch_data() { .venv/bin/pyrcedge data fetch austen squad essays chitchat hotpotqa >/dev/null; }
+fetch_data || { [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null && fetch_data; }
 exec .venv/bin/python -m pytest "$@"
