@@ -234,8 +234,37 @@ class Llama(llama_cpp.Llama):
             self.n_tokens = reuse
             self._requires_eval = True
             return tokens[reuse:]
+        rest = self._same_text_continuation(tokens, p)
+        if rest is not None:
+            return rest
         self.reset()
         return tokens
+
+    def _same_text_continuation(self, tokens: list[int], p: int,
+                                max_tail: int = 4096) -> list[int] | None:
+        """When the prompt spells the history's text from p on with other tokens (a chat
+        template re-tokenizing the last reply differently from how it was sampled) and the cache
+        cannot be cut back to p, keep the history as sampled and return what follows its text;
+        None if the prompt does not continue the history's text. Stock llama.cpp's server keeps
+        the sampled tokens too."""
+        n = self.n_tokens
+        if not p < n or n - p > max_tail or self._requires_eval:
+            return None
+
+        def piece(t: int) -> bytes:
+            return self._model.token_to_piece(int(t), special=True).rstrip(b"\0")
+
+        target = b"".join(piece(t) for t in self.input_ids[p:n])
+        got = b""
+        for k in range(p, len(tokens)):
+            if len(got) >= len(target):
+                break
+            got += piece(tokens[k])
+        else:
+            k = len(tokens)
+        if got != target or k == len(tokens):
+            return None     # another text, or nothing new to read: read the prompt again
+        return tokens[k:]
 
     def create_completion(self, prompt: Any, suffix: str | None = None,
                           max_tokens: int | None = 16, *args: Any, **kwargs: Any) -> Any:

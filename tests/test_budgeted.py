@@ -341,3 +341,31 @@ def test_logprobs_while_evicting(default_model):
     assert len(lp) == r["usage"]["completion_tokens"] > 48 - 8
     assert all(np.isfinite(x) and x <= 0 for x in lp)
     assert llm.kv_stats().evictions > 0
+
+
+def test_a_history_spelled_with_other_tokens_is_continued_not_reread(default_model):
+    """A chat template re-tokenizes the last reply; where it differs from the sampled tokens
+    before the last eviction, the history (as sampled) is kept and only the new text is read."""
+    llm = make(default_model, kv_budget=64, policy="a2sf")
+    try:
+        head = b"The quick brown fox jumps over the lazy dog. " * 4
+        odd = b" Hello world"
+        tail = b" and then many more words arrive, so that the cache must evict again." * 2
+        llm.eval(llm.tokenize(head))
+        llm.eval([t for c in odd for t in llm.tokenize(bytes([c]), add_bos=False)])  # one per byte
+        llm.eval(llm.tokenize(tail, add_bos=False))
+        n, evictions = llm.n_tokens, llm.kv_stats().evictions
+        history = llm.input_ids[:n].copy()
+        prompt = llm.tokenize(head + odd + tail + b" Next")
+        assert prompt[:n] != history.tolist()                 # the tokens differ, the text not
+        assert llm._kv.horizon > len(llm.tokenize(head))      # evicted after the divergence
+        fed = []
+        eval_ = llm.eval
+        llm.eval = lambda tokens: (fed.append(list(tokens)), eval_(tokens))[1]
+        out = llm.create_completion(prompt, max_tokens=2, temperature=0)
+        assert fed[0] == llm.tokenize(b" Next", add_bos=False)
+        assert (llm.input_ids[:n] == history).all() and llm.n_tokens > n   # kept as sampled
+        assert out["usage"]["prompt_tokens"] == len(prompt)
+        assert llm.kv_stats().evictions >= evictions
+    finally:
+        llm.close()
