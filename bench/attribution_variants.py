@@ -6,7 +6,6 @@
 import pickle, numpy as np, sys
 sys.path.insert(0, ".")
 from pyrcedge import rcstat
-from pyrcedge.attribution import score_spans
 data = pickle.load(open("/tmp/dump.pkl", "rb"))
 def auroc(sc, rel):
     pos, neg = sc[rel], sc[~rel]

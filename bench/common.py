@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import platform
+import json
+import subprocess
 import sys
 from typing import Any
 
+from pyrcedge.evaluation.speed_report import machine
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+__all__ = ["command", "machine", "run_cli_json"]
 
 
 def command() -> str:
     return " ".join([".venv/bin/python"] + sys.argv)
+
+
+def run_cli_json(cmd: list[str], name: str) -> dict[str, Any]:
+    """Run `python -m pyrcedge ...` (cmd), return the JSON object on its last line with the
+    command (as `pyrcedge ...`) added; RuntimeError with the end of stderr if it failed."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r["command"] = " ".join(["pyrcedge"] + cmd[3:])
+    return r

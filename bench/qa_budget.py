@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import command, machine  # noqa: E402
+from common import command, machine, run_cli_json  # noqa: E402
 
 POLICIES = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"],
             "h2o": ["--policy", "h2o"], "rcstat": ["--policy", "rcstat"],
@@ -46,12 +45,7 @@ def main() -> None:
     configs = {"full": []} | {p: ["--budget", a.share, *POLICIES[p]] for p in a.policies}
 
     def run(name: str) -> tuple[str, dict]:
-        cmd = base + configs[name]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        r["command"] = " ".join(["pyrcedge"] + cmd[3:])
+        r = run_cli_json(base + configs[name], name)
         print(f"{name}: EM {r['em']:.3f} F1 {r['f1']:.3f} ({r['seconds']:.0f} s)", file=sys.stderr,
               flush=True)
         return name, r

@@ -114,7 +114,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "machine": machine, "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
          "reps": args.reps, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Decode speed: scoring on vs off vs stock llama-cpp-python", "",
+    lines = ["# Decode speed: scoring on vs off vs stock llama-cpp-python", "",
              f"Command: `.venv/bin/python {command}`  ", f"Machine: {machine}  ",
              f"Date: {time.strftime('%Y-%m-%d')}; model SmolLM2-135M-Instruct Q4_1; {args.steps} decode steps per "
              f"sample after a prompt of `context` tokens, {args.reps} interleaved rounds. Speeds: medians; "

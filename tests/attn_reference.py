@@ -10,7 +10,6 @@ query by query, and the logit moments. Nothing of the fused path is used.
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass, field
 
 import llama_cpp

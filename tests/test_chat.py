@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
-
 import pexpect
-import pytest
 
 STATUS = re.compile(r"\[KV (\d+)/(\d+) cells, [\d.]+/[\d.]+ MiB \| (\d+) evictions \((\d+) tokens\) "
                     r"\| (\d+) tokens in history \| [\d.]+ tok/s\]")

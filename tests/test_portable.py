@@ -13,7 +13,7 @@ import pytest
 
 import attn_reference as ar
 from pyrcedge import scoring
-from test_scoring import N_HEAD_KV, TEXT, assert_matches_reference
+from test_scoring import TEXT, assert_matches_reference
 
 _QUIET = llama_cpp.llama_log_callback(lambda level, text, user: None)
 

@@ -17,7 +17,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "load_average": os.getloadavg()}
+            "platform": platform.platform(), "load_average": os.getloadavg()}
 
 
 def write_speed_report(result: dict[str, Any], out: Path, plot: str | None) -> None:
