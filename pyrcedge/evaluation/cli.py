@@ -89,13 +89,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         llm.close()
     record = {**result.to_dict(), "model": str(resolve_model(args.model)),
               "text_file": args.text_file, "positions": args.positions, "threads": args.threads}
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(f"ppl {result.ppl:.4f} over {result.tokens} tokens, policy {result.policy}, budget "
-              f"{result.budget_cells} cells (at most {result.kv_cells_used_max} used, "
-              f"{result.evictions} evictions), {result.tok_s:.1f} tok/s")
-    return 0
+    return _emit(args, record, f"ppl {result.ppl:.4f} over {result.tokens} tokens, policy "
+                 f"{result.policy}, budget {result.budget_cells} cells (at most "
+                 f"{result.kv_cells_used_max} used, {result.evictions} evictions), "
+                 f"{result.tok_s:.1f} tok/s")
 
 
 def _positive_int(text: str) -> int:
@@ -181,15 +178,9 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
               "policy": (args.policy or "a2sf") if args.budget is not None else "full",
               "budget": args.budget, "seed": args.seed, "question_first": args.question_first,
               **result}
-    if not args.examples:
-        record.pop("examples")
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(f"{args.dataset}: EM {result['em']:.3f}, F1 {result['f1']:.3f} over {result['n']} "
-              f"questions (contexts of {result['context_tokens_mean']:.0f} tokens, budgets of "
-              f"{result['budget_cells_mean']:.0f} cells)")
-    return 0
+    return _emit(args, record, f"{args.dataset}: EM {result['em']:.3f}, F1 {result['f1']:.3f} "
+                 f"over {result['n']} questions (contexts of {result['context_tokens_mean']:.0f} "
+                 f"tokens, budgets of {result['budget_cells_mean']:.0f} cells)")
 
 
 def cmd_eval_niah(args: argparse.Namespace) -> int:
@@ -213,14 +204,17 @@ def cmd_eval_niah(args: argparse.Namespace) -> int:
               "policy": llm.policy.name, "budget": args.budget, "seed": args.seed, **result}
     if args.plot:
         _plot_niah(record, args.plot)
-    if not args.examples:
-        record.pop("examples")
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(f"needle hit rate {result['hit_rate']:.3f} over {result['n']} prompts of "
-              f"{result['prompt_tokens_mean']:.0f} tokens, budget {result['budget_cells']} cells; "
-              f"by depth {result['hit_rate_by_depth']}")
+    return _emit(args, record, f"needle hit rate {result['hit_rate']:.3f} over {result['n']} "
+                 f"prompts of {result['prompt_tokens_mean']:.0f} tokens, budget "
+                 f"{result['budget_cells']} cells; by depth {result['hit_rate_by_depth']}")
+
+
+def _emit(args: argparse.Namespace, record: dict[str, Any], summary: str) -> int:
+    """Print a command's result: the JSON record with --json (per-example details only with
+    --examples, where the command has it), else the one-line summary."""
+    if not getattr(args, "examples", True):
+        record.pop("examples", None)
+    print(json.dumps(record) if args.json else summary)
     return 0
 
 
