@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import command, machine  # noqa: E402
 
 import pyrcedge  # noqa: E402
-from pyrcedge import datasets  # noqa: E402
-from pyrcedge.models import fetch  # noqa: E402
+from pyrcedge.assets import datasets  # noqa: E402
+from pyrcedge.assets.models import fetch  # noqa: E402
 
 METHODS = ("rc", "rc-all", "attention")
 

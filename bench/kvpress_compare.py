@@ -66,7 +66,7 @@ def main() -> None:
     from pyrcedge.evaluation import austen
     from pyrcedge.evaluation.cli import tokenizer
     from pyrcedge.evaluation.perplexity import text_tokens
-    from pyrcedge.models import model_path
+    from pyrcedge.assets.models import model_path
 
     model = str(model_path())
     tokens = text_tokens(tokenizer(None), austen.novel("prideprejudice"), a.tokens)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import command, machine  # noqa: E402
 
 import pyrcedge  # noqa: E402
-from pyrcedge.models import model_path  # noqa: E402
+from pyrcedge.assets.models import model_path  # noqa: E402
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ def main() -> None:
     from pyrcedge.evaluation import austen
     from pyrcedge.evaluation.cli import tokenizer
     from pyrcedge.evaluation.perplexity import text_tokens
-    from pyrcedge.loading import resolve_model
+    from pyrcedge.assets.gguf import resolve_model
 
     model = str(resolve_model(a.model))
     text = austen.novel(a.novel)[a.skip_chars:]

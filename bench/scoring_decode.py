@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pyrcedge.models import model_path  # noqa: E402
+from pyrcedge.assets.models import model_path  # noqa: E402
 
 VARIANTS = {
     "stock": (REPO / ".venv-stock" / "bin" / "python", "off"),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import pyrcedge  # noqa: E402
 from pyrcedge import session  # noqa: E402
-from pyrcedge.models import model_path  # noqa: E402
+from pyrcedge.assets.models import model_path  # noqa: E402
 
 from common import command, machine  # noqa: E402
 
@@ -53,7 +53,7 @@ def difference(args: argparse.Namespace, relayout: bool, path: Path) -> tuple[fl
     if relayout:
         saver.save_session(path)
     else:
-        session.write_atomic(path, session.encode(saver._capture()))
+        session.write_atomic(path, session.encode(session.capture(saver)))
     a = continue_logits(saver)
     loader = make(args)
     loader.load_session(path)

@@ -2,12 +2,18 @@
 
 `import pyrcedge` loads llama_cpp, whose libllama must be the patched build that
 scripts/setup.sh installs; pyrcedge.native_version() tells which native API it carries.
+docs/layers.md maps the package: native -> cache -> features -> llama -> apps -> cli.
 """
 
 from __future__ import annotations
 
-from ._native import version as native_version
+from .assets import models
+from .cache import budget, policies
+from .cache.engine import EvictionEvent, KVStats
+from .cache.policies import POLICIES, Policy
+from .cache.view import CacheView
 from .errors import (
+    AttributionError,
     BudgetError,
     ContextOverflowError,
     ModelFetchError,
@@ -15,17 +21,22 @@ from .errors import (
     NativeLibraryError,
     PolicyError,
     PyrcedgeError,
+    ScoringError,
+    ScoringInputError,
     SessionError,
 )
-from .kvcache import EvictionEvent, KVStats
+from .features import attribution, session
+from .features.session import SessionState
 from .llama import Llama
-from .policies import POLICIES, CacheView, Policy
-from .session import SessionState
+from .native import rcstat
+from .native import stats as scoring
+from .native.binding import version as native_version
 
 __version__ = "0.1.0"
 
 __all__ = [
     "POLICIES",
+    "AttributionError",
     "BudgetError",
     "CacheView",
     "ContextOverflowError",
@@ -38,8 +49,17 @@ __all__ = [
     "ModelLoadError",
     "NativeLibraryError",
     "PyrcedgeError",
+    "ScoringError",
+    "ScoringInputError",
     "SessionError",
     "SessionState",
     "__version__",
+    "attribution",
+    "budget",
+    "models",
     "native_version",
+    "policies",
+    "rcstat",
+    "scoring",
+    "session",
 ]

@@ -35,3 +35,23 @@ class PolicyError(PyrcedgeError, RuntimeError):
 class SessionError(PyrcedgeError, ValueError):
     """A session cannot be saved, or a file cannot be restored (corrupt, truncated, or saved for
     another model, budget or cache type). Nothing was loaded."""
+
+
+class ScoringError(PyrcedgeError, RuntimeError):
+    """Scoring cannot do what was asked in the context's current state (e.g. it is off)."""
+
+
+class ScoringInputError(PyrcedgeError, ValueError):
+    """An argument to the statistics API is out of range: alpha, a layer index, a cell index."""
+
+
+class AttributionError(PyrcedgeError, ValueError):
+    """Attribution was asked for what cannot be attributed (no answer, spans outside it...)."""
+
+
+class EvaluationError(PyrcedgeError, ValueError):
+    """Bad input to an evaluation (too few tokens, a bad budget or chunk size)."""
+
+
+class DataFetchError(PyrcedgeError, RuntimeError):
+    """An evaluation data set could not be fetched or did not match its pinned sha256."""

@@ -16,4 +16,7 @@ fi
 # evaluation data the tests read, into data/files (sha256 checked; Austen via apt-get download)
 fetch_data() { .venv/bin/pyrcedge data fetch austen squad essays chitchat hotpotqa >/dev/null; }
 fetch_data || { [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null && fetch_data; }
+# the code stays as docs/layers.md describes it: lint and types (pyproject.toml configures both)
+.venv/bin/ruff check pyrcedge tests bench native scripts
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

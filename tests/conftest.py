@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pyrcedge.models import model_path
+from pyrcedge.assets.models import model_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def default_model() -> Path:
 @pytest.fixture(scope="session")
 def llm(default_model: Path):
     """One small context on the default model, shared by tests that only read from it."""
-    from pyrcedge.loading import open_llama
+    from pyrcedge.apps.options import open_llama
 
     model = open_llama(default_model, n_ctx=256, n_threads=2, n_threads_batch=2, flash_attn=True)
     yield model

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 import pyrcedge
-from pyrcedge.models import model_path
+from pyrcedge.assets.models import model_path
 
 TEXT = b"The quick brown fox jumps over the lazy dog while the cat sleeps. " * 10
 CONTINUATION = b" Once upon a time there was a princess who lived in a castle by the sea." * 3

@@ -7,9 +7,8 @@ text with logits_all=True, log-softmax of every row in numpy.
 import json
 import sys
 
-import numpy as np
-
 import llama_cpp
+import numpy as np
 
 job = json.loads(sys.stdin.read())
 llm = llama_cpp.Llama(job["model"], n_ctx=job["tokens"] + 16, n_batch=job["tokens"] + 16,

@@ -11,8 +11,12 @@ import pytest
 
 import pyrcedge
 from pyrcedge import rcstat
-from pyrcedge.attribution import (AttributionError, char_to_token_spans, score_spans,
-                                  sentence_spans)
+from pyrcedge.features.attribution import (
+    AttributionError,
+    char_to_token_spans,
+    score_spans,
+    sentence_spans,
+)
 
 CONTEXT = ("The museum opened in 1902 on the banks of the river. Its first director was Clara "
            "Hoffmann, a botanist from Basel. The west wing burned down in 1951 and was rebuilt in "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pyrcedge import ContextOverflowError, ModelLoadError
-from pyrcedge.generate import greedy
-from pyrcedge.loading import open_llama
+from pyrcedge.apps.options import open_llama
+from pyrcedge.apps.run import greedy
 
 
 def _assert_clean_failure(done, message: str) -> None:

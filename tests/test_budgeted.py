@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import pyrcedge
-from pyrcedge import BudgetError, PolicyError, _native, scoring
-from pyrcedge.policies import POLICIES, CacheView, Policy
+from pyrcedge import POLICIES, BudgetError, CacheView, Policy, PolicyError, scoring
+from pyrcedge.native import binding as _native
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -298,8 +298,7 @@ def test_a_bad_user_policy_leaves_the_cache_as_it_was(default_model, choose, mat
         llm.eval(tokens[40:44])
     assert (llm.n_tokens, _native.kv_cells_used(llm.ctx)) == (before[0], before[2])
     assert np.array_equal(llm.kv_stats().positions, before[1])
-    llm._policy = POLICIES["window"]()      # the cache still works afterwards
-    llm._kv.policy = llm._policy
+    llm.kv_cache.policy = POLICIES["window"]()   # the cache still works afterwards
     llm.eval(tokens[40:44])
     assert llm.n_tokens == 44
 
@@ -358,7 +357,7 @@ def test_a_history_spelled_with_other_tokens_is_continued_not_reread(default_mod
         history = llm.input_ids[:n].copy()
         prompt = llm.tokenize(head + odd + tail + b" Next")
         assert prompt[:n] != history.tolist()                 # the tokens differ, the text not
-        assert llm._kv.horizon > len(llm.tokenize(head))      # evicted after the divergence
+        assert llm.kv_cache.horizon > len(llm.tokenize(head))      # evicted after the divergence
         fed = []
         eval_ = llm.eval
         llm.eval = lambda tokens: (fed.append(list(tokens)), eval_(tokens))[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+
 import pexpect
 
 STATUS = re.compile(r"\[KV (\d+)/(\d+) cells, [\d.]+/[\d.]+ MiB \| (\d+) evictions \((\d+) tokens\) "

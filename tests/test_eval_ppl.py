@@ -8,9 +8,9 @@ import math
 import subprocess
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
-import llama_cpp
 import pyrcedge
 from pyrcedge.evaluation import austen
 from pyrcedge.evaluation.cli import Tokenizer

@@ -7,8 +7,13 @@ import json
 
 import pytest
 
-from pyrcedge.evaluation.qa import (exact_match, f1_score, hotpotqa_examples, normalize_answer,
-                                    squad_examples)
+from pyrcedge.evaluation.qa import (
+    exact_match,
+    f1_score,
+    hotpotqa_examples,
+    normalize_answer,
+    squad_examples,
+)
 
 
 def test_squad_normalisation_exact_match_and_f1():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pyrcedge.generate import greedy
+from pyrcedge.apps.run import greedy
 
 PROMPT = "The history of the printing press begins"
 STOCK_SCRIPT = Path(__file__).resolve().parent / "stock_greedy.py"

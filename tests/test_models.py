@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyrcedge import ModelFetchError, models
-from pyrcedge.models import ModelSource, WheelPart
+from pyrcedge.assets.models import ModelSource, WheelPart
 
 
 def _fake_source(payload: bytes, sha256: str | None = None) -> ModelSource:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from pyrcedge import _native
+from pyrcedge.native import binding as _native
 
 HEADER = Path(__file__).resolve().parent.parent / "native" / "include" / "llama-rcedge.h"
 

@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 
+import attn_reference as ar
 import llama_cpp
 import numpy as np
 import pytest
-
-import attn_reference as ar
-from pyrcedge import scoring
 from test_scoring import TEXT, assert_matches_reference
+
+from pyrcedge import scoring
 
 _QUIET = llama_cpp.llama_log_callback(lambda level, text, user: None)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pyrcedge import rcstat
-from pyrcedge.rcstat import Moments
+from pyrcedge.native.rcstat import Moments
 
 
 def _log_mean_exp(z: np.ndarray) -> float:

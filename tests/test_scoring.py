@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 
+import attn_reference as ar
 import llama_cpp
 import numpy as np
 import pytest
 
-import attn_reference as ar
-from pyrcedge import scoring
-from pyrcedge.scoring import ScoringError, ScoringInputError
+from pyrcedge import ScoringError, ScoringInputError, scoring
 
 F16, Q8_0 = 1, 8
 N_HEAD_KV = 3  # SmolLM2-135M

@@ -140,3 +140,17 @@ def test_eight_clients_fifty_requests_each_all_answered(client):
         results = list(ex.map(one_client, range(8)))
     assert sum(len(r) for r in results) == 400
     assert all(reason in ("stop", "length") for r in results for reason in r)
+
+
+def test_the_llama_cpp_server_names_pyrcedge_reaches_into_still_exist():
+    """pyrcedge.apps.server_compat replaces llama_cpp.server's model proxy and wraps its error
+    mapper: an upstream rename must fail here, not in a user's server."""
+    import importlib
+
+    from pyrcedge.apps.server_compat import COMPAT_NAMES
+
+    for module, attr in COMPAT_NAMES:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            assert hasattr(obj, part), f"llama_cpp.server changed: {module}.{attr} is gone"
+            obj = getattr(obj, part)

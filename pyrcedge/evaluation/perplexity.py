@@ -2,8 +2,8 @@
 
 The text is fed in chunks of a few tokens through pyrcedge.Llama.eval, the same path generation
 takes, so the cache evicts between chunks exactly as it would while reading a long prompt. Every
-next-token prediction is scored: the batch asks llama.cpp for the logits of every token of a
-chunk, and after each decode the negative log-likelihood of the following tokens is added up.
+next-token prediction is scored: the Llama's on_logits hook receives the logits of every token
+of a chunk, and the negative log-likelihood of the following tokens is added up.
 With a budget at least as long as the text nothing is evicted and the result is the ordinary
 full-context perplexity.
 """
@@ -13,18 +13,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+import llama_cpp
 import numpy as np
+from tqdm import tqdm
 
-from .. import _native
-from ..errors import PyrcedgeError
-
-
-class EvaluationError(PyrcedgeError):
-    """Bad input to an evaluation (too few tokens, a bad budget or chunk size)."""
+from ..errors import EvaluationError, PyrcedgeError
+from ..llama import Llama
+from ..native import binding as _native
 
 
 @dataclass
@@ -50,30 +48,18 @@ class PerplexityResult:
         return asdict(self)
 
 
-@contextmanager
-def all_logits(llm: Any, on_logits: Callable[[int, np.ndarray], None]) -> Iterator[None]:
-    """While active, every decode of `llm` computes the logits of all its tokens and calls
-    on_logits(history index of the batch's first token, logits [n, n_vocab])."""
-    import llama_cpp
-
-    batch, ctx = llm._batch, llm._ctx
-    set_batch, decode = batch.set_batch, ctx.decode
-    n_vocab = llm.n_vocab()
-
-    def set_batch_all(batch: Sequence[int], n_past: int, logits_all: bool) -> None:
-        set_batch(batch=batch, n_past=n_past, logits_all=True)
-
-    def decode_and_read(b: Any) -> None:
-        decode(b)
-        n = int(b.batch.n_tokens)
-        ptr = llama_cpp.llama_get_logits(llm.ctx)
-        on_logits(llm.n_tokens, np.ctypeslib.as_array(ptr, shape=(n, n_vocab)))
-
-    batch.set_batch, ctx.decode = set_batch_all, decode_and_read
-    try:
-        yield
-    finally:
-        del batch.set_batch, ctx.decode   # back to the class methods
+def read_chunk_stock(llm: Any, tokens: Sequence[int],
+                     on_logits: Callable[[int, np.ndarray], None]) -> None:
+    """Decode tokens after llm's history with a llama_cpp.Llama (no budget), passing the logits
+    of every token to on_logits(history index of the first, logits [n, n_vocab]), as
+    pyrcedge.Llama's on_logits hook does."""
+    n = len(tokens)
+    llm._batch.set_batch(batch=list(tokens), n_past=llm.n_tokens, logits_all=True)
+    llm._ctx.decode(llm._batch)
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(n, llm.n_vocab()))
+    on_logits(llm.n_tokens, logits)
+    llm.input_ids[llm.n_tokens:llm.n_tokens + n] = tokens
+    llm.n_tokens += n
 
 
 def text_tokens(llm: Any, text: str, limit: int | None = None) -> list[int]:
@@ -106,8 +92,6 @@ def streaming_perplexity(llm: Any, tokens: Sequence[int], *, chunk: int = 8,
                          progress: bool = False) -> PerplexityResult:
     """Perplexity of `tokens` read `chunk` tokens at a time through llm (a pyrcedge.Llama, or a
     llama_cpp.Llama with a context that holds them all)."""
-    from ..llama import Llama
-
     tokens = [int(t) for t in tokens]
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise EvaluationError(f"chunk must be a positive integer, got {chunk!r}")
@@ -127,17 +111,25 @@ def streaming_perplexity(llm: Any, tokens: Sequence[int], *, chunk: int = 8,
     budgeted = isinstance(llm, Llama)
     llm.reset()
     used: list[int] = []
+    bar = tqdm(total=n, desc="ppl", unit="tok", disable=not progress, file=sys.stderr)
     t0 = time.perf_counter()
-    next_report = 0.1
-    with all_logits(llm, score):
+    if budgeted:
+        before, llm.on_logits = llm.on_logits, score
+    try:
         for i in range(0, n, chunk):
-            llm.eval(tokens[i:i + chunk])
+            if budgeted:
+                llm.eval(tokens[i:i + chunk])
+            else:
+                read_chunk_stock(llm, tokens[i:i + chunk], score)
             used.append(_native.kv_cells_used(llm.ctx))
-            if progress and (i + chunk) / n >= next_report:
-                done = min(n, i + chunk)
-                print(f"ppl: {done}/{n} tokens, running ppl {math.exp(nll[:done - 1].mean()):.3f}",
-                      file=sys.stderr, flush=True)
-                next_report += 0.1
+            done = min(n, i + chunk)
+            bar.update(done - bar.n)
+            if done > 1:
+                bar.set_postfix(ppl=f"{math.exp(nll[:done - 1].mean()):.3f}", refresh=False)
+    finally:
+        if budgeted:
+            llm.on_logits = before
+        bar.close()
     seconds = time.perf_counter() - t0
     if not seen.all():
         raise PyrcedgeError(f"internal: {int((~seen).sum())} predictions were not scored")
@@ -152,17 +144,3 @@ def streaming_perplexity(llm: Any, tokens: Sequence[int], *, chunk: int = 8,
         evicted_tokens=stats.evicted_tokens if stats else 0,
         chunk=chunk, seconds=seconds, tok_s=n / seconds if seconds > 0 else 0.0,
         settings=stats.policy if stats else {})
-
-
-def parse_budget(text: str, n_tokens: int) -> int | str:
-    """A --budget value: "25%" of the text's tokens (rounded up), tokens, a size, or "auto"."""
-    text = text.strip()
-    if text.endswith("%"):
-        try:
-            share = float(text[:-1]) / 100
-        except ValueError:
-            raise EvaluationError(f"budget {text!r} is not a percentage") from None
-        if not 0 < share <= 1:
-            raise EvaluationError(f"a budget share must be in (0%, 100%], got {text}")
-        return max(1, math.ceil(share * n_tokens))
-    return int(text) if text.isdigit() else text

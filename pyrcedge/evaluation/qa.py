@@ -8,7 +8,6 @@ by chunk with eviction before the question arrives, so what the policy kept deci
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import string
@@ -18,7 +17,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from .perplexity import EvaluationError
+from tqdm import tqdm
+
+from ..assets.datasets import hotpotqa
+from ..cache.budget import Budget
+from ..errors import EvaluationError
+from ..native import binding as _native
+from .sources import load_json
 
 SYSTEM = "Answer the question from the context with a short phrase, without explanation."
 
@@ -60,8 +65,6 @@ def f1_score(prediction: str, answers: Iterable[str]) -> float:
 def squad_examples(n: int, context_chars: int, seed: int = 0) -> list[QAExample]:
     """n answerable SQuAD v2 dev questions; each context is its paragraph among other
     paragraphs of the same article (in article order) up to about context_chars characters."""
-    from .sources import load_json
-
     rng = random.Random(seed)
     articles = load_json("squad")["data"]
     pool = [(a, i, q) for a in articles for i, p in enumerate(a["paragraphs"]) for q in p["qas"]
@@ -83,8 +86,6 @@ def squad_examples(n: int, context_chars: int, seed: int = 0) -> list[QAExample]
 
 def hotpotqa_examples(n: int, seed: int = 0) -> list[QAExample]:
     """n HotpotQA dev questions with their ten paragraphs (distractor setting)."""
-    from ..datasets import hotpotqa
-
     rows = hotpotqa()
     rng = random.Random(seed)
     picked = rng.sample(range(len(rows)), n)
@@ -101,23 +102,22 @@ def hotpotqa_examples(n: int, seed: int = 0) -> list[QAExample]:
 
 @dataclass
 class Budgeted:
-    """Opens pyrcedge.Llama per distinct budget ("25%" is a share of the context's tokens)."""
+    """Opens pyrcedge.Llama per distinct budget ("25%" is a share of the context's tokens, at
+    least `floor` cells: the smallest budget that can evict)."""
 
-    open_llm: Callable[[int], Any]
-    budget: Any                      # int cells, "N%" share, or None (full cache)
+    open_llm: Callable[[Budget], Any]
+    budget: Budget | None            # None: a full cache
+    floor: int = 1
     margin: int = 64                 # cells for the template, question and answer (full cache)
     _llm: Any = None
-    _cells: int | None = None
+    _cells: Budget | None = None
 
     def for_context(self, context_tokens: int) -> Any:
         if self.budget is None:
-            cells = context_tokens + self.margin + 256
-        elif isinstance(self.budget, str) and self.budget.endswith("%"):
-            share = float(self.budget[:-1]) / 100
-            cells = max(36, math.ceil(share * context_tokens))
+            cells = Budget("tokens", context_tokens + self.margin + 256)
         else:
-            cells = int(self.budget)
-        if self._llm is None or (self.budget is None and cells > (self._cells or 0)) or \
+            cells = self.budget.of(context_tokens, self.floor)
+        if self._llm is None or (self.budget is None and self._cells is not None and cells.value > self._cells.value) or \
                 (self.budget is not None and cells != self._cells):
             self.close()
             self._llm, self._cells = self.open_llm(cells), cells
@@ -144,13 +144,12 @@ def answer(llm: Any, context: str, question: str, max_tokens: int,
 def run_qa(examples: list[QAExample], budgeted: Budgeted, tokenize: Callable[[str], list[int]],
            max_tokens: int = 32, progress: bool = False,
            question_first: bool = False) -> dict[str, Any]:
-    from .. import _native
-
     if not examples:
         raise EvaluationError("no examples to evaluate")
     rows = []
     t0 = time.perf_counter()
-    for k, ex in enumerate(examples):
+    bar = tqdm(examples, desc="qa", unit="question", disable=not progress, file=sys.stderr)
+    for ex in bar:
         n_ctx_tokens = len(tokenize(ex.context))
         llm = budgeted.for_context(n_ctx_tokens)
         pred = answer(llm, ex.context, ex.question, max_tokens, question_first)
@@ -162,10 +161,8 @@ def run_qa(examples: list[QAExample], budgeted: Budgeted, tokenize: Callable[[st
                      "kv_cells_allocated": _native.kv_cells_total(llm.ctx),
                      "kv_cells_used_end": _native.kv_cells_used(llm.ctx),
                      "evicted_tokens": st.evicted_tokens})
-        if progress:
-            em = sum(r["em"] for r in rows) / len(rows)
-            f1 = sum(r["f1"] for r in rows) / len(rows)
-            print(f"qa: {k + 1}/{len(examples)}, EM {em:.3f}, F1 {f1:.3f}", file=sys.stderr, flush=True)
+        bar.set_postfix(em=f"{sum(r['em'] for r in rows) / len(rows):.3f}",
+                        f1=f"{sum(r['f1'] for r in rows) / len(rows):.3f}")
     n = len(rows)
     return {"n": n, "em": sum(r["em"] for r in rows) / n, "f1": sum(r["f1"] for r in rows) / n,
             "context_tokens_mean": sum(r["context_tokens"] for r in rows) / n,

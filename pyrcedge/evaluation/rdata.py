@@ -80,7 +80,7 @@ class _Reader:
         self.at = end
         return out
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         return self.ints(1)[0]
 
     def raw(self, n: int) -> bytes:
@@ -93,20 +93,20 @@ class _Reader:
     def header(self) -> None:
         if self.raw(2) != b"X\n":
             raise RDataError("not an R XDR serialization (expected 'X\\n')")
-        version = self.int()
+        version = self.read_int()
         self.ints(2)
         if version == 3:
-            self.raw(self.int())
+            self.raw(self.read_int())
         elif version != 2:
             raise RDataError(f"R serialization version {version} is not supported")
 
     def item(self) -> Any:
-        flags = self.int()
+        flags = self.read_int()
         kind, has_attr, has_tag = flags & 0xFF, bool(flags & 0x200), bool(flags & 0x400)
         if kind == NILVALUE or kind in (GLOBALENV, EMPTYENV, BASEENV, MISSINGARG):
             return None
         if kind == REFSXP:
-            index = flags >> 8 or self.int()
+            index = flags >> 8 or self.read_int()
             return self.refs[index - 1]
         if kind == SYMSXP:
             name = self.item()
@@ -115,15 +115,15 @@ class _Reader:
         if kind == LISTSXP:
             return self.pairlist(has_attr, has_tag)
         if kind == CHARSXP:
-            n = self.int()
+            n = self.read_int()
             return None if n == -1 else self.raw(n).decode("utf-8", errors="replace")
         if kind in (LGLSXP, INTSXP):
-            values: list[Any] = [None if v == NA_INTEGER else v for v in self.ints(self.int())]
+            values: list[Any] = [None if v == NA_INTEGER else v for v in self.ints(self.read_int())]
         elif kind == REALSXP:
-            n = self.int()
+            n = self.read_int()
             values = list(struct.unpack(f">{n}d", self.raw(8 * n)))
         elif kind in (STRSXP, VECSXP):
-            values = [self.item() for _ in range(self.int())]
+            values = [self.item() for _ in range(self.read_int())]
         else:
             raise RDataError(f"R object type {kind} is not supported by this reader")
         attrs = self.item() if has_attr else {}
@@ -136,7 +136,7 @@ class _Reader:
                 self.item()
             tag = self.item() if has_tag else None
             out[str(tag) if tag is not None else str(len(out))] = self.item()
-            flags = self.int()
+            flags = self.read_int()
             if flags & 0xFF == NILVALUE:
                 return out
             if flags & 0xFF != LISTSXP:
@@ -154,9 +154,10 @@ def read_lazyload(rdx: bytes, rdb: bytes) -> dict[str, Any]:
     """Every object of a lazy-load database, by name."""
     # R writes the index with saveRDS-style gzip compression (older versions: as a record)
     index = unserialize(gzip.decompress(rdx) if rdx[:2] == b"\x1f\x8b" else decompress(rdx))
-    if not isinstance(index, RVector) or "variables" not in (index.names or []):
+    names = index.names if isinstance(index, RVector) else None
+    if not isinstance(index, RVector) or names is None or "variables" not in names:
         raise RDataError("the .rdx index has no 'variables' element")
-    variables = index.values[index.names.index("variables")]
+    variables = index.values[names.index("variables")]
     out = {}
     for name, where in zip(variables.names or [], variables.values):
         offset, length = where.values

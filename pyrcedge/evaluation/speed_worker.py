@@ -50,10 +50,10 @@ def load(job: dict[str, Any]) -> tuple[Any, str]:
 
                 llm = llama_cpp.Llama(job["model"], n_ctx=job["n_ctx"], **common)
             else:
-                import pyrcedge
+                from pyrcedge.llama import Llama
 
-                llm = pyrcedge.Llama(job["model"], kv_budget=job["budget"], policy=job["policy"],
-                                     **common)
+                llm = Llama(job["model"], kv_budget=job["budget"], policy=job["policy"],
+                            **common)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

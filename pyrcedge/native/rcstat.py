@@ -1,15 +1,19 @@
 """The RC estimator of docs/rcstat.md, in float64, from the moments the kernels keep.
 
 Every function takes a `Moments` of per-cell (or per-span) statistics: count n, sum s1, sum of
-squares s2 and maximum M of raw scaled logits. Spans and heads compose by `combine`.
+squares s2 and maximum M of raw scaled logits. `Moments.from_stats` turns what the kernels keep
+(pyrcedge.native.stats) into moments; spans and heads compose by `combine`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .stats import COUNT, MAX, SUM, SUMSQ
 
 Array = npt.NDArray[np.float64]
 
@@ -36,10 +40,32 @@ class Moments:
                    sumsq=(zz * zz).sum(axis=axis),
                    max=np.where(seen, z, -np.inf).max(axis=axis))
 
+    @classmethod
+    def from_stats(cls, stats: npt.ArrayLike, axis: int | None = None,
+                   where: npt.ArrayLike | None = None) -> Moments:
+        """Moments from kernel statistics [..., stat] (the order of pyrcedge.native.stats.STATS).
+
+        With no axis: one multiset per entry (a cell in a head). With `axis` (counted over the
+        leading dimensions, >= 0): the union along it, of the entries where the boolean mask
+        `where` (one per entry of that axis) is true. An empty union has count 0 and max -inf.
+        """
+        st = np.asarray(stats, np.float64)
+        if where is not None:
+            if axis is None:
+                raise ValueError("Moments.from_stats: `where` selects along `axis`; give both")
+            st = np.compress(np.asarray(where, bool), st, axis=axis)
+        m = cls(count=np.asarray(st[..., COUNT], np.float64), sum=np.asarray(st[..., SUM], np.float64),
+                sumsq=np.asarray(st[..., SUMSQ], np.float64), max=np.asarray(st[..., MAX], np.float64))
+        return m if axis is None else m.combine(axis)
+
     def combine(self, axis: int | tuple[int, ...] | None = None) -> Moments:
         """Moments of the union of the multisets along `axis` (a span, a head's self keys...)."""
-        return Moments(count=np.sum(self.count, axis=axis), sum=np.sum(self.sum, axis=axis),
-                       sumsq=np.sum(self.sumsq, axis=axis), max=np.max(self.max, axis=axis))
+        def f64(a: Any) -> Array:
+            return np.asarray(a, np.float64)
+
+        return Moments(count=f64(np.sum(self.count, axis=axis)), sum=f64(np.sum(self.sum, axis=axis)),
+                       sumsq=f64(np.sum(self.sumsq, axis=axis)),
+                       max=f64(np.max(self.max, axis=axis, initial=-np.inf)))
 
 
 def mean(m: Moments) -> Array:

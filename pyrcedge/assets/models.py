@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelFetchError
+from ..errors import ModelFetchError
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def models_dir() -> Path:
     """PYRCEDGE_MODELS, else models/files in a source checkout, else ~/.cache/pyrcedge/models."""
     if os.environ.get("PYRCEDGE_MODELS"):
         return Path(os.environ["PYRCEDGE_MODELS"]).expanduser()
-    checkout = Path(__file__).resolve().parent.parent / "models"
+    checkout = Path(__file__).resolve().parents[2] / "models"
     if checkout.is_dir():
         return checkout / "files"
     return Path.home() / ".cache" / "pyrcedge" / "models"

@@ -9,17 +9,20 @@ pasted document, /file) shows a progress bar while it is read.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, TextIO
 
-from . import session
-from .errors import PyrcedgeError, SessionError
-from .llama import Llama
+from tqdm import tqdm
+
+from ..errors import PyrcedgeError, SessionError
+from ..features import session
+from ..llama import Llama
+from . import options
 
 HELP = """commands:
   /save FILE     save the session (cache, statistics, history, messages) to FILE
@@ -72,9 +75,10 @@ class Conversation:
         after_prefill = 0
         parts: list[str] = []
         try:
-            for chunk in self.llm.create_chat_completion(
-                    messages=self.messages, stream=True, max_tokens=self.max_tokens,
-                    **self.sampling):
+            stream: Any = self.llm.create_chat_completion(
+                messages=self.messages, stream=True, max_tokens=self.max_tokens,  # type: ignore[arg-type]
+                **self.sampling)
+            for chunk in stream:
                 delta = chunk["choices"][0]["delta"].get("content")
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -105,7 +109,7 @@ class Conversation:
         messages = meta.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise SessionError(f"{path} is a pyrcedge session without a chat's messages")
-        session.check_compatible(state.header, self.llm._session_identity(), f"session file {path}")
+        session.check_compatible(state.header, session.identity(self.llm), f"session file {path}")
         self.llm.load_state(state)
         self.messages = messages
         self.system = meta.get("system")
@@ -131,8 +135,6 @@ class PrefillBar:
         if total < self.min_tokens:
             return
         if self.bar is None:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, unit="tok", desc="reading", file=self.out, leave=False,
                             dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
@@ -151,7 +153,7 @@ def run(conv: Conversation, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
     bar = PrefillBar(err)
     conv.llm.on_progress = bar
     if stdin.isatty():
-        import readline  # noqa: F401  (line editing and history for input())
+        import readline  # noqa: F401, PLC0415  (line editing for input(), on a terminal only)
     print(f"pyrcedge chat: {conv.status()}\nType /help for commands.", file=err)
     while True:
         try:
@@ -237,10 +239,7 @@ def _command(conv: Conversation, cmd: str, arg: str) -> str | None:
         print(f"loaded session from {arg}: {len(conv.messages)} messages, {conv.status()}",
               file=sys.stderr)
     elif cmd == "/file":
-        try:
-            return Path(arg).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise PyrcedgeError(f"cannot read {arg} as UTF-8 text: {e}") from e
+        return options.read_text(arg)
     elif cmd == "/reset":
         conv.reset()
         print("new conversation", file=sys.stderr)
@@ -249,3 +248,29 @@ def _command(conv: Conversation, cmd: str, arg: str) -> str | None:
     else:
         raise PyrcedgeError(f"unknown command {cmd}; /help lists them")
     return None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = options.open_from_args(args, seed=args.seed)
+    try:
+        conv = Conversation(llm, system=args.system, max_tokens=args.max_tokens,
+                            sampling={"temperature": args.temperature, "top_p": args.top_p,
+                                      "seed": args.seed})
+        if args.session:
+            conv.load(args.session)
+        return run(conv)
+    finally:
+        llm.close()
+
+
+def register(sub: Any) -> None:
+    chat = sub.add_parser("chat", help="chat with a model in the terminal, inside a KV budget",
+                          parents=[options.model_options(), options.max_tokens_option(512, "longest reply"),
+                                   options.budget_options()])
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--session", help="start from a session file saved with /save")
+    chat.add_argument("--temperature", type=float, default=0.2)
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--n-ctx", type=options.positive_int, default=2048, help=argparse.SUPPRESS)
+    chat.set_defaults(func=cmd_chat, budget="64MiB")

@@ -1,5 +1,6 @@
-"""Attention scoring on a llama.cpp context: the statistics the patched kernels keep per layer,
-KV head and KV cell (native/include/llama-rcedge.h; their use: docs/rcstat.md).
+"""The attention statistics the patched kernels keep per layer, KV head and KV cell of a llama.cpp
+context (native/include/llama-rcedge.h; their use: docs/rcstat.md): turning scoring on and off,
+reading and writing them. (Imported as `pyrcedge.scoring` too.)
 
 Every function takes the context as llama_cpp gives it (`Llama.ctx`). Arrays returned are
 copies owned by the caller.
@@ -14,22 +15,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _native
-from .errors import NativeLibraryError, PyrcedgeError
+from ..errors import NativeLibraryError, ScoringError, ScoringInputError
+from . import binding as _native
 
 STATS = ("a2sf", "count", "sum", "sumsq", "max")
 N_STATS = len(STATS)
+# the index of each statistic in the last axis of what read_scores returns
+A2SF, COUNT, SUM, SUMSQ, MAX = range(N_STATS)
 
 RESET_A2SF = 1
 RESET_MOMENTS = 2
-
-
-class ScoringError(PyrcedgeError, RuntimeError):
-    """Scoring cannot do what was asked in the context's current state (e.g. it is off)."""
-
-
-class ScoringInputError(PyrcedgeError, ValueError):
-    """An argument is out of range: alpha, a layer index, a cell index."""
 
 
 _ERRORS: dict[int, tuple[type[Exception], str]] = {
@@ -172,3 +167,18 @@ def write_scores(ctx: Any, layer: int, cells: npt.ArrayLike, values: npt.ArrayLi
         _native.context_ptr(ctx), int(layer), _native.ffi.from_buffer("int32_t[]", idx), len(idx),
         _native.ffi.from_buffer("float[]", vals), vals.size)
     _check(code, f"write_scores(layer={layer})")
+
+
+def read_layers(ctx: Any, cells: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Every layer's statistics of `cells`: [layer, cell, KV head, stat]."""
+    return np.stack([read_scores(ctx, il, cells) for il in range(n_layer(ctx))])
+
+
+def write_layers(ctx: Any, cells: npt.ArrayLike, values: npt.ArrayLike) -> None:
+    """Overwrite every layer's statistics of `cells` with values [layer, cell, KV head, stat]."""
+    vals = np.asarray(values)
+    if vals.ndim != 4 or len(vals) != n_layer(ctx):
+        raise ScoringInputError(f"write_layers: values must be [layer, cell, KV head, stat] for "
+                                f"{n_layer(ctx)} layers, got shape {vals.shape}")
+    for il in range(len(vals)):
+        write_scores(ctx, il, cells, vals[il])

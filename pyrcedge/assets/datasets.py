@@ -29,7 +29,7 @@ def data_dir() -> Path:
     """PYRCEDGE_DATA, else data/files in a source checkout, else ~/.cache/pyrcedge/data."""
     if os.environ.get("PYRCEDGE_DATA"):
         return Path(os.environ["PYRCEDGE_DATA"]).expanduser()
-    checkout = Path(__file__).resolve().parent.parent / "models"
+    checkout = Path(__file__).resolve().parents[2] / "models"
     if checkout.is_dir():
         return checkout.parent / "data" / "files"
     return Path.home() / ".cache" / "pyrcedge" / "data"

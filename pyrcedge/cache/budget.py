@@ -1,4 +1,5 @@
-"""KV memory budgets: what a user writes (tokens, "256MiB", "auto") turned into KV cells.
+"""KV memory budgets: what a user writes (tokens, "256MiB", "25%", "auto") parsed once into a
+`Budget`, and turned into KV cells.
 
 A cell holds one token's K and V in every layer. Its size in bytes comes from libllama
 (llama_rcedge_kv_cell_bytes), computed exactly as llama_kv_cache allocates it for the chosen
@@ -8,16 +9,19 @@ beside the cache (5 floats per layer, KV head and cell) are reported apart: they
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Literal, Union
 
-from . import _native
-from .errors import BudgetError
+import llama_cpp
+import psutil
 
-Budget = Union[int, str, None]
+from ..errors import BudgetError
+from ..native import binding as _native
 
 # "auto" takes this fraction of the memory available when the model is opened: the rest is
 # left for the model weights, the compute buffers, Python and the other programs running.
@@ -38,8 +42,73 @@ def parse_bytes(text: str) -> int:
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
         raise BudgetError(f"kv_budget {text!r} is not a size: write tokens as an int, bytes as "
-                          "'256MiB' or '1.5GB', or 'auto'")
+                          "'256MiB' or '1.5GB', a share as '25%', or 'auto'")
     return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A KV budget as a user writes it, parsed once: tokens (512), bytes ("64MiB", "1.5GB"), a
+    share of a text's tokens ("25%", for the evaluation commands) or "auto" (a quarter of the
+    memory available when the model is opened). Budget.parse is argparse's type= as well."""
+
+    kind: Literal["tokens", "bytes", "share", "auto"]
+    value: float = 0.0          # tokens, bytes, or the share in (0, 1]
+
+    @classmethod
+    def parse(cls, spec: BudgetLike) -> Budget:
+        if isinstance(spec, Budget):
+            return spec
+        if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+            raise BudgetError(f"kv_budget must be tokens (int), a size ('256MiB') or 'auto', "
+                              f"got {spec!r}")
+        if isinstance(spec, int):
+            if spec < 1:
+                raise BudgetError(f"kv_budget must be at least 1 token, got {spec}")
+            return cls("tokens", spec)
+        text = spec.strip()
+        if text.isdigit():
+            return cls.parse(int(text))
+        if text.lower() == "auto":
+            return cls("auto")
+        if text.endswith("%"):
+            try:
+                share = float(text[:-1]) / 100
+            except ValueError:
+                raise BudgetError(f"kv_budget {spec!r} is not a percentage") from None
+            if not 0 < share <= 1:
+                raise BudgetError(f"a budget share must be in (0%, 100%], got {spec}")
+            return cls("share", share)
+        return cls("bytes", parse_bytes(text))
+
+    @classmethod
+    def argument(cls, text: str) -> Budget:
+        """argparse type=: a Budget, or argparse's own error for a bad value."""
+        try:
+            return cls.parse(text)
+        except BudgetError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    def of(self, n_tokens: int, floor: int = 1) -> Budget:
+        """A share turned into tokens of a text of n_tokens (rounded up, at least `floor`: the
+        smallest budget that can evict); other budgets unchanged."""
+        if self.kind != "share":
+            return self
+        return Budget("tokens", max(floor, math.ceil(self.value * n_tokens)))
+
+    def to_json(self) -> int | str:
+        """Tokens as an int, other budgets as they are written ("64MiB" as bytes, "25%")."""
+        return int(self.value) if self.kind == "tokens" else str(self)
+
+    def __str__(self) -> str:
+        if self.kind == "auto":
+            return "auto"
+        if self.kind == "share":
+            return f"{self.value * 100:g}%"
+        return f"{int(self.value)}" + ("" if self.kind == "tokens" else "B")
+
+
+BudgetLike = Union[int, str, Budget, None]
 
 
 @dataclass(frozen=True)
@@ -56,8 +125,6 @@ def model_shape(model_path: str | os.PathLike[str], type_k: int, type_v: int,
     """Read the model's hyper-parameters and size one cell. llama.cpp skips the
     hyper-parameters in a vocab_only load, so this is a full load, memory-mapped: the weights'
     pages are read on use, and the page cache serves them to the real load that follows."""
-    import llama_cpp
-
     params = llama_cpp.llama_model_default_params()
     params.use_mmap = True
     params.n_gpu_layers = 0
@@ -78,34 +145,32 @@ def model_shape(model_path: str | os.PathLike[str], type_k: int, type_v: int,
 
 
 def available_bytes() -> int:
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 
-def cells_for(budget: Budget, shape_of: Callable[[], ModelShape], default_cells: int) -> tuple[int, int | None]:
+def cells_for(spec: BudgetLike, shape_of: Callable[[], ModelShape],
+              default_cells: int) -> tuple[int, int | None]:
     """(cells, byte limit or None) for a budget. shape_of() is only called for byte budgets."""
-    if budget is None:
+    if spec is None:
         return default_cells, None
-    if isinstance(budget, bool) or not isinstance(budget, (int, str)):
-        raise BudgetError(f"kv_budget must be tokens (int), a size ('256MiB') or 'auto', "
-                          f"got {budget!r}")
-    if isinstance(budget, int):
-        if budget < 1:
-            raise BudgetError(f"kv_budget must be at least 1 token, got {budget}")
-        return budget, None
+    budget = Budget.parse(spec)
+    if budget.kind == "tokens":
+        return int(budget.value), None
+    if budget.kind == "share":
+        raise BudgetError(f"kv_budget {budget} is a share of a text's tokens: only the "
+                          "evaluation commands take one; give tokens, a size or 'auto'")
     shape = shape_of()
-    if budget.strip().lower() == "auto":
+    if budget.kind == "auto":
         limit = int(available_bytes() * AUTO_FRACTION)
         cap = shape.n_ctx_train  # more cells than trained positions buys nothing
     else:
-        limit = parse_bytes(budget)
+        limit = int(budget.value)
         cap = None
     slack = 2 * shape.n_layer * _ALIGN_SLACK_PER_TENSOR
     cells = max(0, (limit - slack) // shape.cell_bytes)
     if cap:
         cells = min(cells, cap)
     if cells < 1:
-        raise BudgetError(f"kv_budget {budget!r} ({limit} bytes) holds no KV cell: one cell takes "
+        raise BudgetError(f"kv_budget {str(spec)!r} ({limit} bytes) holds no KV cell: one cell takes "
                           f"{shape.cell_bytes} bytes with these cache types")
     return int(cells), limit

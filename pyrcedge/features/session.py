@@ -25,6 +25,7 @@ the previous file intact.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -34,10 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from .errors import SessionError
+from ..errors import SessionError
+from ..native import stats as kernel_stats
+from .seam import BudgetedModel
 
 MAGIC = b"PYRCEDGE-SESSION"
 FORMAT_VERSION = 1
@@ -180,3 +184,141 @@ def model_fingerprint(model_path: str, desc: str, n_params: int, size: int, n_vo
         h.update(f.read(1 << 20))
     return {"desc": desc, "n_params": int(n_params), "size": int(size), "n_vocab": int(n_vocab),
             "gguf_head_sha256": h.hexdigest()}
+
+
+# --- a Llama's session: capture and restore ------------------------------------------------
+
+def identity(llm: BudgetedModel) -> dict[str, Any]:
+    """What a session must have been saved for to load into llm (MUST_MATCH's keys)."""
+    fingerprint = getattr(llm, "_session_fingerprint", None)
+    if fingerprint is None:
+        m = llm._model
+        fingerprint = model_fingerprint(llm.model_path, m.desc(), m.n_params(), m.size(),
+                                        llm._n_vocab)
+        llm._session_fingerprint = fingerprint  # type: ignore[attr-defined]
+    p = llm.context_params
+    return {"model": fingerprint, "budget_cells": llm.kv_cache.budget,
+            "cache_types": [int(p.type_k), int(p.type_v), int(p.flash_attn_type)],
+            "positions": "compact" if llm.kv_cache.compact else "keep",
+            "statistics": llm.statistics}
+
+
+def capture(llm: BudgetedModel) -> SessionState:
+    """llm's session as it is: llama.cpp's state of the cache, the statistics of every cached
+    cell by position, the history, the engine's bookkeeping and the policy's state."""
+    kv = llm.kv_cache
+    header = {**identity(llm), "n_tokens": int(llm.n_tokens), "seed": int(llm._seed),
+              "answer_start": llm.answer_start, "bookkeeping": kv.bookkeeping(),
+              "policy": kv.policy.describe(), "policy_state": kv.policy.state_dict()}
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "history": llm.input_ids[: llm.n_tokens].astype(np.int32),
+        "cached": kv.cached.astype(np.int64)}
+    data = b""
+    if llm.n_tokens:
+        size = llama_cpp.llama_state_get_size(llm.ctx)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_get_data(llm.ctx, buf, size)
+        data = bytes(memoryview(buf)[:n])
+        cells = kernel_stats.used_cells(llm.ctx)
+        arrays["cell_pos"] = cells.pos.astype(np.int32)
+        if llm.statistics:
+            for il, layer in enumerate(kernel_stats.read_layers(llm.ctx, cells.index)):
+                arrays[f"stats.{il}"] = layer
+        if llm._logits_all:
+            arrays["scores"] = llm.scores[: llm.n_tokens].copy()
+    return SessionState(header=header, kv=data, arrays=arrays)
+
+
+def restore(llm: BudgetedModel, state: SessionState) -> None:
+    """Make llm's cache, statistics and history those of `state` (checked compatible)."""
+    kv = llm.kv_cache
+    h, a = state.header, state.arrays
+    n = state.n_tokens
+    history = a["history"]
+    if len(history) != n or (n and int(a["cached"][-1]) != n - 1):
+        raise SessionError("the session is inconsistent: its last history token is not cached")
+    llm.reset()
+    kv.restore_bookkeeping(h["bookkeeping"], a["cached"])
+    if n:
+        buf = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
+        if llama_cpp.llama_state_set_data(llm.ctx, buf, len(state.kv)) != len(state.kv):
+            raise SessionError("llama.cpp refused the session's KV cache state")
+        # llama.cpp's state holds no logits: decode the last token again to have them
+        llm.decode_last(int(history[-1]), int(kv.position_of(len(kv.cached) - 1)))
+        if llm.statistics:
+            _restore_statistics(llm.ctx, a)
+    ids = np.zeros(max(n, 1), np.intc)
+    ids[:n] = history
+    llm.input_ids = ids
+    if llm._logits_all and "scores" in a:
+        if len(llm.scores) < n:
+            llm.scores = np.zeros((n, llm.scores.shape[1]), np.single)
+        llm.scores[:n] = a["scores"]
+    llm.n_tokens = n
+    llm._requires_eval = False
+    llm._seed = int(h["seed"])
+    llm.answer_start = h["answer_start"]
+    kv.policy.load_state_dict(h["policy_state"])
+
+
+def _restore_statistics(ctx: Any, a: dict[str, npt.NDArray[Any]]) -> None:
+    """Write the saved statistics into the cells that now hold the saved positions."""
+    cells = kernel_stats.used_cells(ctx)
+    where = {int(p): int(c) for p, c in zip(cells.pos, cells.index)}
+    try:
+        target = np.asarray([where[int(p)] for p in a["cell_pos"]], np.int32)
+    except KeyError:
+        raise SessionError("the restored cache lacks a position the session lists") from None
+    kernel_stats.reset_stats(ctx)
+    kernel_stats.write_layers(ctx, target, np.stack([a[f"stats.{il}"] for il in
+                                                     range(kernel_stats.n_layer(ctx))]))
+
+
+def save_state(llm: BudgetedModel) -> SessionState:
+    """The session in memory. The cache is re-laid out as a restore lays it out (this module's
+    docstring says why), so that llm and a Llama that loads the state continue with identical
+    logits."""
+    state = capture(llm)
+    restore(llm, state)
+    return state
+
+
+def load_state(llm: BudgetedModel, state: SessionState) -> None:
+    """Continue from a state save_state returned (in this process or, through a file, another).
+    Refused with SessionError, llm unchanged, when it was made for another model, budget or
+    cache type; a restore that fails half-way is rolled back."""
+    if not isinstance(state, SessionState):
+        raise SessionError("pyrcedge.Llama.load_state takes what pyrcedge.Llama.save_state "
+                           f"returns, not {type(state).__name__}")
+    check_compatible(state.header, identity(llm), "the session")
+    backup = capture(llm)
+    try:
+        restore(llm, state)
+    except BaseException:
+        restore(llm, backup)
+        raise
+
+
+def save_session(llm: BudgetedModel, path: str | os.PathLike[str],
+                 metadata: dict[str, Any] | None = None) -> None:
+    """Save llm's session to a file, atomically (a crash mid-save keeps the previous file).
+    metadata: JSON-serialisable data of the caller's that travels with it (a chat's messages,
+    say); load_session returns it."""
+    state = save_state(llm)
+    if metadata is not None:
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as e:
+            raise SessionError(f"session metadata must be JSON-serialisable: {e}") from e
+        state.header["metadata"] = metadata
+    write_atomic(path, encode(state))
+
+
+def load_session(llm: BudgetedModel, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Restore a session file written by save_session, in this or another process; returns the
+    metadata saved with it ({} if none). Refused with SessionError, llm unchanged, if the file
+    is corrupt, truncated, or was saved for another model, budget or cache type."""
+    state = read(path)
+    check_compatible(state.header, identity(llm), f"session file {path}")
+    load_state(llm, state)
+    return dict(state.header.get("metadata") or {})

@@ -1,79 +1,54 @@
-"""Eviction policies: each is a small class with one scoring method.
+"""Eviction policies: each is a small dataclass with its parameters as fields and one scoring
+method.
 
 When the KV budget is full, pyrcedge builds a `CacheView` of the cached tokens (cells,
 positions, token ids, which of them may go) with lazy numpy access to the attention statistics
 the patched kernels keep (docs/scoring.md), and asks the policy which cells to evict. A policy
 scores every cached token (higher = more useful); by default the lowest-scored evictable cells
 go, older first among equals. Policies that decide how many to evict (rcstat) override
-`select`. Sink, recent and pinned tokens are never offered.
+`select`. Sink, recent and pinned tokens are never offered. The engine checks every answer
+(pyrcedge.cache.engine) and raises PolicyError, the cache unchanged, for a bad one.
 
 Write your own by subclassing `Policy` and implementing `score`, or pass any function
-`view -> scores`.
+`view -> scores`. Old class names (A2SFPolicy, RandomPolicy, RCStatPolicy, CallablePolicy)
+remain as aliases.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from . import rcstat
-from .errors import BudgetError
-from .scoring import STATS
+from ..errors import BudgetError, PolicyError
+from ..native import rcstat
+from .view import CacheView
 
-A2SF, COUNT, SUM, SUMSQ, MAX = (STATS.index(s) for s in ("a2sf", "count", "sum", "sumsq", "max"))
+# keyword of pyrcedge.Llama -> the policy field it sets
+_KEYWORD_FIELDS = {"alpha": "alpha", "rc_epsilon": "epsilon", "seed": "seed"}
+
+
+def check_alpha(alpha: Any) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise BudgetError(f"alpha must be in [0, 1], got {alpha!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise BudgetError(f"alpha must be in [0, 1], got {alpha}")
+    return value
 
 
 @dataclass
-class CacheView:
-    """The cached tokens of one sequence at an eviction point, in position order.
-
-    Arrays have one entry per cached token. Statistics are read from libllama on first use:
-    `stats()` [token, KV head, stat] summed over layers, `layer_stats()` [layer, token, KV head,
-    stat]; stat order is pyrcedge.scoring.STATS (a2sf, count, sum, sumsq, max).
-    """
-
-    cells: npt.NDArray[np.int32]       # KV cell holding the token
-    positions: npt.NDArray[np.int32]   # its RoPE position
-    logical: npt.NDArray[np.int64]     # its index in the token history
-    tokens: npt.NDArray[np.int32]      # its token id
-    evictable: npt.NDArray[np.bool_]   # False for sink, recent and pinned tokens
-    n_required: int                    # evictions the budget needs now (0: a proactive check)
-    window_start: int                  # history index where the statistics window began
-    read_stats: Callable[[int | None], npt.NDArray[np.float32]] | None = None
-    n_layer: int = 0
-    _cache: dict[Any, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.cells)
-
-    def stats(self, layer: int | None = None) -> npt.NDArray[np.float32]:
-        if self.read_stats is None:
-            raise BudgetError("this policy runs without attention statistics (scoring is off)")
-        if layer not in self._cache:
-            self._cache[layer] = self.read_stats(layer)
-        return self._cache[layer]
-
-    def layer_stats(self) -> npt.NDArray[np.float32]:
-        if "all" not in self._cache:
-            self._cache["all"] = np.stack([self.stats(il) for il in range(self.n_layer)])
-        return self._cache["all"]
-
-    def a2sf(self) -> npt.NDArray[np.float64]:
-        """Decayed attention of every token, summed over layers and KV heads."""
-        return self.stats()[:, :, A2SF].astype(np.float64).sum(axis=1)
-
-
 class Policy:
-    """Base of eviction policies. Subclasses set the class attributes and implement score."""
+    """Base of eviction policies. Subclasses set the class flags and implement score."""
 
     name: ClassVar[str] = "custom"
     evicts: ClassVar[bool] = True              # False: never evicts (the stock behaviour)
     uses_statistics: ClassVar[bool] = True     # False: scoring stays off, nothing is computed
     proactive: ClassVar[bool] = False          # also asked every eviction batch below budget
-    alpha: float = 1.0                         # A2SF forgetting factor the kernels run with
+    alpha = 1.0                                # A2SF forgetting factor the kernels run with
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         """One number per cached token: how useful it is to keep (higher = keep)."""
@@ -89,7 +64,14 @@ class Policy:
         return view.cells[cand[order[:n]]]
 
     def describe(self) -> dict[str, Any]:
-        return {"policy": self.name}
+        """The policy's name and numeric parameters (kv_stats(), `run --json`)."""
+        out: dict[str, Any] = {"policy": self.name}
+        names = {v: k for k, v in _KEYWORD_FIELDS.items()}
+        for f in fields(self) if hasattr(self, "__dataclass_fields__") else ():
+            value = getattr(self, f.name)
+            if f.repr and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[names.get(f.name, f.name)] = value
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's own state that a saved session must carry (JSON-serialisable)."""
@@ -100,48 +82,53 @@ class Policy:
 
 
 def checked_scores(policy: Policy, view: CacheView) -> npt.NDArray[np.float64]:
+    """policy.score(view) as float64, one per cached token, or PolicyError."""
     try:
         raw = policy.score(view)
         scores = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise BudgetError(f"policy {policy.name!r}: score() returned something that is not an "
-                          f"array of numbers ({e})") from e
+        raise PolicyError(f"policy {policy.name!r}: score() returned something that is not an "
+                          f"array of numbers ({e}); the cache is unchanged") from e
     if scores.shape != (len(view),):
-        raise BudgetError(f"policy {policy.name!r}: score() returned shape {scores.shape}, "
-                          f"expected ({len(view)},): one score per cached token")
+        raise PolicyError(f"policy {policy.name!r}: score() returned shape {scores.shape}, "
+                          f"expected ({len(view)},): one score per cached token; the cache is "
+                          "unchanged")
     if np.isnan(scores).any():
-        raise BudgetError(f"policy {policy.name!r}: score() returned NaN")
+        raise PolicyError(f"policy {policy.name!r}: score() returned NaN; the cache is unchanged")
     return scores
 
 
+@dataclass
 class FullCache(Policy):
     """No eviction: the context fills and then fails as llama_cpp.Llama does (for comparison)."""
 
-    name = "full"
-    evicts = False
-    uses_statistics = False
+    name: ClassVar[str] = "full"
+    evicts: ClassVar[bool] = False
+    uses_statistics: ClassVar[bool] = False
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         return np.zeros(len(view))
 
 
+@dataclass
 class Window(Policy):
     """StreamingLLM: the sink tokens and the most recent ones stay; the oldest others go."""
 
-    name = "window"
-    uses_statistics = False
+    name: ClassVar[str] = "window"
+    uses_statistics: ClassVar[bool] = False
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         return view.logical.astype(np.float64)
 
 
+@dataclass
 class ContextShift(Window):
     """llama.cpp's context shift: when the cache is full, keep the first n_keep tokens (the
     sink, sink_tokens) and discard the older half of the rest (at least what the budget needs).
     llama.cpp then shifts the survivors' positions down; with positions="compact" pyrcedge does
     exactly that, with positions="keep" the model sees the gap instead."""
 
-    name = "context-shift"
+    name: ClassVar[str] = "context-shift"
 
     def select(self, view: CacheView, n: int) -> npt.ArrayLike:
         if n <= 0:
@@ -155,57 +142,51 @@ class ContextShift(Window):
         return view.cells[order[:min(len(order), max(n, n_discard))]]
 
 
-class A2SFPolicy(Policy):
+@dataclass
+class A2SF(Policy):
     """A2SF: attention accumulated with forgetting factor alpha (REFERENCE.md section 1)."""
 
-    name = "a2sf"
+    name: ClassVar[str] = "a2sf"
+    alpha: float = 0.3
 
-    def __init__(self, alpha: float = 0.3) -> None:
-        alpha = float(alpha)
-        if not 0.0 <= alpha <= 1.0:  # NaN fails too
-            raise BudgetError(f"alpha must be in [0, 1], got {alpha}")
-        self.alpha = alpha
+    def __post_init__(self) -> None:
+        self.alpha = check_alpha(self.alpha)
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         return view.a2sf()
 
-    def describe(self) -> dict[str, Any]:
-        return {"policy": self.name, "alpha": self.alpha}
 
-
-class H2O(A2SFPolicy):
+@dataclass
+class H2O(A2SF):
     """H2O heavy hitters: all attention ever received (A2SF with alpha = 1)."""
 
-    name = "h2o"
-
-    def __init__(self) -> None:
-        super().__init__(alpha=1.0)
+    name: ClassVar[str] = "h2o"
+    alpha: float = field(default=1.0, init=False)
 
 
-class TOVA(A2SFPolicy):
+@dataclass
+class TOVA(A2SF):
     """TOVA: the attention of the newest query alone (A2SF with alpha = 0)."""
 
-    name = "tova"
-
-    def __init__(self) -> None:
-        super().__init__(alpha=0.0)
+    name: ClassVar[str] = "tova"
+    alpha: float = field(default=0.0, init=False)
 
 
-class RandomPolicy(Policy):
+@dataclass
+class Random(Policy):
     """A control: uniformly random choices, reproducible from the seed."""
 
-    name = "random"
-    uses_statistics = False
+    name: ClassVar[str] = "random"
+    uses_statistics: ClassVar[bool] = False
+    seed: int = 0
+    _rng: np.random.Generator = field(init=False, repr=False, compare=False)
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+    def __post_init__(self) -> None:
+        self.seed = int(self.seed)
         self._rng = np.random.default_rng(self.seed)
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         return self._rng.random(len(view))
-
-    def describe(self) -> dict[str, Any]:
-        return {"policy": self.name, "seed": self.seed}
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self._rng.bit_generator.state}
@@ -215,34 +196,33 @@ class RandomPolicy(Policy):
             self._rng.bit_generator.state = state["bit_generator"]
 
 
-class RCStatPolicy(Policy):
+@dataclass
+class RCStat(Policy):
     """The adaptive RC threshold of docs/rcstat.md: a token goes when its upper-bounded
     contextualization is below epsilon times the window's self-contextualization in a
     head_quantile share of the layers' KV heads (1.0: in every head, the strict rule; 0.5, the
     default: in at least half). Checked every eviction batch, so the cache may stay below
     budget; when the budget needs more than the negligible tokens, the lowest margins go."""
 
-    name = "rcstat"
-    proactive = True
+    name: ClassVar[str] = "rcstat"
+    proactive: ClassVar[bool] = True
+    epsilon: float = 0.1
+    head_quantile: float = 0.5
 
-    def __init__(self, epsilon: float = 0.1, head_quantile: float = 0.5) -> None:
-        epsilon, head_quantile = float(epsilon), float(head_quantile)
-        if not 0.0 < epsilon < 1.0:
-            raise BudgetError(f"rc_epsilon must be in (0, 1), got {epsilon}")
-        if not 0.0 <= head_quantile <= 1.0:
-            raise BudgetError(f"head_quantile must be in [0, 1], got {head_quantile}")
-        self.epsilon, self.head_quantile = epsilon, head_quantile
+    def __post_init__(self) -> None:
+        self.epsilon, self.head_quantile = float(self.epsilon), float(self.head_quantile)
+        if not 0.0 < self.epsilon < 1.0:
+            raise BudgetError(f"rc_epsilon must be in (0, 1), got {self.epsilon}")
+        if not 0.0 <= self.head_quantile <= 1.0:
+            raise BudgetError(f"head_quantile must be in [0, 1], got {self.head_quantile}")
 
     def score(self, view: CacheView) -> npt.ArrayLike:
-        st = view.layer_stats().astype(np.float64)           # [layer, token, head, stat]
+        st = view.layer_stats()                                     # [layer, token, head, stat]
         st = st.transpose(0, 2, 1, 3).reshape(-1, len(view), st.shape[-1])  # [(l,g), token, stat]
-        cells = rcstat.Moments(count=st[..., COUNT], sum=st[..., SUM], sumsq=st[..., SUMSQ],
-                               max=st[..., MAX])
         own = view.logical >= view.window_start              # the self set: keys of the window
-        self_ = rcstat.Moments(count=st[:, own, COUNT].sum(axis=1), sum=st[:, own, SUM].sum(axis=1),
-                               sumsq=st[:, own, SUMSQ].sum(axis=1),
-                               max=st[:, own, MAX].max(axis=1, initial=-np.inf))
-        return rcstat.eviction_margin(cells, self_, self.epsilon, self.head_quantile)
+        return rcstat.eviction_margin(rcstat.Moments.from_stats(st),
+                                      rcstat.Moments.from_stats(st, axis=1, where=own),
+                                      self.epsilon, self.head_quantile)
 
     def select(self, view: CacheView, n: int) -> npt.ArrayLike:
         margin = checked_scores(self, view)
@@ -251,27 +231,27 @@ class RCStatPolicy(Policy):
         negligible = int((margin[order] < 0).sum())
         return view.cells[order[:max(n, negligible)]]
 
-    def describe(self) -> dict[str, Any]:
-        return {"policy": self.name, "rc_epsilon": self.epsilon, "head_quantile": self.head_quantile}
 
-
-class CallablePolicy(Policy):
+@dataclass
+class ScoreFunction(Policy):
     """A user function view -> scores, run on A2SF statistics with the given alpha."""
 
-    name = "callable"
+    fn: Callable[[CacheView], npt.ArrayLike] = field(default=lambda view: np.zeros(len(view)))
+    alpha: float = 1.0
 
-    def __init__(self, fn: Callable[[CacheView], npt.ArrayLike], alpha: float = 1.0) -> None:
-        self.fn = fn
-        self.alpha = A2SFPolicy(alpha).alpha
-        self.name = getattr(fn, "__name__", "callable")
+    def __post_init__(self) -> None:
+        self.alpha = check_alpha(self.alpha)
+        self.name = getattr(self.fn, "__name__", "callable")  # type: ignore[misc]
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         return self.fn(view)
 
 
+# the names the first releases used
+A2SFPolicy, RandomPolicy, RCStatPolicy, CallablePolicy = A2SF, Random, RCStat, ScoreFunction
+
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (FullCache, Window, ContextShift, H2O, A2SFPolicy, TOVA, RandomPolicy,
-                        RCStatPolicy)
+    p.name: p for p in (FullCache, Window, ContextShift, H2O, A2SF, TOVA, Random, RCStat)
 }
 
 
@@ -290,15 +270,18 @@ def make_policy(spec: str | Policy | Callable[[CacheView], npt.ArrayLike],
         if cls is None:
             raise BudgetError(f"unknown policy {spec!r}: choose from {', '.join(POLICIES)}, "
                               "or pass a pyrcedge.Policy")
-        accepted = {A2SFPolicy: {"alpha"}, RCStatPolicy: {"rc_epsilon"},
-                    RandomPolicy: {"seed"}}.get(cls, set())
-        given = {k: v for k, v in params.items() if v is not None}
-        extra = set(given) - accepted
+        settable = {f.name for f in fields(cls) if f.init}
+        extra = sorted(k for k in params if _KEYWORD_FIELDS.get(k) not in settable)
         if extra:
-            raise BudgetError(f"policy {spec!r} takes no {', '.join(sorted(extra))}")
-        if cls is RCStatPolicy and "rc_epsilon" in given:
-            return RCStatPolicy(epsilon=given["rc_epsilon"])
-        return cls(**given)
+            raise BudgetError(f"policy {spec!r} takes no {', '.join(extra)}")
+        return cls(**{_KEYWORD_FIELDS[k]: v for k, v in params.items()})
     if callable(spec):
-        return CallablePolicy(spec, **{k: v for k, v in params.items() if v is not None})
+        extra = sorted(set(params) - {"alpha"})
+        if extra:
+            raise BudgetError(f"a policy function takes no {', '.join(extra)}")
+        return ScoreFunction(spec, **params)
     raise BudgetError(f"policy must be a name, a pyrcedge.Policy or a function, got {spec!r}")
+
+
+__all__ = ["A2SF", "H2O", "POLICIES", "TOVA", "CacheView", "ContextShift", "FullCache", "Policy",
+           "Random", "RCStat", "ScoreFunction", "Window", "checked_scores", "make_policy"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 
-from .attribution import Attribution
+from ..features.attribution import Attribution
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pyrcedge explain</title>
@@ -71,7 +71,7 @@ def render_html(context: str, question: str, answer: str, result: Attribution,
     parts.append(html.escape(context[at:]))
     rows = "".join(f"<tr><td>{i + 1}</td><td>{sp.score:.4g}</td><td>{html.escape(sp.label or sp.text)}"
                    f"</td></tr>" for i, sp in enumerate(ranked[:top_n]))
-    heads = f" over heads {', '.join(f'L{l}/H{g}' for l, g in result.heads)}" if result.heads else ""
+    heads = f" over heads {', '.join(f'L{layer}/H{g}' for layer, g in result.heads)}" if result.heads else ""
     top_id = f"s{result.spans.index(top)}" if top is not None else ""
     return _PAGE.format(top_id=top_id, question=html.escape(question), answer=html.escape(answer),
                         method=html.escape(result.method), heads=html.escape(heads),

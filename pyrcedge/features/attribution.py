@@ -23,18 +23,15 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from . import rcstat
-from .errors import PyrcedgeError
+from ..errors import AttributionError
+from ..native import rcstat
+from ..native import stats as kernel_stats
+from .seam import BudgetedModel
 
 METHODS = ("rc", "rc-all", "attention")
 GRANULARITIES = ("token", "sentence", "chunk")
-A2SF, COUNT, SUM, SUMSQ, MAX = range(5)
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n+")
-
-
-class AttributionError(PyrcedgeError, ValueError):
-    """Attribution was asked for what cannot be attributed (no answer, spans outside it...)."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +87,11 @@ def head_scores(stats: npt.NDArray[np.floating], logical: npt.NDArray[np.int64],
     logit's relative contextualization (docs/rcstat.md says why the mean ranks heads).
     NaN where the answer has no self keys in a head, or a span has no cached cell.
     """
-    st = np.asarray(stats, np.float64).transpose(0, 2, 1, 3).reshape(-1, len(logical), 5)
+    st = np.asarray(stats, np.float64).transpose(0, 2, 1, 3).reshape(-1, len(logical),
+                                                                     kernel_stats.N_STATS)
 
     def moments(mask: npt.NDArray[np.bool_]) -> rcstat.Moments:
-        return rcstat.Moments(count=st[:, mask, COUNT].sum(axis=1), sum=st[:, mask, SUM].sum(axis=1),
-                              sumsq=st[:, mask, SUMSQ].sum(axis=1),
-                              max=st[:, mask, MAX].max(axis=1, initial=-np.inf))
+        return rcstat.Moments.from_stats(st, axis=1, where=mask)
 
     own = moments(logical >= answer_start)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -120,7 +116,7 @@ def score_spans(stats: npt.NDArray[np.floating], logical: npt.NDArray[np.int64],
     if method not in METHODS:
         raise AttributionError(f"method must be one of {METHODS}, got {method!r}")
     if method == "attention":
-        a = np.asarray(stats, np.float64)[..., A2SF].sum(axis=(0, 2))   # per cell
+        a = np.asarray(stats, np.float64)[..., kernel_stats.A2SF].sum(axis=(0, 2))   # per cell
         return np.array([a[(logical >= s) & (logical < e)].sum() if ((logical >= s) & (logical < e)).any()
                          else np.nan for s, e in spans]), []
     per_span, context = head_scores(stats, logical, spans, answer_start)
@@ -173,3 +169,69 @@ def char_to_token_spans(offsets: npt.NDArray[np.int64], char_spans: Sequence[tup
         t1 = int(np.searchsorted(offsets, e, side="left"))
         out.append((base + max(t0, 0), base + max(t1, t0 + 1)))
     return out
+
+
+# --- attributing a Llama's last answer ---------------------------------------------------------
+
+def attribute(llm: BudgetedModel, spans: str | Sequence[tuple[int, int]] = "sentence", *,
+              method: str = "rc", top_k: int = 8, chunk_tokens: int = 32,
+              prompt_start: int = 0) -> Attribution:
+    """Which spans of the last prompt the last answer drew on (docs/rcstat.md).
+
+    spans: "sentence", "token" or "chunk" (of chunk_tokens tokens) over the prompt from
+    history index prompt_start, or (start, end) history token index ranges inside the prompt.
+    method: "rc" (top_k heads by expected RC), "rc-all" (every head) or "attention" (the
+    post-softmax baseline: the a2sf statistic, accumulated attention when alpha is 1).
+    Spans whose tokens were all evicted score NaN and are listed in .evicted.
+    """
+    if not llm.statistics or not kernel_stats.scoring_enabled(llm.ctx):
+        raise AttributionError("attribution needs the attention statistics: use a policy that "
+                               "keeps them, or pass track_attention=True")
+    a0 = llm.answer_start
+    if a0 is None or llm.n_tokens - a0 < 1:
+        raise AttributionError("nothing to attribute: generate an answer first")
+    if not 0 <= prompt_start < a0:
+        raise AttributionError(f"prompt_start must be in [0, {a0}), got {prompt_start}")
+    history = llm.input_ids[: llm.n_tokens]
+    if isinstance(spans, str):
+        if spans not in GRANULARITIES:
+            raise AttributionError(f"spans must be one of {GRANULARITIES} or a list of "
+                                   f"(start, end) token ranges, got {spans!r}")
+        ranges = spans_by(llm, spans, prompt_start, a0, chunk_tokens)
+    else:
+        ranges = [check_token_span(sp, prompt_start, a0) for sp in spans]
+    cells, logical = llm.kv_cache.cached_cells()
+    stats = kernel_stats.read_layers(llm.ctx, cells)
+    scores, heads = score_spans(stats, logical, ranges, a0, method, top_k,
+                                kernel_stats.n_head_kv(llm.ctx, 0))
+    cached = set(logical.tolist())
+    out = []
+    for (s0, s1), sc in zip(ranges, scores):
+        share = sum(1 for i in range(s0, s1) if i in cached) / (s1 - s0)
+        text = llm.detokenize(history[s0:s1].tolist()).decode("utf-8", errors="replace")
+        out.append(SpanScore(start=s0, end=s1, text=text, score=float(sc), cached=share))
+    return Attribution(method=method, spans=out, heads=heads, answer=(a0, llm.n_tokens))
+
+
+def spans_by(llm: BudgetedModel, granularity: str, start: int, end: int,
+             chunk: int) -> list[tuple[int, int]]:
+    """Token spans of history[start:end]: each token, chunks of `chunk`, or sentences."""
+    if granularity == "token":
+        return [(i, i + 1) for i in range(start, end)]
+    if granularity == "chunk":
+        if chunk < 1:
+            raise AttributionError(f"chunk_tokens must be at least 1, got {chunk}")
+        return [(i, min(i + chunk, end)) for i in range(start, end, chunk)]
+    text, offsets = llm.token_offsets(llm.input_ids[start:end].tolist())
+    return char_to_token_spans(offsets, sentence_spans(text), base=start)
+
+
+def check_token_span(span: Sequence[int], lo: int, hi: int) -> tuple[int, int]:
+    try:
+        s, e = (int(x) for x in span)
+    except (TypeError, ValueError):
+        raise AttributionError(f"a span is (start, end) token indices, got {span!r}") from None
+    if not lo <= s < e <= hi:
+        raise AttributionError(f"span {span!r} is outside the prompt: spans must lie in "
+                               f"[{lo}, {hi}) and be non-empty")
+    return s, e

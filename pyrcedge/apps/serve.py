@@ -11,13 +11,18 @@ interrupt_requests setting, on by default upstream, is turned off).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .errors import PyrcedgeError
-from .loading import check_gguf, open_llama, resolve_model
+import llama_cpp
+
+from ..assets.gguf import check_gguf, resolve_model
+from ..errors import PyrcedgeError
+from . import server_compat
+from .options import budget_kwargs, budget_options, model_options, open_llama, positive_int, size
 
 SERVER_EXTRA = "pip install 'pyrcedge[server]'"
 
@@ -38,28 +43,14 @@ def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
     check_gguf(path)
     llm = open_llama(path, **(llama_kwargs or {}))
     if prompt_cache_bytes > 0:
-        import llama_cpp
-
         llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=prompt_cache_bytes))
     name = alias or Path(path).name
-
-    class BudgetedProxy(app_module.LlamaProxy):  # type: ignore[name-defined,misc]
-        """llama_cpp.server's model holder, handing out the budgeted Llama loaded above."""
-
-        @staticmethod
-        def load_llama_from_model_settings(settings: Any) -> Any:
-            return llm
-
-    stock_proxy = app_module.LlamaProxy
-    app_module.LlamaProxy = BudgetedProxy   # create_app builds its proxy from this name
-    try:
+    with server_compat.serving(llm):
         app = app_module.create_app(
             server_settings=ServerSettings(interrupt_requests=False),
             model_settings=[ModelSettings(model=str(path), model_alias=name)])
-    finally:
-        app_module.LlamaProxy = stock_proxy
     app.title = "pyrcedge: llama.cpp inside a KV budget (OpenAI-compatible API)"
-    _answer_client_errors_with_400()
+    server_compat.map_client_errors(client_error)
     app.add_middleware(JSONBodyGuard)
     return app
 
@@ -100,7 +91,7 @@ class JSONBodyGuard:
             from starlette.responses import JSONResponse
 
             await JSONResponse(invalid_request("the request body must be a JSON object"),
-                               status_code=400)(scope, receive, send)
+                               status_code=400)(scope, receive, send)  # type: ignore[arg-type]
             return
         replayed = False
 
@@ -114,29 +105,20 @@ class JSONBodyGuard:
         await self.app(scope, replay, send)
 
 
-def _answer_client_errors_with_400() -> None:
+def client_error(error: Exception) -> tuple[int, Any] | None:
     """llama_cpp.server answers every exception that no pattern of its own matches with a 500,
     request validation errors and invalid arguments included. Those are the client's: 400."""
     from fastapi.exceptions import RequestValidationError
-    from llama_cpp.server.errors import RouteErrorHandler
     from llama_cpp.server.errors import ErrorResponse
 
-    stock = RouteErrorHandler.error_message_wrapper
-    if getattr(stock, "pyrcedge", False):
-        return
-
-    def error_message_wrapper(self: Any, error: Exception, body: Any = None) -> Any:
-        if isinstance(error, RequestValidationError):
-            first = error.errors()[0] if error.errors() else {}
-            where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
-            return 400, ErrorResponse(**invalid_request(
-                f"invalid request: {where}: {first.get('msg', error)}", where)["error"])
-        if isinstance(error, ValueError):
-            return 400, ErrorResponse(**invalid_request(str(error))["error"])
-        return stock(self, error, body)
-
-    error_message_wrapper.pyrcedge = True  # type: ignore[attr-defined]
-    RouteErrorHandler.error_message_wrapper = error_message_wrapper
+    if isinstance(error, RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+        body = invalid_request(f"invalid request: {where}: {first.get('msg', error)}", where)
+        return 400, ErrorResponse(**body["error"])  # type: ignore[typeddict-item]
+    if isinstance(error, ValueError):
+        return 400, ErrorResponse(**invalid_request(str(error))["error"])  # type: ignore[typeddict-item]
+    return None
 
 
 def serve(model: str | os.PathLike[str] | None, host: str = "127.0.0.1", port: int = 8000,
@@ -150,3 +132,25 @@ def serve(model: str | os.PathLike[str] | None, host: str = "127.0.0.1", port: i
     name = alias or resolve_model(model).name
     print(f"pyrcedge serve: http://{host}:{port}/v1, model {name}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    serve(args.model, host=args.host, port=args.port, alias=args.alias,
+          prompt_cache_bytes=args.prompt_cache,
+          llama_kwargs={**budget_kwargs(args), "n_threads": args.threads,
+                        "n_threads_batch": args.threads, "flash_attn": True, "seed": args.seed})
+    return 0
+
+
+def register(sub: Any) -> None:
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server on the budgeted cache",
+                         parents=[model_options(), budget_options()])
+    srv.add_argument("--alias", help="the model's name in /v1/models (default: the file name)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--seed", type=int, default=0)
+    srv.add_argument("--prompt-cache", type=size, default=0, metavar="SIZE",
+                     help="keep each conversation's evicted cache (256MiB, 1GB; default 0: off), "
+                          "so that interleaved conversations continue instead of re-reading")
+    srv.add_argument("--n-ctx", type=positive_int, default=2048, help=argparse.SUPPRESS)
+    srv.set_defaults(func=cmd_serve, budget="64MiB")

@@ -12,9 +12,10 @@ import ctypes
 import functools
 from typing import Any
 
+import llama_cpp.llama_cpp as lc
 from cffi import FFI
 
-from .errors import NativeLibraryError
+from ..errors import NativeLibraryError
 
 # The declarations of native/include/llama-rcedge.h, without the LLAMA_API macro.
 # tests/test_native.py checks that the two lists agree.
@@ -49,8 +50,6 @@ ffi.cdef(CDEF)
 
 def libllama_path() -> str:
     """Path of the libllama that llama_cpp loaded."""
-    import llama_cpp.llama_cpp as lc
-
     return str(lc._lib._name)
 
 
@@ -60,7 +59,7 @@ def lib() -> Any:
     path = libllama_path()
     handle = ffi.dlopen(path)
     try:
-        handle.llama_rcedge_version
+        _ = handle.llama_rcedge_version
     except AttributeError:
         raise NativeLibraryError(
             f"{path} is not a pyrcedge build of libllama (no llama_rcedge_version): "

@@ -1,4 +1,4 @@
-"""Greedy generation with the measurements `pyrcedge run` reports.
+"""`pyrcedge run`: greedy generation with the measurements it reports.
 
 Prefill and decode go through llama_cpp.Llama.eval, exactly as llama-cpp-python runs them; the
 next token is the argmax of the last logits. KV occupancy is read from libllama after every step
@@ -7,14 +7,21 @@ next token is the argmax of the last logits. KV occupancy is read from libllama 
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import llama_cpp
 import numpy as np
 
-from . import _native
-from .errors import ContextOverflowError
+from ..assets.gguf import resolve_model
+from ..errors import ContextOverflowError
+from ..llama import LOGICAL_CONTEXT, Llama
+from ..native import binding as _native
+from . import options
 
 
 @dataclass
@@ -43,8 +50,6 @@ def usable_context(llm: Any) -> int:
     """Tokens a llama_cpp.Llama can hold. llama.cpp rounds the context up (to a multiple of 256)
     but Llama sizes its token history by the size asked for: the smaller of the two counts.
     A pyrcedge.Llama that evicts holds a history of any length."""
-    from .llama import LOGICAL_CONTEXT, Llama
-
     if isinstance(llm, Llama) and llm.policy.evicts:
         return LOGICAL_CONTEXT
     return min(llm.n_ctx(), len(llm.input_ids))
@@ -52,8 +57,6 @@ def usable_context(llm: Any) -> int:
 
 def greedy(llm: Any, prompt: str, max_tokens: int) -> RunResult:
     """Generate up to max_tokens tokens greedily after `prompt` on a fresh cache."""
-    import llama_cpp
-
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
@@ -99,8 +102,6 @@ def greedy(llm: Any, prompt: str, max_tokens: int) -> RunResult:
         n_decodes += 1
         used_max = max(used_max, _native.kv_cells_used(llm.ctx))
 
-    from .llama import Llama
-
     stats = llm.kv_stats() if isinstance(llm, Llama) else None
     return RunResult(
         prompt_tokens=len(tokens),
@@ -117,3 +118,39 @@ def greedy(llm: Any, prompt: str, max_tokens: int) -> RunResult:
         text=llm.detokenize(out).decode("utf-8", errors="replace"),
         token_ids=out,
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    prompt = args.prompt if args.prompt is not None else options.read_text(args.prompt_file, "prompt file")
+    llm = options.open_from_args(args, flash_attn=args.flash_attn == "on")
+    try:
+        result = greedy(llm, prompt, args.max_tokens)
+        n_ctx = min(usable_context(llm), llm.n_ctx())
+        kv = llm.kv_stats()
+    finally:
+        llm.close()
+    if args.json:
+        record = {"model": str(resolve_model(args.model)), "n_ctx": n_ctx,
+                  "threads": args.threads, "flash_attn": args.flash_attn, **kv.policy,
+                  "kv_budget_bytes": kv.budget_bytes, "positions": args.positions,
+                  **result.to_dict()}
+        print(json.dumps(record))
+    else:
+        print(prompt + result.text)
+        print(f"\n[{result.prompt_tokens} prompt tokens, {result.generated_tokens} generated "
+              f"({result.finish_reason}), prefill {result.prefill_tok_s:.1f} tok/s, "
+              f"decode {result.decode_tok_s:.1f} tok/s, KV {result.kv_cells_used_max}/"
+              f"{result.kv_budget_cells} cells, {result.evictions} evictions]", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser("run", help="generate greedily and report speed and KV occupancy",
+                         parents=[options.model_options(), options.max_tokens_option(None), options.budget_options()])
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="file holding the prompt (UTF-8)")
+    run.add_argument("--n-ctx", type=options.positive_int, default=2048, help="KV cache size in tokens")
+    run.add_argument("--flash-attn", choices=("on", "off"), default="on")
+    run.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    run.set_defaults(func=cmd_run)

@@ -13,15 +13,19 @@ stream can run past the model's trained context.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from . import _native, scoring
-from .errors import BudgetError, ContextOverflowError, PolicyError, PyrcedgeError
-from .policies import CacheView, Policy
+from ..errors import BudgetError, ContextOverflowError, PolicyError, PyrcedgeError
+from ..native import binding as _native
+from ..native import stats as kernel_stats
+from .policies import Policy
+from .view import CacheView
 
 POSITION_MODES = ("keep", "compact")
 
@@ -52,6 +56,7 @@ class KVStats:
     history_tokens: int        # tokens of the history (cached or not)
     positions: npt.NDArray[np.int64] = field(repr=False)  # history indices still cached
     policy: dict[str, Any] = field(default_factory=dict)
+    eviction_seconds: float = 0.0   # time spent deciding whether, what and how to evict
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "positions"}
@@ -90,9 +95,6 @@ class BudgetedKV:
     def __init__(self, ctx: Any, budget_cells: int, policy: Policy, protection: Protection,
                  eviction_batch: int, positions: str,
                  on_evict: Callable[[EvictionEvent], None] | None = None) -> None:
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.budget = budget_cells
@@ -110,6 +112,7 @@ class BudgetedKV:
         self.last_check = 0                   # history length at the last eviction point
         self.evictions = 0
         self.evicted_tokens = 0
+        self.eviction_seconds = 0.0
 
     # --- where tokens are ---------------------------------------------------------------
 
@@ -136,14 +139,14 @@ class BudgetedKV:
         k = int(np.searchsorted(self.cached, n))
         if k < len(self.cached):
             p0 = int(self.position_of(k))
-            self._llama_cpp.llama_memory_seq_rm(self.mem, 0, p0, -1)
+            llama_cpp.llama_memory_seq_rm(self.mem, 0, p0, -1)
             self.cached = self.cached[:k]
         self.horizon = min(self.horizon, n)
         self.window_start = min(self.window_start, n)
         self.last_check = min(self.last_check, n)
 
     def clear(self) -> None:
-        self._llama_cpp.llama_memory_clear(self.mem, True)
+        llama_cpp.llama_memory_clear(self.mem, True)
         self.cached = np.empty(0, np.int64)
         self.horizon = self.window_start = self.last_check = 0
 
@@ -174,7 +177,14 @@ class BudgetedKV:
 
     def make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32]) -> None:
         """Evict so that n_new more tokens fit; raises and leaves the cache unchanged if that
-        cannot be done."""
+        cannot be done. The time it takes adds up in kv_stats().eviction_seconds."""
+        t0 = time.perf_counter()
+        try:
+            self._make_room(n_new, n_history, history)
+        finally:
+            self.eviction_seconds += time.perf_counter() - t0
+
+    def _make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32]) -> None:
         used = len(self.cached)
         need = used + n_new - self.budget
         due = self.policy.proactive and n_history - self.last_check >= self.batch
@@ -206,28 +216,28 @@ class BudgetedKV:
 
     def cached_cells(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
         """The cells of the cached tokens and their history indices, in position order."""
-        cells = scoring.used_cells(self.ctx)
-        order = np.argsort(cells.pos, kind="stable")
+        return self._cells_by_position()[0], self.cached.copy()
+
+    def _cells_by_position(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """(cell indices, positions) of the used cells in position order, checked against the
+        bookkeeping."""
+        cells = kernel_stats.used_cells(self.ctx)
         if len(cells) != len(self.cached):
             raise PyrcedgeError(f"internal: the KV cache holds {len(cells)} cells but pyrcedge "
                                 f"tracks {len(self.cached)} tokens")
-        return cells.index[order], self.cached.copy()
+        order = np.argsort(cells.pos, kind="stable")
+        return cells.index[order], cells.pos[order]
 
     def _view(self, evictable: npt.NDArray[np.bool_], need: int,
               history: npt.NDArray[np.int32]) -> CacheView:
-        cells = scoring.used_cells(self.ctx)
-        if len(cells) != len(self.cached):
-            raise PyrcedgeError(f"internal: the KV cache holds {len(cells)} cells but pyrcedge "
-                                f"tracks {len(self.cached)} tokens")
-        order = np.argsort(cells.pos, kind="stable")
-        cell_idx, pos = cells.index[order], cells.pos[order]
+        cell_idx, pos = self._cells_by_position()
         if not np.array_equal(pos, self.position_of(np.arange(len(self.cached)))):
             raise PyrcedgeError("internal: cached positions differ from pyrcedge's bookkeeping")
         stats_on = self.policy.uses_statistics
-        n_layer = scoring.n_layer(self.ctx) if stats_on else 0
+        n_layer = kernel_stats.n_layer(self.ctx) if stats_on else 0
 
         def read(layer: int | None) -> npt.NDArray[np.float32]:
-            return scoring.read_scores(self.ctx, layer, cell_idx)
+            return kernel_stats.read_scores(self.ctx, layer, cell_idx)
 
         return CacheView(cells=cell_idx, positions=pos, logical=self.cached.copy(),
                          tokens=history[self.cached], evictable=evictable,
@@ -258,14 +268,13 @@ class BudgetedKV:
         return np.sort(np.asarray(rows, np.int64))
 
     def _evict_rows(self, view: CacheView, rows: npt.NDArray[np.int64], n_history: int) -> None:
-        lc = self._llama_cpp
         before = len(self.cached)
         if len(rows):
             pos = view.positions[rows].astype(np.int64)
             # remove runs of consecutive positions with one call each
             breaks = np.flatnonzero(np.diff(pos) != 1) + 1
             for run in np.split(pos, breaks):
-                lc.llama_memory_seq_rm(self.mem, 0, int(run[0]), int(run[-1]) + 1)
+                llama_cpp.llama_memory_seq_rm(self.mem, 0, int(run[0]), int(run[-1]) + 1)
             keep = np.ones(before, bool)
             keep[rows] = False
             if self.compact:
@@ -277,7 +286,7 @@ class BudgetedKV:
             self.evicted_tokens += len(rows)
         if self.policy.proactive and self.policy.uses_statistics:
             # a new statistics window: the RC moments describe the queries since this check
-            scoring.reset_stats(self.ctx, a2sf=False, moments=True)
+            kernel_stats.reset_stats(self.ctx, a2sf=False, moments=True)
             self.window_start = n_history
         if len(rows) and self.on_evict is not None:
             self.on_evict(EvictionEvent(evicted=evicted, tokens=view.tokens[rows],
@@ -287,21 +296,22 @@ class BudgetedKV:
     def _compact(self, old: npt.NDArray[np.int64]) -> None:
         """Shift the kept positions `old` (ascending) to 0..n-1, one call per run of equal shift."""
         delta = np.arange(len(old), dtype=np.int64) - old
-        starts = np.flatnonzero(np.diff(delta, prepend=delta[:1] + 1) != 0) if len(old) else []
+        starts: Any = np.flatnonzero(np.diff(delta, prepend=delta[:1] + 1) != 0) if len(old) else []
         bounds = list(starts) + [len(old)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             if delta[a] != 0:
-                self._llama_cpp.llama_memory_seq_add(self.mem, 0, int(old[a]), int(old[b - 1]) + 1,
+                llama_cpp.llama_memory_seq_add(self.mem, 0, int(old[a]), int(old[b - 1]) + 1,
                                                      int(delta[a]))
 
     def stats(self, cell_bytes: int, allocated: int, history_tokens: int) -> KVStats:
         stat_bytes = 0
-        if self.policy.uses_statistics and scoring.scoring_enabled(self.ctx):
-            n_layer = scoring.n_layer(self.ctx)
-            heads = sum(scoring.n_head_kv(self.ctx, il) for il in range(n_layer))
-            stat_bytes = heads * _native.kv_cells_total(self.ctx) * scoring.N_STATS * 4
+        if self.policy.uses_statistics and kernel_stats.scoring_enabled(self.ctx):
+            n_layer = kernel_stats.n_layer(self.ctx)
+            heads = sum(kernel_stats.n_head_kv(self.ctx, il) for il in range(n_layer))
+            stat_bytes = heads * _native.kv_cells_total(self.ctx) * kernel_stats.N_STATS * 4
         return KVStats(cells_used=len(self.cached), budget_cells=self.budget,
                        budget_bytes=self.budget * cell_bytes, allocated_bytes=allocated,
                        statistics_bytes=stat_bytes, evictions=self.evictions,
                        evicted_tokens=self.evicted_tokens, history_tokens=history_tokens,
-                       positions=self.cached.copy(), policy=self.policy.describe())
+                       positions=self.cached.copy(), policy=self.policy.describe(),
+                       eviction_seconds=self.eviction_seconds)

@@ -1,0 +1,388 @@
+"""pyrcedge.Llama: llama_cpp.Llama inside a fixed KV memory budget.
+
+Change the import and keep the code:
+
+    from pyrcedge import Llama
+    llm = Llama("model.gguf", kv_budget=256, policy="a2sf")
+    llm.create_chat_completion(messages=[...])   # never "Requested tokens exceed context window"
+
+The KV cache is allocated with exactly the budget's cells. llama_cpp.Llama keeps the token
+history in `input_ids` and matches new prompts against it to reuse the cache; here the history
+grows without bound while the cache holds a subset of it, so this class keeps the history,
+feeds only what is new, evicts (pyrcedge.cache.engine) before a chunk would not fit, and
+re-reads a prompt from the start, chunk by chunk, when it diverges from the history before the
+last eviction. That history protocol is this module's job; sessions, attribution and explain
+are functions of pyrcedge.features that the methods below hand over to.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from ..assets.gguf import check_gguf
+from ..cache.budget import GGML_TYPE_F16, BudgetLike, ModelShape, cells_for, model_shape
+from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, check_span
+from ..cache.policies import Policy
+from ..errors import BudgetError, ModelLoadError
+from ..features import attribution, explain, session
+from ..features.attribution import Attribution
+from ..features.session import SessionState
+from ..native import binding as _native
+from ..native import stats as kernel_stats
+from .settings import BudgetSettings
+
+# The history a budgeted Llama may hold: positions are int32 in llama.cpp.
+LOGICAL_CONTEXT = 2**31 - 1
+DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
+
+
+def grow(a: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
+    """`a` with room for at least `rows` rows (capacity doubles; contents kept)."""
+    if rows <= len(a):
+        return a
+    out = np.zeros((max(rows, 2 * len(a)),) + a.shape[1:], a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class Llama(llama_cpp.Llama):
+    """llama_cpp.Llama whose KV cache never exceeds `kv_budget`.
+
+    kv_budget: tokens (int), a size ("256MiB", "1.5GB": K and V of all layers at type_k /
+        type_v), or "auto" (a quarter of the memory available now, at most the model's trained
+        context). Default: n_ctx cells, as llama_cpp.Llama would allocate.
+    policy: "a2sf" (default), "h2o", "tova", "window", "rcstat", "random", "full" (no eviction:
+        the stock error when full), a pyrcedge.Policy, or a function view -> scores.
+    alpha: A2SF forgetting factor (policy "a2sf"). rc_epsilon: the rcstat threshold.
+    sink_tokens, recent_tokens: never evicted (the first and the newest tokens of the history).
+    eviction_batch: cells evicted at once when the cache is full (amortises the cost).
+    pinned: (start, end) spans of history token indices never evicted (a system prompt, say).
+    positions: "keep" (a token keeps its position) or "compact" (positions 0..n-1 after each
+        eviction, keys re-rotated, so a stream can run past the trained context).
+    on_evict: called with an EvictionEvent after each eviction.
+    track_attention: keep the attention statistics even when the policy needs none, so that
+        attribute() works with every policy.
+    on_progress: called with (tokens done, tokens to do) after each chunk a prompt is read in
+        (a progress bar for long prompts).
+    on_logits: called after each decode with (history index of the chunk's first token,
+        logits [n, n_vocab] of every token of the chunk); setting it makes llama.cpp compute
+        them all (perplexity reads them).
+    Every other keyword argument is llama_cpp.Llama's.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str], *, kv_budget: BudgetLike = None,
+                 policy: str | Policy | Callable[..., Any] = "a2sf", alpha: float | None = None,
+                 rc_epsilon: float | None = None, sink_tokens: int = 4, recent_tokens: int = 16,
+                 eviction_batch: int = 16, pinned: Sequence[Sequence[int]] = (),
+                 positions: str = "keep", on_evict: Callable[[EvictionEvent], None] | None = None,
+                 track_attention: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 on_logits: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
+                 **kwargs: Any) -> None:
+        self._kv: BudgetedKV | None = None
+        self.settings = BudgetSettings(
+            kv_budget=kv_budget, policy=policy, alpha=alpha, rc_epsilon=rc_epsilon,
+            sink_tokens=sink_tokens, recent_tokens=recent_tokens, eviction_batch=eviction_batch,
+            pinned=pinned, positions=positions, on_evict=on_evict,
+            track_attention=track_attention, on_progress=on_progress, on_logits=on_logits)
+        self.on_progress = on_progress
+        self.on_logits = on_logits
+        self.answer_start: int | None = None   # history index where the last answer began
+        self._reset_a2sf_at_answer = False
+        policy_object = self.settings.policy_object
+        if kwargs.get("draft_model") is not None and policy_object.evicts:
+            raise BudgetError("draft models (speculative decoding) are not supported with eviction")
+        path = os.fspath(model_path)
+        check_gguf(path)
+        cells, limit = self._budget_cells(path, kv_budget, kwargs)
+        self.settings.check_cells(cells)
+        kwargs.setdefault("verbose", False)
+        lib = _native.lib()
+        prev = lib.llama_rcedge_set_exact_n_ctx(1)
+        try:
+            super().__init__(model_path=path, n_ctx=cells, **kwargs)
+        except ValueError as e:
+            raise ModelLoadError(f"llama.cpp could not load {path}: {e}") from e
+        finally:
+            lib.llama_rcedge_set_exact_n_ctx(prev)
+
+        self._allocated = int(lib.llama_rcedge_kv_bytes(_native.context_ptr(self.ctx)))
+        self._cell_bytes = self._allocated // max(1, _native.kv_cells_total(self.ctx))
+        if limit is not None and self._allocated > limit:  # the sizing above is exact; guard it
+            raise BudgetError(f"llama.cpp allocated {self._allocated} bytes of KV cache, over "
+                              f"the budget of {limit}")
+        self._kv = BudgetedKV(self.ctx, cells, policy_object, self.settings.protection(),
+                              self.settings.eviction_batch, self.settings.positions, on_evict)
+        self.statistics = self.settings.statistics
+        if self.statistics:
+            kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
+        if policy_object.evicts:
+            self._n_ctx = LOGICAL_CONTEXT
+        self.input_ids = np.zeros(cells, np.intc)
+        if self._logits_all:
+            self.scores = np.zeros((cells, self._n_vocab), np.single)
+
+    @staticmethod
+    def _budget_cells(path: str, kv_budget: BudgetLike,
+                      kwargs: dict[str, Any]) -> tuple[int, int | None]:
+        """(cells, byte limit) for the budget; pops n_ctx from kwargs."""
+        if kv_budget is not None and "n_ctx" in kwargs:
+            raise BudgetError("give kv_budget or n_ctx, not both: kv_budget sizes the cache")
+        type_k = kwargs.get("type_k") or GGML_TYPE_F16
+        type_v = kwargs.get("type_v") or GGML_TYPE_F16
+        flash = bool(kwargs.get("flash_attn", False))
+        shape: list[ModelShape] = []
+
+        def shape_of() -> ModelShape:
+            if not shape:
+                shape.append(model_shape(path, type_k, type_v, flash))
+            return shape[0]
+
+        n_ctx = int(kwargs.pop("n_ctx", DEFAULT_N_CTX))
+        default = n_ctx if n_ctx > 0 else shape_of().n_ctx_train
+        return cells_for(kv_budget, shape_of, default)
+
+    # --- what llama_cpp.Llama calls -----------------------------------------------------
+
+    def reset(self) -> None:
+        super().reset()
+        if self._kv is not None:
+            self._kv.clear()
+            if self.statistics:
+                kernel_stats.reset_stats(self.ctx)
+        self.answer_start = None
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens after the history's first n_tokens, evicting as the budget needs."""
+        kv = self.kv_cache
+        tokens = list(tokens)
+        kv.truncate(self.n_tokens)
+        logits_all = self._logits_all or self.on_logits is not None
+        i = 0
+        while i < len(tokens):
+            left = len(tokens) - i
+            room = kv.room_without_eviction()
+            if min(left, self.n_batch) <= room:
+                n = min(left, self.n_batch)   # fits: chunk as llama_cpp.Llama does
+            else:
+                n = min(left, self.n_batch, kv.max_chunk(self.n_tokens))
+            chunk = tokens[i : i + n]
+            self.input_ids = grow(self.input_ids, self.n_tokens + n)
+            self.input_ids[self.n_tokens : self.n_tokens + n] = chunk
+            kv.make_room(n, self.n_tokens, self.input_ids)
+            self._batch.set_batch(batch=chunk, n_past=kv.next_pos(), logits_all=logits_all)
+            self._ctx.decode(self._batch)
+            if logits_all:
+                logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n, self._n_vocab))
+                if self._logits_all:
+                    self.scores = grow(self.scores, self.n_tokens + n)
+                    self.scores[self.n_tokens : self.n_tokens + n, :] = logits
+                if self.on_logits is not None:
+                    self.on_logits(self.n_tokens, logits)
+            kv.appended(self.n_tokens, n)
+            self.n_tokens += n
+            self._requires_eval = False
+            i += n
+            if self.on_progress is not None:
+                self.on_progress(i, len(tokens))
+
+    def generate(  # type: ignore[override]
+            self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
+                 repeat_penalty: float = 1.0, reset: bool = True,
+                 **kwargs: Any) -> Iterator[int]:
+        """llama_cpp.Llama.generate, reusing the cached prefix of the history when it can."""
+        tokens = list(tokens)
+        if reset:
+            tokens = self._reuse_prefix(tokens)
+        inner = super().generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
+                                 reset=False, **kwargs)
+        return self._answer(inner)
+
+    def _answer(self, inner: Iterator[int]) -> Iterator[int]:
+        """Pass the tokens of `inner` through (send() included), marking where the answer
+        starts: when the first token is sampled the prompt has been read, and the statistics
+        window restarts, so that attribute() sees the answer's queries only."""
+        try:
+            token = next(inner)
+        except StopIteration:
+            return
+        self._start_answer()
+        while True:
+            sent = yield token
+            try:
+                token = inner.send(sent)  # type: ignore[attr-defined]
+            except StopIteration:
+                return
+
+    def _start_answer(self) -> None:
+        self.answer_start = self.n_tokens
+        if self.statistics:
+            kernel_stats.reset_stats(self.ctx, a2sf=self._reset_a2sf_at_answer, moments=True)
+            self.kv_cache.window_start = self.n_tokens
+
+    def _reuse_prefix(self, tokens: list[int]) -> list[int]:
+        """What of `tokens` must still be evaluated; truncates or resets the cache to match."""
+        kv = self.kv_cache
+        hist = self.input_ids[: self.n_tokens]
+        m = min(len(hist), len(tokens))
+        same = hist[:m] == np.asarray(tokens[:m], dtype=hist.dtype)
+        p = int(m if same.all() else np.argmin(same))
+        if p == len(tokens) == self.n_tokens and not self._requires_eval:
+            return []                                   # the prompt is the history: sample now
+        reuse = p - 1 if p == len(tokens) else p        # re-evaluate one token for its logits
+        if reuse > 0 and kv.can_truncate(reuse):
+            kv.truncate(reuse)
+            self.n_tokens = reuse
+            self._requires_eval = True
+            return tokens[reuse:]
+        rest = self._same_text_continuation(tokens, p)
+        if rest is not None:
+            return rest
+        self.reset()
+        return tokens
+
+    def _same_text_continuation(self, tokens: list[int], p: int,
+                                max_tail: int = 4096) -> list[int] | None:
+        """When the prompt spells the history's text from p on with other tokens (a chat
+        template re-tokenizing the last reply differently from how it was sampled) and the cache
+        cannot be cut back to p, keep the history as sampled and return what follows its text;
+        None if the prompt does not continue the history's text. Stock llama.cpp's server keeps
+        the sampled tokens too."""
+        n = self.n_tokens
+        if not p < n or n - p > max_tail or self._requires_eval:
+            return None
+        target = b"".join(self.token_piece(t) for t in self.input_ids[p:n])
+        got = b""
+        for k in range(p, len(tokens)):
+            if len(got) >= len(target):
+                break
+            got += self.token_piece(tokens[k])
+        else:
+            k = len(tokens)
+        if got != target or k == len(tokens):
+            return None     # another text, or nothing new to read: read the prompt again
+        return tokens[k:]
+
+    def create_completion(self, prompt: Any, suffix: str | None = None,
+                          max_tokens: int | None = 16, *args: Any, **kwargs: Any) -> Any:
+        """llama_cpp.Llama.create_completion. max_tokens None or <= 0 means up to one budget's
+        worth of tokens (llama_cpp.Llama: up to the end of the context)."""
+        if self.policy.evicts and (max_tokens is None or max_tokens <= 0):
+            max_tokens = self.kv_budget_cells
+        return super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
+
+    def close(self) -> None:
+        if hasattr(self, "_stack"):  # __init__ may have failed before llama_cpp set it up
+            super().close()
+
+    # --- the seam the features use ------------------------------------------------------
+
+    @property
+    def kv_cache(self) -> BudgetedKV:
+        """The budgeted cache engine: which history tokens are cached, where, and eviction."""
+        assert self._kv is not None, "the Llama was not fully constructed"
+        return self._kv
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes of one token, special tokens spelled out."""
+        return bytes(self._model.token_to_piece(int(token), special=True).rstrip(b"\0"))
+
+    def token_offsets(self, tokens: Sequence[int]) -> tuple[str, npt.NDArray[np.int64]]:
+        """The text of tokens (special tokens spelled out) and the character offset where each
+        token starts (one more entry: the end)."""
+        dec = codecs.getincrementaldecoder("utf-8")("replace")
+        parts, offsets, n = [], [0], 0
+        for t in tokens:
+            piece = dec.decode(self.token_piece(t))
+            parts.append(piece)
+            n += len(piece)
+            offsets.append(n)
+        tail = dec.decode(b"", final=True)
+        parts.append(tail)
+        offsets[-1] += len(tail)
+        return "".join(parts), np.asarray(offsets, np.int64)
+
+    def decode_last(self, token: int, pos: int) -> None:
+        """Decode one token at position `pos` again (its cell removed first), for its logits."""
+        llama_cpp.llama_memory_seq_rm(self.kv_cache.mem, 0, pos, -1)
+        self._batch.set_batch(batch=[int(token)], n_past=pos, logits_all=False)
+        self._ctx.decode(self._batch)
+
+    @contextlib.contextmanager
+    def statistics_window(self, alpha: float, reset_a2sf_at_answer: bool = True) -> Iterator[None]:
+        """While active the kernels run with `alpha` (statistics on, turned on if need be), and
+        the next answer starts a fresh window for the A2SF scores too; restored on exit."""
+        if not self.statistics:
+            kernel_stats.enable_scoring(self.ctx, alpha=alpha)
+            self.statistics = True
+        before = self.policy.alpha
+        kernel_stats.set_alpha(self.ctx, alpha)
+        self._reset_a2sf_at_answer = reset_a2sf_at_answer
+        try:
+            yield
+        finally:
+            self._reset_a2sf_at_answer = False
+            kernel_stats.set_alpha(self.ctx, before)
+
+    # --- pyrcedge's own -----------------------------------------------------------------
+
+    @property
+    def kv_budget_cells(self) -> int:
+        return self.kv_cache.budget
+
+    @property
+    def policy(self) -> Policy:
+        return self.kv_cache.policy if self._kv is not None else self.settings.policy_object
+
+    def pin(self, start: int, end: int) -> None:
+        """Never evict history tokens start..end-1 (from now on)."""
+        self.kv_cache.protection.pinned.append(check_span((start, end)))
+
+    def kv_stats(self) -> KVStats:
+        """Cells used, budget in cells and bytes, evictions, evicted tokens, positions kept,
+        time spent evicting."""
+        return self.kv_cache.stats(self._cell_bytes, self._allocated, self.n_tokens)
+
+    def save_state(self) -> SessionState:  # type: ignore[override]
+        """The session in memory: the evicted cache, statistics, positions and history
+        (pyrcedge.features.session.save_state)."""
+        return session.save_state(self)
+
+    def load_state(self, state: SessionState) -> None:  # type: ignore[override]
+        """Continue from a state save_state returned; SessionError, this Llama unchanged, when
+        it was made for another model, budget or cache type."""
+        session.load_state(self, state)
+
+    def save_session(self, path: str | os.PathLike[str],
+                     metadata: dict[str, Any] | None = None) -> None:
+        """Save the session to a file, atomically; metadata (JSON-serialisable) travels with it."""
+        session.save_session(self, path, metadata)
+
+    def load_session(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Restore a session file written by save_session; returns the metadata saved with it."""
+        return session.load_session(self, path)
+
+    def attribute(self, spans: str | Sequence[tuple[int, int]] = "sentence", *,
+                  method: str = "rc", top_k: int = 8, chunk_tokens: int = 32,
+                  prompt_start: int = 0) -> Attribution:
+        """Which spans of the last prompt the last answer drew on (pyrcedge.features.attribution
+        .attribute says how)."""
+        return attribution.attribute(self, spans, method=method, top_k=top_k,
+                                     chunk_tokens=chunk_tokens, prompt_start=prompt_start)
+
+    def explain(self, context: str, question: str, *, max_tokens: int = 64,
+                spans: str | Sequence[tuple[int, int]] = "sentence", method: str = "rc",
+                top_k: int = 8, system: str = explain.SYSTEM) -> tuple[str, Attribution]:
+        """Answer `question` about `context` and attribute the answer to spans of the context
+        (pyrcedge.features.explain.explain)."""
+        return explain.explain(self, context, question, max_tokens=max_tokens, spans=spans,
+                               method=method, top_k=top_k, system=system)

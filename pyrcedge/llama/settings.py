@@ -1,0 +1,75 @@
+"""The budget and eviction settings of a pyrcedge.Llama, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..cache.budget import BudgetLike
+from ..cache.engine import POSITION_MODES, EvictionEvent, Protection, check_span
+from ..cache.policies import Policy, make_policy
+from ..errors import BudgetError
+
+
+def check_count(n: Any, name: str, low: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:
+        raise BudgetError(f"{name} must be an integer >= {low}, got {n!r}")
+    return int(n)
+
+
+@dataclass
+class BudgetSettings:
+    """pyrcedge.Llama's own keywords (its docstring says what each does); checked on creation,
+    so that a bad value fails before any model is loaded."""
+
+    kv_budget: BudgetLike = None
+    policy: str | Policy | Callable[..., Any] = "a2sf"
+    alpha: float | None = None
+    rc_epsilon: float | None = None
+    sink_tokens: int = 4
+    recent_tokens: int = 16
+    eviction_batch: int = 16
+    pinned: Sequence[Sequence[int]] = ()
+    positions: str = "keep"
+    on_evict: Callable[[EvictionEvent], None] | None = None
+    track_attention: bool = False
+    on_progress: Callable[[int, int], None] | None = None
+    on_logits: Callable[[int, Any], None] | None = None
+    policy_object: Policy = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.policy_object = make_policy(self.policy, alpha=self.alpha, rc_epsilon=self.rc_epsilon)
+        self.sink_tokens = check_count(self.sink_tokens, "sink_tokens", 0)
+        self.recent_tokens = check_count(self.recent_tokens, "recent_tokens", 1)
+        self.eviction_batch = check_count(self.eviction_batch, "eviction_batch", 1)
+        if self.positions not in POSITION_MODES:
+            raise BudgetError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+        for name in ("on_evict", "on_progress", "on_logits"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise BudgetError(f"{name} must be callable")
+        self.pinned = [check_span(s) for s in self.pinned]
+
+    @property
+    def statistics(self) -> bool:
+        """Whether the kernels keep attention statistics: the policy reads them, or the user
+        asked for them (attribution with any policy)."""
+        return self.policy_object.uses_statistics or bool(self.track_attention)
+
+    def protection(self) -> Protection:
+        return Protection(self.sink_tokens, self.recent_tokens, list(self.pinned))  # type: ignore[arg-type]
+
+    def check_cells(self, cells: int) -> None:
+        """Refuse a budget too small for anything to be evicted."""
+        floor = min_evicting_budget(self.sink_tokens, self.recent_tokens, self.eviction_batch)
+        if self.policy_object.evicts and cells < floor:
+            raise BudgetError(f"kv_budget of {cells} cells is smaller than sink_tokens + "
+                              f"recent_tokens + eviction_batch = {floor}: "
+                              "nothing could ever be evicted")
+
+
+def min_evicting_budget(sink_tokens: int = 4, recent_tokens: int = 16,
+                        eviction_batch: int = 16) -> int:
+    """The smallest budget in which an eviction can happen: the protected tokens and a batch."""
+    return sink_tokens + recent_tokens + eviction_batch
