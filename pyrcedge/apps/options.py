@@ -16,6 +16,7 @@ from ..cache.budget import Budget, parse_bytes
 from ..cache.policies import POLICIES
 from ..errors import ModelLoadError, PyrcedgeError
 from ..llama import Llama
+from ..llama.settings import DEFAULT_PROBE
 
 
 def positive_int(text: str) -> int:
@@ -90,7 +91,20 @@ def budget_options() -> argparse.ArgumentParser:
                    help="token span never evicted (repeatable)")
     g.add_argument("--positions", choices=("keep", "compact"), default="keep",
                    help="keep token positions, or compact them after each eviction")
+    g.add_argument("--probe", type=probe_argument, default=DEFAULT_PROBE, metavar="PROBE",
+                   help="how a prompt longer than the budget is read: tail (its question "
+                        "guides eviction; default), N (a tail of N tokens), catalyst (a generic "
+                        "summary question), off, or a question of your own")
     return p
+
+
+def probe_argument(text: str) -> int | str | None:
+    """--probe: off, a number of tail tokens, or what pyrcedge.Llama(probe=...) takes."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    if text.strip().isdigit():
+        return int(text)
+    return text
 
 
 def budget_kwargs(args: argparse.Namespace, budget: Budget | None = None) -> dict[str, Any]:
@@ -101,7 +115,8 @@ def budget_kwargs(args: argparse.Namespace, budget: Budget | None = None) -> dic
     opts: dict[str, Any] = {
         "policy": policy, "alpha": args.alpha, "rc_epsilon": args.rc_epsilon,
         "sink_tokens": args.sink, "recent_tokens": args.recent,
-        "eviction_batch": args.eviction_batch, "pinned": args.pin, "positions": args.positions}
+        "eviction_batch": args.eviction_batch, "pinned": args.pin, "positions": args.positions,
+        "probe": args.probe}
     if budget is not None:
         opts["kv_budget"] = budget
     else:

@@ -133,6 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         record = {"model": str(resolve_model(args.model)), "n_ctx": n_ctx,
                   "threads": args.threads, "flash_attn": args.flash_attn, **kv.policy,
                   "kv_budget_bytes": kv.budget_bytes, "positions": args.positions,
+                  "probe": args.probe, "probe_passes": kv.probe_passes,
+                  "probe_tokens": kv.probe_tokens,
                   **result.to_dict()}
         print(json.dumps(record))
     else:

@@ -24,8 +24,11 @@ import numpy.typing as npt
 from ..errors import BudgetError, ContextOverflowError, PolicyError, PyrcedgeError
 from ..native import binding as _native
 from ..native import stats as kernel_stats
-from .policies import Policy
+from .policies import Policy, lowest_first
 from .view import CacheView
+
+# cells (position order) -> one score per cell: what a probe pays each (features/probe.py)
+ProbeFn = Callable[[npt.NDArray[np.int32]], npt.NDArray[np.float64]]
 
 POSITION_MODES = ("keep", "compact")
 
@@ -57,6 +60,8 @@ class KVStats:
     positions: npt.NDArray[np.int64] = field(repr=False)  # history indices still cached
     policy: dict[str, Any] = field(default_factory=dict)
     eviction_seconds: float = 0.0   # time spent deciding whether, what and how to evict
+    probe_passes: int = 0           # evictions a question probe decided (features/probe.py)
+    probe_tokens: int = 0           # probe tokens evaluated for them
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "positions"}
@@ -113,6 +118,8 @@ class BudgetedKV:
         self.evictions = 0
         self.evicted_tokens = 0
         self.eviction_seconds = 0.0
+        self.probe_passes = 0          # evictions decided by a probe (question-probed reading)
+        self.probe_tokens = 0          # probe tokens decoded for them
 
     # --- where tokens are ---------------------------------------------------------------
 
@@ -175,16 +182,22 @@ class BudgetedKV:
         protected = int((~self.protection.evictable(self.cached, n_history)).sum())
         return max(1, self.budget - max(protected, self.protection.sink + self.protection.recent))
 
-    def make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32]) -> None:
+    def make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32],
+                  probe: ProbeFn | None = None) -> None:
         """Evict so that n_new more tokens fit; raises and leaves the cache unchanged if that
-        cannot be done. The time it takes adds up in kv_stats().eviction_seconds."""
+        cannot be done. The time it takes adds up in kv_stats().eviction_seconds.
+
+        probe: when an eviction is due, called with the cached cells (position order) for one
+        score each, which then decides what goes (CacheView.probe; a policy that sets
+        reads_probe decides itself)."""
         t0 = time.perf_counter()
         try:
-            self._make_room(n_new, n_history, history)
+            self._make_room(n_new, n_history, history, probe)
         finally:
             self.eviction_seconds += time.perf_counter() - t0
 
-    def _make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32]) -> None:
+    def _make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32],
+                   probe: ProbeFn | None) -> None:
         used = len(self.cached)
         need = used + n_new - self.budget
         due = self.policy.proactive and n_history - self.last_check >= self.batch
@@ -202,8 +215,15 @@ class BudgetedKV:
                 "window and pinned spans hold the rest)")
         target = min(max(need, self.batch), n_evictable) if need > 0 else 0
         view = self._view(evictable, need, history)
+        if probe is not None and need > 0:
+            view.probe = probe(view.cells)
+            self.probe_passes += 1
+        chosen: Any
         try:
-            chosen = self.policy.select(view, target)
+            if view.probe is not None and not self.policy.reads_probe:
+                chosen = lowest_first(view, view.probe, target)
+            else:
+                chosen = self.policy.select(view, target)
             chosen = np.asarray(chosen)
         except PyrcedgeError:
             raise
@@ -314,4 +334,5 @@ class BudgetedKV:
                        statistics_bytes=stat_bytes, evictions=self.evictions,
                        evicted_tokens=self.evicted_tokens, history_tokens=history_tokens,
                        positions=self.cached.copy(), policy=self.policy.describe(),
-                       eviction_seconds=self.eviction_seconds)
+                       eviction_seconds=self.eviction_seconds, probe_passes=self.probe_passes,
+                       probe_tokens=self.probe_tokens)

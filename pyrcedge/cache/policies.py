@@ -48,6 +48,9 @@ class Policy:
     evicts: ClassVar[bool] = True              # False: never evicts (the stock behaviour)
     uses_statistics: ClassVar[bool] = True     # False: scoring stays off, nothing is computed
     proactive: ClassVar[bool] = False          # also asked every eviction batch below budget
+    # False: while a prompt is read with a question probe, the engine evicts by the probe's
+    # scores (the built-in policies); True: select() decides, view.probe in hand (user code)
+    reads_probe: ClassVar[bool] = True
     alpha = 1.0                                # A2SF forgetting factor the kernels run with
 
     def score(self, view: CacheView) -> npt.ArrayLike:
@@ -58,10 +61,7 @@ class Policy:
         """The cells to evict: at least n (exactly n by default), all evictable."""
         if n <= 0:
             return np.empty(0, np.int32)
-        scores = checked_scores(self, view)
-        cand = np.flatnonzero(view.evictable)
-        order = np.lexsort((view.logical[cand], scores[cand]))  # lowest score, then oldest
-        return view.cells[cand[order[:n]]]
+        return lowest_first(view, checked_scores(self, view), n)
 
     def describe(self) -> dict[str, Any]:
         """The policy's name and numeric parameters (kv_stats(), `run --json`)."""
@@ -79,6 +79,14 @@ class Policy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from state_dict()'s result."""
+
+
+def lowest_first(view: CacheView, scores: npt.ArrayLike, n: int) -> npt.NDArray[np.int32]:
+    """The cells of the n evictable tokens with the lowest scores, older first among equals."""
+    s = np.asarray(scores, np.float64)
+    cand = np.flatnonzero(view.evictable)
+    order = np.lexsort((view.logical[cand], s[cand]))
+    return view.cells[cand[order[:n]]]
 
 
 def checked_scores(policy: Policy, view: CacheView) -> npt.NDArray[np.float64]:
@@ -103,6 +111,7 @@ class FullCache(Policy):
     """No eviction: the context fills and then fails as llama_cpp.Llama does (for comparison)."""
 
     name: ClassVar[str] = "full"
+    reads_probe: ClassVar[bool] = False
     evicts: ClassVar[bool] = False
     uses_statistics: ClassVar[bool] = False
 
@@ -115,6 +124,7 @@ class Window(Policy):
     """StreamingLLM: the sink tokens and the most recent ones stay; the oldest others go."""
 
     name: ClassVar[str] = "window"
+    reads_probe: ClassVar[bool] = False
     uses_statistics: ClassVar[bool] = False
 
     def score(self, view: CacheView) -> npt.ArrayLike:
@@ -147,6 +157,7 @@ class A2SF(Policy):
     """A2SF: attention accumulated with forgetting factor alpha (REFERENCE.md section 1)."""
 
     name: ClassVar[str] = "a2sf"
+    reads_probe: ClassVar[bool] = False
     alpha: float = 0.3
 
     def __post_init__(self) -> None:
@@ -177,6 +188,7 @@ class Random(Policy):
     """A control: uniformly random choices, reproducible from the seed."""
 
     name: ClassVar[str] = "random"
+    reads_probe: ClassVar[bool] = False
     uses_statistics: ClassVar[bool] = False
     seed: int = 0
     _rng: np.random.Generator = field(init=False, repr=False, compare=False)
@@ -205,6 +217,7 @@ class RCStat(Policy):
     budget; when the budget needs more than the negligible tokens, the lowest margins go."""
 
     name: ClassVar[str] = "rcstat"
+    reads_probe: ClassVar[bool] = False
     proactive: ClassVar[bool] = True
     epsilon: float = 0.1
     head_quantile: float = 0.5
@@ -226,10 +239,8 @@ class RCStat(Policy):
 
     def select(self, view: CacheView, n: int) -> npt.ArrayLike:
         margin = checked_scores(self, view)
-        cand = np.flatnonzero(view.evictable)
-        order = cand[np.lexsort((view.logical[cand], margin[cand]))]
-        negligible = int((margin[order] < 0).sum())
-        return view.cells[order[:max(n, negligible)]]
+        negligible = int((margin[view.evictable] < 0).sum())
+        return lowest_first(view, margin, max(n, negligible))
 
 
 @dataclass

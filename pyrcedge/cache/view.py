@@ -38,6 +38,8 @@ class CacheView:
     window_start: int                  # history index where the statistics window began
     read_stats: Callable[[int | None], npt.NDArray[np.float32]] | None = None
     n_layer: int = 0
+    # while a prompt is read with a question probe: the attention the probe paid each token
+    probe: npt.NDArray[np.float64] | None = None
     _cache: dict[Any, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

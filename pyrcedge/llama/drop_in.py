@@ -31,12 +31,12 @@ from ..cache.budget import GGML_TYPE_F16, BudgetLike, ModelShape, cells_for, mod
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, check_span
 from ..cache.policies import Policy
 from ..errors import BudgetError, ModelLoadError
-from ..features import attribution, explain, session
+from ..features import attribution, explain, probe, session
 from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
-from .settings import BudgetSettings
+from .settings import DEFAULT_PROBE, BudgetSettings
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -74,6 +74,10 @@ class Llama(llama_cpp.Llama):
     on_logits: called after each decode with (history index of the chunk's first token,
         logits [n, n_vocab] of every token of the chunk); setting it makes llama.cpp compute
         them all (perplexity reads them).
+    probe: question-probed reading of prompts that do not fit (docs/probe.md): "tail" (the
+        prompt's last tokens: its question), a number of tail tokens, "catalyst" (a generic
+        summary question, for documents read before their questions), any question text, a
+        pyrcedge.Probe, or None (evict by the policy alone).
     Every other keyword argument is llama_cpp.Llama's.
     """
 
@@ -85,13 +89,14 @@ class Llama(llama_cpp.Llama):
                  track_attention: bool = False,
                  on_progress: Callable[[int, int], None] | None = None,
                  on_logits: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
-                 **kwargs: Any) -> None:
+                 probe: probe.ProbeLike = DEFAULT_PROBE, **kwargs: Any) -> None:
         self._kv: BudgetedKV | None = None
         self.settings = BudgetSettings(
             kv_budget=kv_budget, policy=policy, alpha=alpha, rc_epsilon=rc_epsilon,
             sink_tokens=sink_tokens, recent_tokens=recent_tokens, eviction_batch=eviction_batch,
             pinned=pinned, positions=positions, on_evict=on_evict,
-            track_attention=track_attention, on_progress=on_progress, on_logits=on_logits)
+            track_attention=track_attention, on_progress=on_progress, on_logits=on_logits,
+            probe=probe)
         self.on_progress = on_progress
         self.on_logits = on_logits
         self.answer_start: int | None = None   # history index where the last answer began
@@ -125,6 +130,7 @@ class Llama(llama_cpp.Llama):
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
         if policy_object.evicts:
             self._n_ctx = LOGICAL_CONTEXT
+        self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
         self.input_ids = np.zeros(cells, np.intc)
         if self._logits_all:
             self.scores = np.zeros((cells, self._n_vocab), np.single)
@@ -160,23 +166,36 @@ class Llama(llama_cpp.Llama):
         self.answer_start = None
 
     def eval(self, tokens: Sequence[int]) -> None:
-        """Evaluate tokens after the history's first n_tokens, evicting as the budget needs."""
+        """Evaluate tokens after the history's first n_tokens, evicting as the budget needs (by
+        what the question probe attends to, when the Llama has one and the prompt does not
+        fit: pyrcedge.features.probe)."""
         kv = self.kv_cache
         tokens = list(tokens)
         kv.truncate(self.n_tokens)
         logits_all = self._logits_all or self.on_logits is not None
+        read = self._probed_read(tokens)
         i = 0
         while i < len(tokens):
             left = len(tokens) - i
-            room = kv.room_without_eviction()
+            reserve = read.reserve(i) if read else 0
+            room = kv.room_without_eviction() - reserve
             if min(left, self.n_batch) <= room:
                 n = min(left, self.n_batch)   # fits: chunk as llama_cpp.Llama does
             else:
-                n = min(left, self.n_batch, kv.max_chunk(self.n_tokens))
+                n = max(1, min(left, self.n_batch, kv.max_chunk(self.n_tokens) - reserve))
+                if read:    # evict the probe's share of the budget, not all that may go
+                    n = min(n, max(1, int(read.settings.refill * kv.budget)))
+            limit = read.chunk_limit(i) if read else None
+            if limit is not None:
+                n = min(n, limit)
             chunk = tokens[i : i + n]
             self.input_ids = grow(self.input_ids, self.n_tokens + n)
             self.input_ids[self.n_tokens : self.n_tokens + n] = chunk
-            kv.make_room(n, self.n_tokens, self.input_ids)
+            if read is None:
+                kv.make_room(n, self.n_tokens, self.input_ids)
+            else:
+                kv.make_room(n + reserve, self.n_tokens, self.input_ids,
+                             probe=self._probe_scorer(read))
             self._batch.set_batch(batch=chunk, n_past=kv.next_pos(), logits_all=logits_all)
             self._ctx.decode(self._batch)
             if logits_all:
@@ -192,6 +211,28 @@ class Llama(llama_cpp.Llama):
             i += n
             if self.on_progress is not None:
                 self.on_progress(i, len(tokens))
+
+    def _probed_read(self, tokens: list[int]) -> probe.ProbedRead | None:
+        settings = self.settings.probe_object
+        if settings is None or not self.policy.evicts:
+            return None
+        kv = self.kv_cache
+        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids)
+
+    def _probe_scorer(self, read: probe.ProbedRead) -> Callable[[Any], Any]:
+        """cells -> the attention the probe pays them, pooled, for an eviction while reading.
+        The probe is decoded right after the cached cells: llama.cpp requires a sequence's
+        positions to continue its cache's (llama_batch_allocr: "Y = X + 1")."""
+        kv = self.kv_cache
+
+        def score(cells: Any) -> Any:
+            kv.probe_tokens += len(read.ids)
+            raw = probe.attention_of(self.ctx, kv.mem, cells, read.ids, kv.next_pos(), self._batch,
+                                     self._ctx.decode, self.statistics, self.policy.alpha,
+                                     read.settings.heads)
+            return probe.pooled(raw, read.settings.pool)
+
+        return score
 
     def generate(  # type: ignore[override]
             self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95,

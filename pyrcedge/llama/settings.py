@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -11,6 +11,10 @@ from ..cache.budget import BudgetLike
 from ..cache.engine import POSITION_MODES, EvictionEvent, Protection, check_span
 from ..cache.policies import Policy, make_policy
 from ..errors import BudgetError
+from ..features.probe import MIN_FIT, Probe, ProbeLike, make_probe
+
+# what a Llama reads long prompts with unless told otherwise (docs/probe.md: the measurements)
+DEFAULT_PROBE: ProbeLike = "tail"
 
 
 def check_count(n: Any, name: str, low: int) -> int:
@@ -37,7 +41,9 @@ class BudgetSettings:
     track_attention: bool = False
     on_progress: Callable[[int, int], None] | None = None
     on_logits: Callable[[int, Any], None] | None = None
+    probe: ProbeLike = DEFAULT_PROBE
     policy_object: Policy = field(init=False, repr=False)
+    probe_object: Probe | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.policy_object = make_policy(self.policy, alpha=self.alpha, rc_epsilon=self.rc_epsilon)
@@ -50,6 +56,27 @@ class BudgetSettings:
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise BudgetError(f"{name} must be callable")
         self.pinned = [check_span(s) for s in self.pinned]
+        self.probe_object = make_probe(self.probe)
+
+    def check_probe(self, cells: int, tokenize: Callable[[bytes, bool, bool], list[int]]) -> list[int] | None:
+        """The token ids of a text probe (None for a tail probe); BudgetError when the probe
+        leaves no room to read in a budget of `cells`. A probe that may fit (the default) is
+        shortened to the room there is, or dropped."""
+        p = self.probe_object
+        if p is None or not self.policy_object.evicts:
+            return None
+        ids = tokenize(p.text.encode("utf-8"), False, True) if p.text is not None else None
+        n = len(ids) if ids is not None else p.tokens
+        floor = min_evicting_budget(self.sink_tokens, self.recent_tokens, self.eviction_batch)
+        if p.fit and ids is None and n + floor > cells:
+            room = cells - floor
+            self.probe_object = replace(p, tokens=room) if room >= MIN_FIT else None
+            return None
+        if n + floor > cells:
+            raise BudgetError(f"a probe of {n} tokens leaves no room to read in a budget of "
+                              f"{cells} cells: it needs probe + sink_tokens + recent_tokens + "
+                              f"eviction_batch = {n + floor} (shorten the probe)")
+        return ids
 
     @property
     def statistics(self) -> bool:

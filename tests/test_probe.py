@@ -1,0 +1,173 @@
+"""Question-probed reading (pyrcedge.features.probe) on the default model: the budget holds at
+every decode (the probe's own cells included), the probe leaves no cell and no statistic
+behind, user policies see its scores, bad settings are refused before anything loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import pytest
+
+import pyrcedge
+from pyrcedge import BudgetError, Policy, scoring
+from pyrcedge.features import probe
+from pyrcedge.native import binding as _native
+
+PROSE = ("The lighthouse keeper wrote in his log every evening, noting the wind, the ships that "
+         "passed and the colour of the sea. ")
+QUESTION = " Question: what did the keeper note every evening? Answer:"
+
+
+def make(model: Path, **kw) -> pyrcedge.Llama:
+    kw.setdefault("n_threads", 2)
+    kw.setdefault("n_threads_batch", 2)
+    kw.setdefault("flash_attn", True)
+    kw.setdefault("seed", 0)
+    return pyrcedge.Llama(str(model), **kw)
+
+
+def watch_decodes(llm: pyrcedge.Llama) -> list[int]:
+    """Cells in use after every decode the Llama makes, the probe's included."""
+    seen: list[int] = []
+    orig = llm._ctx.decode
+
+    def decode(batch):
+        orig(batch)
+        seen.append(_native.kv_cells_used(llm.ctx))
+
+    llm._ctx.decode = decode
+    return seen
+
+
+@pytest.mark.parametrize("positions", ["keep", "compact"])
+def test_a_probed_read_never_exceeds_the_budget(default_model, positions):
+    llm = make(default_model, kv_budget=96, probe=32, positions=positions)
+    seen = watch_decodes(llm)
+    prompt = llm.tokenize((PROSE * 12 + QUESTION).encode())
+    assert len(prompt) > 3 * 96
+    llm.eval(prompt)
+    st = llm.kv_stats()
+    assert max(seen) <= 96
+    assert st.probe_passes > 0 and st.probe_tokens == 32 * st.probe_passes
+    # the probe's cells are gone: the cache holds exactly the tokens the engine tracks
+    assert _native.kv_cells_used(llm.ctx) == st.cells_used == len(st.positions)
+    # the question (the prompt's tail) was read for real and is cached
+    assert set(range(len(prompt) - 16, len(prompt))) <= set(st.positions.tolist())
+    assert st.history_tokens == len(prompt)
+    llm.eval(llm.tokenize(b" The wind.", add_bos=False))   # decoding goes on from there
+
+
+def test_the_probe_restores_the_statistics_and_removes_its_cells(default_model):
+    llm = make(default_model, kv_budget=128, policy="a2sf", alpha=0.9)
+    llm.eval(llm.tokenize((PROSE * 2).encode()))
+    cells, _ = llm.kv_cache.cached_cells()
+    before = scoring.read_layers(llm.ctx, cells)
+    used = _native.kv_cells_used(llm.ctx)
+    question = llm.tokenize(QUESTION.encode(), add_bos=False)
+    scores = probe.attention_of(llm.ctx, llm.kv_cache.mem, cells, question,
+                                llm.kv_cache.next_pos(), llm._batch, llm._ctx.decode, True, 0.9,
+                                "sum")
+    assert scores.shape == (len(cells),) and np.all(scores >= 0) and scores.sum() > 0
+    assert _native.kv_cells_used(llm.ctx) == used
+    np.testing.assert_array_equal(scoring.read_layers(llm.ctx, cells), before)
+    # per query head and layer each probe query's attention sums to 1 over what it sees (the
+    # cached cells and the probe's own): the cached cells get at most that much
+    bound = len(question) * scoring.n_layer(llm.ctx) * llama_cpp.llama_model_n_head(llm.model)
+    assert scores.sum() <= bound * 1.001
+
+
+def test_a_probe_with_a_policy_that_keeps_no_statistics(default_model):
+    llm = make(default_model, kv_budget=96, policy="window", probe=32)
+    llm.eval(llm.tokenize((PROSE * 10 + QUESTION).encode()))
+    st = llm.kv_stats()
+    assert st.probe_passes > 0 and st.statistics_bytes == 0
+    assert not scoring.scoring_enabled(llm.ctx)      # turned on for the probe, off again
+
+
+def test_probe_and_no_probe_agree_when_the_prompt_fits(default_model):
+    a = make(default_model, kv_budget=256, probe="tail")
+    b = make(default_model, kv_budget=256, probe=None)
+    prompt = PROSE * 2 + QUESTION
+    want = b(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
+    assert a(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"] == want
+    assert a.kv_stats().probe_passes == 0
+
+
+def test_full_policy_makes_the_probe_a_no_op(default_model):
+    llm = make(default_model, kv_budget=64, policy="full", probe="tail")
+    with pytest.raises(ValueError, match="exceed context window"):
+        llm.eval(llm.tokenize((PROSE * 6).encode()))
+    assert llm.kv_stats().probe_passes == 0
+
+
+class SeesTheProbe(Policy):
+    """A user policy: keeps what the probe attends to least (the opposite of the default), so
+    the test can tell that its choice, not the engine's, was applied."""
+
+    name = "contrary"
+    uses_statistics = False
+
+    def __init__(self) -> None:
+        self.probes: list[np.ndarray] = []
+
+    def score(self, view):
+        if view.probe is None:
+            return view.logical.astype(float)
+        self.probes.append(view.probe.copy())
+        return -view.probe
+
+
+def test_a_user_policy_decides_with_the_probe_scores_in_its_view(default_model):
+    policy = SeesTheProbe()
+    events = []
+    llm = make(default_model, kv_budget=96, policy=policy, probe=32, on_evict=events.append)
+    llm.eval(llm.tokenize((PROSE * 10 + QUESTION).encode()))
+    assert policy.probes and len(policy.probes) == llm.kv_stats().probe_passes
+    assert all(p.shape[0] > 0 for p in policy.probes)
+
+
+def test_a_catalyst_probe_reads_a_document_with_no_question(default_model):
+    llm = make(default_model, kv_budget=96, probe="catalyst")
+    llm.eval(llm.tokenize((PROSE * 10).encode()))
+    st = llm.kv_stats()
+    n = len(llm.tokenize(probe.CATALYST.encode(), add_bos=False, special=True))
+    assert st.probe_passes > 0 and st.probe_tokens == n * st.probe_passes
+    assert st.history_tokens == len(llm.tokenize((PROSE * 10).encode()))
+
+
+@pytest.mark.parametrize("spec,match", [
+    (0, "probe tokens must be"),
+    (True, "probe must be"),
+    ("", "probe text is empty"),
+    ("   ", "probe text is empty"),
+    (3.5, "probe must be"),
+    (90, "leaves no room to read"),
+    ("lighthouse " * 200, "leaves no room to read"),
+])
+def test_bad_probes_are_refused_before_the_model_loads(default_model, spec, match):
+    with pytest.raises(BudgetError, match=match):
+        make(default_model, kv_budget=96, probe=spec)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"pool": -1}, "pool"), ({"heads": "mean"}, "heads"), ({"refill": 1.0}, "refill"),
+    ({"tokens": 0}, "tokens"),
+])
+def test_bad_probe_settings(kw, match):
+    with pytest.raises(BudgetError, match=match):
+        probe.Probe(**kw)
+
+
+def test_the_cli_reads_with_a_probe_and_reports_it(cli):
+    done = cli("run", "--prompt", PROSE * 10 + QUESTION, "--max-tokens", "8", "--budget", "96",
+               "--probe", "32", "--threads", "2", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["probe_passes"] > 0 and record["probe_tokens"] == 32 * record["probe_passes"]
+    off = cli("run", "--prompt", PROSE * 10 + QUESTION, "--max-tokens", "8", "--budget", "96",
+              "--probe", "off", "--threads", "2", "--json")
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert json.loads(off.stdout.strip().splitlines()[-1])["probe_passes"] == 0
