@@ -1,6 +1,8 @@
-// pyrcedge's C API (include/llama-rcedge.h). Compiled into libllama by the top-level
-// CMakeLists.txt, so it may use llama.cpp's internal classes.
+// pyrcedge's C API (include/llama-rcedge.h), and the internals the patches call
+// (llama-rcedge-impl.h). Compiled into libllama by the top-level CMakeLists.txt, so it may use
+// llama.cpp's internal classes.
 #include "llama-rcedge.h"
+#include "llama-rcedge-impl.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
@@ -55,7 +57,8 @@ int32_t llama_rcedge_kv_cells_total(const llama_context * ctx) {
 // KV cache memory budgets
 //
 
-// read by the patched llama_context constructor (patch 0005)
+// read by the patched llama_context constructor (patch 0005), through
+// llama_rcedge_exact_n_ctx_requested
 static thread_local bool rcedge_exact_n_ctx = false;
 
 bool llama_rcedge_exact_n_ctx_requested() {
