@@ -1,4 +1,4 @@
-// pyrcedge: what the patched llama.cpp sources (patches 0005 and 0006) and our own sources in
+// pyrcedge: what the patched llama.cpp sources (patches 0004-0006) and our own sources in
 // native/src share, as llama-impl.h is for llama.cpp's. Private to libllama: the public C API is
 // include/llama-rcedge.h. Every function the patches call is declared here, and the file that
 // defines it includes this header, so the compiler checks the two against each other.
@@ -7,6 +7,23 @@
 struct ggml_cgraph;
 struct ggml_context;
 struct ggml_tensor;
+
+// Attention statistics kept beside one KV cache (defined in rcedge-api.cpp; nullptr while
+// scoring is off).
+struct llama_rcedge_scores;
+
+// One layer's attention statistics for one ubatch, as the KV cache hands them to the graph
+// (llama_kv_cache::rcedge_get_scores). Default: scoring off.
+struct llama_rcedge_layer_scores {
+    // view [n_kv, GGML_ATTN_SCORES_N, n_head_kv, n_stream] of the layer's statistics over the
+    // ubatch's cells, or nullptr while scoring is off
+    ggml_tensor * scores = nullptr;
+    // A2SF forgetting factor (ggml_attn_set_scores)
+    float alpha = 1.0f;
+    // patch 0006: the graph updates the statistics with standard ggml ops (statistics off the
+    // host, or the portable path forced) instead of the CPU backend's fused kernels
+    bool portable = false;
+};
 
 //
 // KV cache memory budgets (rcedge-api.cpp; patch 0005)

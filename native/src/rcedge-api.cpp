@@ -183,15 +183,17 @@ static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
     }
 }
 
-ggml_tensor * llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo, float * alpha, bool * portable) const {
+llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo) const {
     if (!rcedge || il < 0 || (size_t) il >= rcedge->by_layer.size() || rcedge->by_layer[il] == nullptr) {
-        return nullptr;
+        return {};
     }
     ggml_tensor * t = rcedge->by_layer[il];
     const uint32_t ns = sinfo.s1 - sinfo.s0 + 1;
-    *alpha = rcedge->alpha;
-    *portable = rcedge->portable;
-    return ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+    llama_rcedge_layer_scores res;
+    res.scores   = ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+    res.alpha    = rcedge->alpha;
+    res.portable = rcedge->portable;
+    return res;
 }
 
 void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
@@ -213,8 +215,8 @@ void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
     }
 }
 
-ggml_tensor * llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il, float * alpha, bool * portable) const {
-    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur], alpha, portable);
+llama_rcedge_layer_scores llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il) const {
+    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur]);
 }
 
 uint32_t llama_kv_cache_context::get_rcedge_epoch() const {
