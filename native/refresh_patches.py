@@ -24,8 +24,7 @@ OWNERS = {
     "0004-llama-kv-cache-attention-scores.patch": ["src/llama-graph.h", "src/llama-graph.cpp",
                                                   "src/llama-kv-cache.h", "src/llama-kv-cache.cpp"],
     "0005-llama-context-exact-n-ctx.patch": ["src/llama-context.cpp"],
-    "0006-llama-portable-attention-scores.patch": ["src/llama-graph.h", "src/llama-graph.cpp",
-                                                   "src/llama-kv-cache.h", "src/llama-context.cpp"],
+    "0006-llama-portable-attention-scores.patch": ["src/llama-graph.cpp", "src/llama-context.cpp"],
 }
 
 

@@ -1,6 +1,8 @@
-// pyrcedge's C API (include/llama-rcedge.h). Compiled into libllama by the top-level
-// CMakeLists.txt, so it may use llama.cpp's internal classes.
+// pyrcedge's C API (include/llama-rcedge.h), and the internals the patches call
+// (llama-rcedge-impl.h). Compiled into libllama by the top-level CMakeLists.txt, so it may use
+// llama.cpp's internal classes.
 #include "llama-rcedge.h"
+#include "llama-rcedge-impl.h"
 
 #include "llama-context.h"
 #include "llama-kv-cache.h"
@@ -30,6 +32,18 @@ static llama_kv_cache * rcedge_kv_cache(const llama_context * ctx) {
     return dynamic_cast<llama_kv_cache *>(llama_get_memory(ctx));
 }
 
+// The context's KV cache, or nullptr with the reason in *status: ctx is NULL, or its memory is of
+// another kind.
+static llama_kv_cache * rcedge_kv_cache(const llama_context * ctx, int32_t * status) {
+    llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (kv == nullptr) {
+        *status = ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+        return nullptr;
+    }
+    *status = LLAMA_RCEDGE_OK;
+    return kv;
+}
+
 int32_t llama_rcedge_kv_cells_used(const llama_context * ctx) {
     const llama_kv_cache * kv = rcedge_kv_cache(ctx);
     if (kv == nullptr) {
@@ -55,7 +69,8 @@ int32_t llama_rcedge_kv_cells_total(const llama_context * ctx) {
 // KV cache memory budgets
 //
 
-// read by the patched llama_context constructor (patch 0005)
+// read by the patched llama_context constructor (patch 0005), through
+// llama_rcedge_exact_n_ctx_requested
 static thread_local bool rcedge_exact_n_ctx = false;
 
 bool llama_rcedge_exact_n_ctx_requested() {
@@ -138,6 +153,24 @@ static bool rcedge_is_host(const ggml_tensor * t) {
     return t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer);
 }
 
+// Host address of a tensor's data: the tensor's own in a host buffer; else `copy`, filled from the
+// device (statistics in device memory are read and written through such a copy).
+static void * rcedge_host_data(const ggml_tensor * t, std::vector<uint8_t> & copy) {
+    if (rcedge_is_host(t)) {
+        return t->data;
+    }
+    copy.resize(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, copy.data(), 0, copy.size());
+    return copy.data();
+}
+
+// Writes back what rcedge_host_data returned, once changed (nothing to do for a host tensor).
+static void rcedge_host_data_commit(ggml_tensor * t, const void * base) {
+    if (!rcedge_is_host(t)) {
+        ggml_backend_tensor_set(t, base, 0, ggml_nbytes(t));
+    }
+}
+
 static void rcedge_clear_cell(const ggml_tensor * t, void * base, int64_t stream, int64_t head, int64_t cell, uint32_t what) {
     if (what & LLAMA_RCEDGE_RESET_A2SF) {
         rcedge_stat(t, base, stream, head, cell, 0) = 0.0f;
@@ -161,12 +194,7 @@ static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
             continue;
         }
         // a device tensor is cleared in a host copy (a rare, whole-cache operation)
-        const bool host = rcedge_is_host(t);
-        if (!host) {
-            copy.resize(ggml_nbytes(t));
-            ggml_backend_tensor_get(t, copy.data(), 0, copy.size());
-        }
-        void * base = host ? t->data : copy.data();
+        void * base = rcedge_host_data(t, copy);
         for (int64_t s = 0; s < t->ne[3]; ++s) {
             for (int64_t g = 0; g < t->ne[2]; ++g) {
                 for (int64_t c = 0; c < t->ne[0]; ++c) {
@@ -174,21 +202,21 @@ static void rcedge_clear_all(const llama_rcedge_scores & sc, uint32_t what) {
                 }
             }
         }
-        if (!host) {
-            ggml_backend_tensor_set(t, copy.data(), 0, copy.size());
-        }
+        rcedge_host_data_commit(t, base);
     }
 }
 
-ggml_tensor * llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo, float * alpha, bool * portable) const {
+llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, int32_t il, uint32_t n_kv, const slot_info & sinfo) const {
     if (!rcedge || il < 0 || (size_t) il >= rcedge->by_layer.size() || rcedge->by_layer[il] == nullptr) {
-        return nullptr;
+        return {};
     }
     ggml_tensor * t = rcedge->by_layer[il];
     const uint32_t ns = sinfo.s1 - sinfo.s0 + 1;
-    *alpha = rcedge->alpha;
-    *portable = rcedge->portable;
-    return ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+    llama_rcedge_layer_scores res;
+    res.scores   = ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+    res.alpha    = rcedge->alpha;
+    res.portable = rcedge->portable;
+    return res;
 }
 
 void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
@@ -210,8 +238,8 @@ void llama_kv_cache::rcedge_reset_cells(const slot_info & sinfo) {
     }
 }
 
-ggml_tensor * llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il, float * alpha, bool * portable) const {
-    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur], alpha, portable);
+llama_rcedge_layer_scores llama_kv_cache_context::get_rcedge_scores(ggml_context * ctx, int32_t il) const {
+    return kv->rcedge_get_scores(ctx, il, n_kv, sinfos[i_cur]);
 }
 
 uint32_t llama_kv_cache_context::get_rcedge_epoch() const {
@@ -312,9 +340,10 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
 }
 
 int32_t llama_rcedge_scoring_disable(llama_context * ctx) {
-    llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    int32_t status;
+    llama_kv_cache * kv = rcedge_kv_cache(ctx, &status);
     if (kv == nullptr) {
-        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+        return status;
     }
     if (kv->rcedge) {
         kv->rcedge.reset();
@@ -323,38 +352,35 @@ int32_t llama_rcedge_scoring_disable(llama_context * ctx) {
     return LLAMA_RCEDGE_OK;
 }
 
-int32_t llama_rcedge_scoring_portable(const llama_context * ctx) {
-    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
-    if (kv == nullptr) {
-        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
-    }
-    if (!kv->rcedge) {
-        return LLAMA_RCEDGE_ERR_SCORING_OFF;
-    }
-    return kv->rcedge->portable ? 1 : 0;
-}
-
 int32_t llama_rcedge_scoring_enabled(const llama_context * ctx) {
-    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    int32_t status;
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx, &status);
     if (kv == nullptr) {
-        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+        return status;
     }
     return kv->rcedge ? 1 : 0;
 }
 
-// The context's scoring state, or a negative code in *status.
+// The context's scoring state, or nullptr with a negative code in *status.
 static llama_rcedge_scores * rcedge_scores(const llama_context * ctx, int32_t * status) {
-    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx, status);
     if (kv == nullptr) {
-        *status = ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
         return nullptr;
     }
     if (!kv->rcedge) {
         *status = LLAMA_RCEDGE_ERR_SCORING_OFF;
         return nullptr;
     }
-    *status = LLAMA_RCEDGE_OK;
     return kv->rcedge.get();
+}
+
+int32_t llama_rcedge_scoring_portable(const llama_context * ctx) {
+    int32_t status;
+    const llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    return sc->portable ? 1 : 0;
 }
 
 int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
@@ -402,9 +428,10 @@ int32_t llama_rcedge_n_head_kv(const llama_context * ctx, int32_t il) {
 }
 
 int32_t llama_rcedge_get_cells(const llama_context * ctx, int32_t * cells, llama_pos * pos, llama_seq_id * seq, int32_t n_max) {
-    const llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    int32_t status;
+    const llama_kv_cache * kv = rcedge_kv_cache(ctx, &status);
     if (kv == nullptr) {
-        return ctx == nullptr ? LLAMA_RCEDGE_ERR_NULL : LLAMA_RCEDGE_ERR_MEMORY_KIND;
+        return status;
     }
     const llama_kv_cells & kc = kv->get_cells(0);
     int32_t n = 0;
@@ -475,16 +502,9 @@ int32_t llama_rcedge_get_scores(const llama_context * ctx, int32_t il, const int
 
     // statistics in device memory are read through a host copy of each layer's tensor
     std::vector<void *> bases;
-    std::vector<std::vector<uint8_t>> copies;
-    copies.reserve(layers.size());
-    for (const ggml_tensor * t : layers) {
-        if (rcedge_is_host(t)) {
-            bases.push_back(t->data);
-        } else {
-            copies.emplace_back(ggml_nbytes(t));
-            ggml_backend_tensor_get(t, copies.back().data(), 0, copies.back().size());
-            bases.push_back(copies.back().data());
-        }
+    std::vector<std::vector<uint8_t>> copies(layers.size());
+    for (size_t l = 0; l < layers.size(); ++l) {
+        bases.push_back(rcedge_host_data(layers[l], copies[l]));
     }
 
     const uint32_t stream = rcedge_kv_cache(ctx)->get_stream(0);
@@ -531,13 +551,8 @@ int32_t llama_rcedge_set_scores(llama_context * ctx, int32_t il, const int32_t *
         }
     }
     // statistics in device memory are written through a host copy of the layer's tensor
-    const bool host = rcedge_is_host(t);
     std::vector<uint8_t> copy;
-    if (!host) {
-        copy.resize(ggml_nbytes(t));
-        ggml_backend_tensor_get(t, copy.data(), 0, copy.size());
-    }
-    void * base = host ? t->data : copy.data();
+    void * base = rcedge_host_data(t, copy);
     const uint32_t stream = rcedge_kv_cache(ctx)->get_stream(0);
     for (int32_t i = 0; i < n_cells; ++i) {
         for (int64_t g = 0; g < n_head_kv; ++g) {
@@ -546,8 +561,6 @@ int32_t llama_rcedge_set_scores(llama_context * ctx, int32_t il, const int32_t *
             }
         }
     }
-    if (!host) {
-        ggml_backend_tensor_set(t, copy.data(), 0, copy.size());
-    }
+    rcedge_host_data_commit(t, base);
     return LLAMA_RCEDGE_OK;
 }

@@ -11,6 +11,8 @@
 // Layout (as the fused kernels): a layer's tensor is [kv_size, 5, n_head_kv, n_stream]; the view
 // handed to the graph covers the first n_kv cells. Statistic 4 (max) holds a finite "no value"
 // sentinel instead of -inf; llama_rcedge_get_scores reports -inf wherever the count is 0.
+#include "llama-rcedge-impl.h"
+
 #include "ggml.h"
 
 #include <cmath>
