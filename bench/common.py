@@ -9,7 +9,25 @@ from typing import Any
 
 from pyrcedge.evaluation.speed_report import machine
 
-__all__ = ["command", "machine", "run_cli_json"]
+__all__ = ["command", "config_args", "machine", "run_cli_json"]
+
+# the caches the QA and needle benches compare, by name
+POLICY_ARGS = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"],
+               "h2o": ["--policy", "h2o"], "rcstat": ["--policy", "rcstat"],
+               "window": ["--policy", "window"],
+               "streamingllm": ["--policy", "window", "--positions", "compact"],
+               "context-shift": ["--policy", "context-shift", "--positions", "compact"]}
+
+
+def config_args(name: str) -> list[str]:
+    """pyrcedge options for a cache named POLICY, POLICY+probe (the tail probe) or
+    POLICY+probe=SPEC (any --probe value); without +probe the probe is off."""
+    policy, _, probe = name.partition("+probe")
+    if policy not in POLICY_ARGS:
+        raise SystemExit(f"unknown cache {name!r}: a policy of {sorted(POLICY_ARGS)}, "
+                         "optionally +probe or +probe=SPEC")
+    spec = (probe.lstrip("=") or "tail") if _ else "off"
+    return POLICY_ARGS[policy] + ["--probe", spec]
 
 
 def command() -> str:

@@ -18,13 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import command, machine, run_cli_json  # noqa: E402
-
-POLICIES = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"], "h2o": ["--policy", "h2o"],
-            "rcstat": ["--policy", "rcstat"],
-            "streamingllm": ["--policy", "window", "--positions", "compact"],
-            "context-shift": ["--policy", "context-shift", "--positions", "compact"]}
-
+from common import command, config_args, machine, run_cli_json  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -32,14 +26,16 @@ def main() -> None:
     ap.add_argument("--context-tokens", type=int, default=1024)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--share", default="25%")
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    ap.add_argument("--policies", nargs="+", metavar="CACHE",
+                    default=["a2sf", "a2sf+probe", "window", "window+probe"],
+                    help="POLICY, POLICY+probe or POLICY+probe=SPEC (bench/common.py)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="niah-budget")
     a = ap.parse_args()
     base = [sys.executable, "-m", "pyrcedge", "eval", "niah", "--model", a.model,
             "--context-tokens", str(a.context_tokens), "--n", str(a.n), "--threads", "1",
             "--json", "--quiet"]
-    configs = {"full": []} | {p: ["--budget", a.share, *POLICIES[p]] for p in a.policies}
+    configs = {"full": []} | {p: ["--budget", a.share, *config_args(p)] for p in a.policies}
 
     def run(name: str) -> tuple[str, dict]:
         r = run_cli_json(base + configs[name], name)

@@ -19,13 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import command, machine, run_cli_json  # noqa: E402
-
-POLICIES = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"],
-            "h2o": ["--policy", "h2o"], "rcstat": ["--policy", "rcstat"],
-            "streamingllm": ["--policy", "window", "--positions", "compact"],
-            "context-shift": ["--policy", "context-shift", "--positions", "compact"]}
-
+from common import command, config_args, machine, run_cli_json  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -34,7 +28,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--share", default="25%")
     ap.add_argument("--context-chars", type=int, default=3000)
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    ap.add_argument("--policies", nargs="+", metavar="CACHE",
+                    default=["a2sf", "a2sf+probe", "window", "window+probe"],
+                    help="POLICY, POLICY+probe or POLICY+probe=SPEC (bench/common.py)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--question-first", action="store_true")
     ap.add_argument("--out", default="qa-budget")
@@ -42,7 +38,7 @@ def main() -> None:
     base = [sys.executable, "-m", "pyrcedge", "eval", "qa", "--model", a.model, "--dataset",
             a.dataset, "--n", str(a.n), "--context-chars", str(a.context_chars), "--threads", "1",
             "--json", "--quiet", "--examples"] + (["--question-first"] if a.question_first else [])
-    configs = {"full": []} | {p: ["--budget", a.share, *POLICIES[p]] for p in a.policies}
+    configs = {"full": []} | {p: ["--budget", a.share, *config_args(p)] for p in a.policies}
 
     def run(name: str) -> tuple[str, dict]:
         r = run_cli_json(base + configs[name], name)

@@ -134,7 +134,8 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
         budgeted.close()
     record = {"dataset": args.dataset, "model": args.model or "default",
               "policy": (args.policy or "a2sf") if args.budget is not None else "full",
-              "budget": _budget_json(args), "seed": args.seed, "question_first": args.question_first,
+              "budget": _budget_json(args), "probe": args.probe, "seed": args.seed,
+              "question_first": args.question_first,
               **result}
     return _emit(args, record, f"{args.dataset}: EM {result['em']:.3f}, F1 {result['f1']:.3f} "
                  f"over {result['n']} questions (contexts of {result['context_tokens_mean']:.0f} "
@@ -156,7 +157,8 @@ def cmd_eval_niah(args: argparse.Namespace) -> int:
     finally:
         llm.close()
     record = {"model": args.model or "default", "context_tokens": args.context_tokens,
-              "policy": llm.policy.name, "budget": _budget_json(args), "seed": args.seed, **result}
+              "policy": llm.policy.name, "budget": _budget_json(args), "probe": args.probe,
+              "seed": args.seed, **result}
     if args.plot:
         _plot_niah(record, args.plot)
     return _emit(args, record, f"needle hit rate {result['hit_rate']:.3f} over {result['n']} "
