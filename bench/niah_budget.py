@@ -30,10 +30,11 @@ def main() -> None:
                     default=["a2sf", "a2sf+probe", "window", "window+probe"],
                     help="POLICY, POLICY+probe or POLICY+probe=SPEC (bench/common.py)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="niah-budget")
     a = ap.parse_args()
     base = [sys.executable, "-m", "pyrcedge", "eval", "niah", "--model", a.model,
-            "--context-tokens", str(a.context_tokens), "--n", str(a.n), "--threads", "1",
+            "--context-tokens", str(a.context_tokens), "--n", str(a.n), "--threads", str(a.threads),
             "--json", "--quiet"]
     configs = {"full": []} | {p: ["--budget", a.share, *config_args(p)] for p in a.policies}
 
@@ -52,16 +53,19 @@ def main() -> None:
     lines = [f"# Needle in a haystack: {a.context_tokens}-token haystacks, {a.model}", "",
              f"Command: `{record['command']}`  ",
              f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores (shared); "
-             "1 thread per run.  ",
+             f"{a.threads} thread(s) per run, {a.workers} run(s) at a time.  ",
              f"{a.n} prompts (RULER niah_single template, Paul Graham essays haystack, seed 0), "
              f"needle depths {', '.join(depths)}; budget {a.share} of the haystack "
              f"({results[a.policies[0]]['budget_cells']} cells).", "",
-             "| cache | hit rate | " + " | ".join(f"depth {d}" for d in depths) + " |",
-             "|---|---|" + "---|" * len(depths)]
+             "| cache | hit rate | " + " | ".join(f"depth {d}" for d in depths)
+             + " | reading s, median (min-max) | probe passes |",
+             "|---|---|" + "---|" * len(depths) + "---|---|"]
     for name, r in results.items():
         label = name if name == "full" else f"{name} @ {a.share}"
+        lo, hi = r["prefill_s_spread"]
         lines.append(f"| {label} | {r['hit_rate']:.2f} | " + " | ".join(
-            f"{r['hit_rate_by_depth'][d]:.2f}" for d in depths) + " |")
+            f"{r['hit_rate_by_depth'][d]:.2f}" for d in depths)
+            + f" | {r['prefill_s_median']:.2f} ({lo:.2f}-{hi:.2f}) | {r['probe_passes']} |")
     lines += ["", "Per-run commands are in the json (`results.<name>.command`).", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -67,24 +67,30 @@ def test_the_probe_restores_the_statistics_and_removes_its_cells(default_model):
     before = scoring.read_layers(llm.ctx, cells)
     used = _native.kv_cells_used(llm.ctx)
     question = llm.tokenize(QUESTION.encode(), add_bos=False)
-    scores = probe.attention_of(llm.ctx, llm.kv_cache.mem, cells, question,
-                                llm.kv_cache.next_pos(), llm._batch, llm._ctx.decode, True, 0.9,
-                                "sum")
-    assert scores.shape == (len(cells),) and np.all(scores >= 0) and scores.sum() > 0
+    got, document = probe.probe_stats(llm.ctx, llm.kv_cache.mem, cells, question,
+                                      llm.kv_cache.next_pos(), llm._batch, llm._ctx.decode, 0.9)
+    np.testing.assert_array_equal(document, before)
     assert _native.kv_cells_used(llm.ctx) == used
     np.testing.assert_array_equal(scoring.read_layers(llm.ctx, cells), before)
+    # the probe's statistics are its own: every probe query saw every cached cell once per
+    # query head of the group
+    group = llama_cpp.llama_model_n_head(llm.model) // scoring.n_head_kv(llm.ctx, 0)
+    assert np.all(got[..., scoring.COUNT] == len(question) * group)
+    scores = got[..., scoring.A2SF].astype(np.float64).sum(axis=(0, 2))
+    assert scores.shape == (len(cells),) and np.all(scores >= 0) and scores.sum() > 0
     # per query head and layer each probe query's attention sums to 1 over what it sees (the
     # cached cells and the probe's own): the cached cells get at most that much
     bound = len(question) * scoring.n_layer(llm.ctx) * llama_cpp.llama_model_n_head(llm.model)
     assert scores.sum() <= bound * 1.001
 
 
-def test_a_probe_with_a_policy_that_keeps_no_statistics(default_model):
+def test_a_probe_turns_the_statistics_on_for_a_policy_that_keeps_none(default_model):
     llm = make(default_model, kv_budget=96, policy="window", probe=32)
+    assert scoring.scoring_enabled(llm.ctx)
     llm.eval(llm.tokenize((PROSE * 10 + QUESTION).encode()))
-    st = llm.kv_stats()
-    assert st.probe_passes > 0 and st.statistics_bytes == 0
-    assert not scoring.scoring_enabled(llm.ctx)      # turned on for the probe, off again
+    assert llm.kv_stats().probe_passes > 0
+    off = make(default_model, kv_budget=96, policy="window", probe=None)
+    assert not scoring.scoring_enabled(off.ctx)
 
 
 def test_probe_and_no_probe_agree_when_the_prompt_fits(default_model):
@@ -153,8 +159,8 @@ def test_bad_probes_are_refused_before_the_model_loads(default_model, spec, matc
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"pool": -1}, "pool"), ({"heads": "mean"}, "heads"), ({"refill": 1.0}, "refill"),
-    ({"tokens": 0}, "tokens"),
+    ({"pool_before": -1}, "pool_before"), ({"heads": "mean"}, "heads"),
+    ({"refill": 1.0}, "refill"), ({"tokens": 0}, "tokens"), ({"score": "max"}, "score"),
 ])
 def test_bad_probe_settings(kw, match):
     with pytest.raises(BudgetError, match=match):
@@ -171,3 +177,38 @@ def test_the_cli_reads_with_a_probe_and_reports_it(cli):
               "--probe", "off", "--threads", "2", "--json")
     assert off.returncode == 0, off.stderr[-2000:]
     assert json.loads(off.stdout.strip().splitlines()[-1])["probe_passes"] == 0
+
+
+def test_pooling_leans_back_over_history_indices():
+    history = np.array([0, 1, 2, 10, 11, 30])
+    scores = np.array([0.0, 5.0, 0.0, 0.0, 1.0, 0.0])
+    # a token takes the best score from 3 indices before it to 1 after it
+    got = probe.pooled(scores, history, before=3, after=1)
+    np.testing.assert_array_equal(got, [5.0, 5.0, 5.0, 1.0, 1.0, 0.0])
+
+
+def test_relmax_singles_out_what_the_probe_attends_to_more_than_the_document():
+    rng = np.random.default_rng(0)
+    doc = np.zeros((2, 6, 2, 5), np.float32)
+    doc[..., scoring.COUNT] = 10
+    doc[..., scoring.SUM] = 10 * rng.normal(size=(2, 6, 2))
+    got = np.zeros_like(doc)
+    got[..., scoring.MAX] = doc[..., scoring.SUM] / 10           # the probe = the document...
+    got[1, 4, 0, scoring.MAX] += 5.0                             # ...but for cell 4, in one head
+    s = probe.cell_scores(got, doc, probe.Probe())
+    assert int(np.argmax(s)) == 4
+
+
+def test_a_long_message_into_a_full_cache_makes_room_for_the_probe_first(default_model):
+    llm = make(default_model, kv_budget=96, probe=32)
+    seen = watch_decodes(llm)
+    llm.eval(llm.tokenize((PROSE * 10).encode()))                    # fills the cache
+    assert llm.kv_stats().cells_used == 96 or llm.kv_budget_cells - llm.kv_stats().cells_used < 32
+    llm.eval(llm.tokenize((PROSE * 10 + QUESTION).encode(), add_bos=False))   # the next turn
+    assert max(seen) <= 96 and llm.kv_stats().probe_passes > 0
+
+
+def test_pinned_tokens_that_leave_no_room_for_the_probe_read_without_it(default_model):
+    llm = make(default_model, kv_budget=48, policy="tova", pinned=[(10, 20)], eviction_batch=8)
+    llm.eval(llm.tokenize((PROSE * 3).encode()))
+    assert set(range(10, 20)) <= set(llm.kv_stats().positions.tolist())

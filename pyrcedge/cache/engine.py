@@ -160,15 +160,20 @@ class BudgetedKV:
     # --- sessions ---------------------------------------------------------------------
 
     _SAVED = ("horizon", "window_start", "last_check", "evictions", "evicted_tokens")
+    # counters added after the first session format: a file without them restores them as 0
+    _COUNTERS = {"probe_passes": int, "probe_tokens": int, "eviction_seconds": float}
 
     def bookkeeping(self) -> dict[str, Any]:
-        """What a saved session needs besides the cached indices (pyrcedge/session.py)."""
+        """What a saved session needs besides the cached indices (features/session.py)."""
         return {**{k: int(getattr(self, k)) for k in self._SAVED},
+                **{k: kind(getattr(self, k)) for k, kind in self._COUNTERS.items()},
                 "pinned": [list(s) for s in self.protection.pinned]}
 
     def restore_bookkeeping(self, saved: dict[str, Any], cached: npt.NDArray[np.int64]) -> None:
         for k in self._SAVED:
             setattr(self, k, int(saved[k]))
+        for k, kind in self._COUNTERS.items():
+            setattr(self, k, kind(saved.get(k, 0)))
         self.protection.pinned = [check_span(s) for s in saved["pinned"]]
         self.cached = np.asarray(cached, np.int64).copy()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def run_niah(needles: list[Needle], llm: Any, max_tokens: int = 24,
         st = llm.kv_stats()
         rows.append({"depth": nd.depth, "key": nd.key, "value": nd.value, "output": r.text,
                      "hit": nd.value in r.text, "prompt_tokens": r.prompt_tokens,
+                     "prefill_s": r.prefill_s,
                      "kv_cells_used_max": r.kv_cells_used_max, "budget_cells": r.kv_budget_cells,
                      "evicted_tokens": st.evicted_tokens})
         bar.set_postfix(hit_rate=f"{sum(x['hit'] for x in rows) / len(rows):.3f}")
@@ -87,6 +89,10 @@ def run_niah(needles: list[Needle], llm: Any, max_tokens: int = 24,
     return {"n": len(rows), "hit_rate": sum(x["hit"] for x in rows) / len(rows),
             "hit_rate_by_depth": {str(d): sum(h) / len(h) for d, h in sorted(by_depth.items())},
             "prompt_tokens_mean": sum(x["prompt_tokens"] for x in rows) / len(rows),
+            "prefill_s_median": statistics.median(x["prefill_s"] for x in rows),
+            "prefill_s_spread": [min(x["prefill_s"] for x in rows),
+                                 max(x["prefill_s"] for x in rows)],
+            "probe_passes": llm.kv_stats().probe_passes,
             "kv_cells_used_max": max(x["kv_cells_used_max"] for x in rows),
             "budget_cells": rows[0]["budget_cells"], "seconds": time.perf_counter() - t0,
             "examples": rows}

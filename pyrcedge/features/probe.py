@@ -9,9 +9,14 @@ cell is the score eviction goes by; then the probe's cells are removed and the s
 policy keeps are put back as they were. The probe's cells count inside the budget: while a
 probed prompt is read, the engine keeps room for them (docs/probe.md).
 
-The attention a probe pays is what the kernels already accumulate: with the A2SF statistic
-reset and alpha = 1 it is, per layer, KV head and cell, the sum over the probe's queries and
-the query heads of the group of their softmax probabilities. Nothing is added to the kernels.
+What a cell scores is read from what the kernels already keep (nothing is added to them): the
+statistics are reset before the probe, so that afterwards they describe the probe's queries
+alone, and saved beforehand, when they describe the queries that read the document. The default
+score ("relmax") is, per layer and KV head, the probe's largest raw logit on the cell minus the
+document queries' mean logit on it, standardised over the cells; then the largest over KV
+heads, summed over layers. It is RCStat's idea turned to eviction: what the question singles
+out relative to what every query attends to. Summed post-softmax attention ("attention") is
+dominated by attention sinks (" the", ".", the first token), which every query attends to.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..native import stats as kernel_stats
 # InfiniPot's "catalyst" prompt: a generic question for a document read before its questions
 CATALYST = "Summarize the previous context highlighting the most important parts."
 HEAD_REDUCTIONS = ("sum", "max")
+SCORES = ("relmax", "attention")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
 
@@ -39,9 +45,13 @@ class Probe:
 
     tokens: the probe is the prompt's last `tokens` tokens (its question), or
     text: a fixed probe (CATALYST, or any question), read after the cached cells instead.
-    pool: a cached token scores the most any token within `pool` history indices of it scored
-        (max-pooling, as SnapKV does), so that a fact survives whole rather than token by token.
-    heads: how the attention aggregates over layers and KV heads ("sum" or "max").
+    score: "relmax" (the probe's largest logit on a cell against the document's mean logit on
+        it) or "attention" (the probe's summed attention probabilities).
+    pool_before, pool_after: a cached token scores the most any token from pool_before history
+        indices before it to pool_after after it scored (max-pooling, as SnapKV does, leaning
+        back: the question matches a fact's key, and the value follows the key), so that a fact
+        survives whole rather than token by token.
+    heads: how the score aggregates over KV heads ("max" or "sum"); layers are summed.
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
         larger evictions mean fewer probe passes).
     min_prompt: prompts shorter than this many tokens are read without a probe.
@@ -49,11 +59,13 @@ class Probe:
         instead of refusing the budget: what probe="tail", the default, does.
     """
 
-    tokens: int = 48
+    tokens: int = 40
     text: str | None = None
-    pool: int = 6
-    heads: str = "sum"
-    refill: float = 0.5
+    score: str = "relmax"
+    pool_before: int = 12
+    pool_after: int = 2
+    heads: str = "max"
+    refill: float = 0.25
     min_prompt: int = 64
     fit: bool = False
 
@@ -62,8 +74,12 @@ class Probe:
             raise BudgetError(f"probe tokens must be an integer >= 1, got {self.tokens!r}")
         if self.text is not None and not self.text.strip():
             raise BudgetError("the probe text is empty")
-        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 0:
-            raise BudgetError(f"probe pool must be an integer >= 0, got {self.pool!r}")
+        for name in ("pool_before", "pool_after"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise BudgetError(f"probe {name} must be an integer >= 0, got {v!r}")
+        if self.score not in SCORES:
+            raise BudgetError(f"probe score must be one of {SCORES}, got {self.score!r}")
         if self.heads not in HEAD_REDUCTIONS:
             raise BudgetError(f"probe heads must be one of {HEAD_REDUCTIONS}, got {self.heads!r}")
         if not 0.0 < float(self.refill) < 1.0:
@@ -71,7 +87,8 @@ class Probe:
 
     def describe(self) -> dict[str, Any]:
         return {"probe": "text" if self.text is not None else "tail",
-                "probe_tokens": self.tokens, "probe_pool": self.pool, "probe_heads": self.heads,
+                "probe_tokens": self.tokens, "probe_score": self.score,
+                "probe_pool": [self.pool_before, self.pool_after], "probe_heads": self.heads,
                 "probe_refill": self.refill}
 
 
@@ -99,42 +116,68 @@ def make_probe(spec: ProbeLike) -> Probe | None:
                       f"or a pyrcedge.Probe, got {spec!r}")
 
 
-def pooled(scores: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.float64]:
-    """Max over a window of `width` neighbours on each side (scores in history order)."""
-    if width <= 0 or len(scores) == 0:
+def pooled(scores: npt.NDArray[np.float64], history: npt.NDArray[np.int64], before: int,
+           after: int) -> npt.NDArray[np.float64]:
+    """Each token's score: the most any cached token from `before` history indices before it to
+    `after` after it scored (scores and history indices in history order)."""
+    if len(scores) == 0 or before + after == 0:
         return scores
-    padded = np.pad(scores, width, mode="constant", constant_values=-np.inf)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * width + 1)
-    return np.asarray(windows.max(axis=1), np.float64)
+    lo = int(history.min())
+    dense = np.full(int(history.max()) - lo + 1 + before + after, -np.inf)
+    dense[history - lo + before] = scores
+    window = np.lib.stride_tricks.sliding_window_view(dense, before + after + 1).max(axis=1)
+    return np.asarray(window[history - lo], np.float64)
 
 
-def attention_of(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequence[int],
-                 first_pos: int, batch: Any, decode: Any, statistics_on: bool,
-                 alpha: float, heads: str) -> npt.NDArray[np.float64]:
-    """The attention the probe tokens, decoded at positions first_pos.., pay each of `cells`
-    (summed over the probe's queries, then over layers and KV heads by `heads`). The probe's
-    cells are removed afterwards and the statistics of `cells` restored, so that the policy
-    and attribution see exactly what they saw before."""
-    saved = kernel_stats.read_layers(ctx, cells) if statistics_on else None
-    if not statistics_on:
-        kernel_stats.enable_scoring(ctx, alpha=1.0)
-    kernel_stats.set_alpha(ctx, 1.0)
-    kernel_stats.reset_stats(ctx, a2sf=True, moments=False)
-    end = first_pos + len(probe)
+def standardised(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """(x - mean) / std over the cells (the middle axis), per layer and head."""
+    return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
+
+
+def cell_scores(probe_stats: npt.NDArray[np.float32], document_stats: npt.NDArray[np.float32],
+                settings: Probe) -> npt.NDArray[np.float64]:
+    """One score per cell from the probe's statistics and the document's, both [layer, cell,
+    KV head, stat] (the module docstring says what the scores are)."""
+    if settings.score == "attention":
+        x = probe_stats[..., kernel_stats.A2SF].astype(np.float64)
+    else:
+        probe_max = probe_stats[..., kernel_stats.MAX].astype(np.float64)
+        count = document_stats[..., kernel_stats.COUNT].astype(np.float64)
+        total = document_stats[..., kernel_stats.SUM].astype(np.float64)
+        seen = count > 0
+        doc_mean = np.divide(total, count, out=np.zeros_like(total), where=seen)
+        # a cell no document query has seen (the newest) takes its layer and head's mean
+        n_seen = seen.sum(axis=1, keepdims=True)
+        head_mean = np.divide((doc_mean * seen).sum(axis=1, keepdims=True), n_seen,
+                              out=np.zeros_like(n_seen, dtype=np.float64), where=n_seen > 0)
+        doc_mean = np.where(seen, doc_mean, head_mean)
+        x = standardised(np.where(np.isfinite(probe_max), probe_max, 0.0) - doc_mean)
+    per_layer = x.max(axis=2) if settings.heads == "max" else x.sum(axis=2)     # [layer, cell]
+    return np.asarray(per_layer.sum(axis=0), np.float64)
+
+
+def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequence[int],
+                first_pos: int, batch: Any, decode: Any, alpha: float, attention: bool = True,
+                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(the probe's statistics, the document's) for `cells`, [layer, cell, KV head, stat]: the
+    probe decoded at positions first_pos.. with fresh statistics, then its cells removed and
+    the cells' statistics restored as they were. With attention, a2sf is the probe's summed
+    attention (alpha 1 while it runs); without, only its logit moments are fresh (changing
+    alpha rebuilds the graph, which relmax does not need)."""
+    saved = kernel_stats.read_layers(ctx, cells)
+    if attention:
+        kernel_stats.set_alpha(ctx, 1.0)
+    kernel_stats.reset_stats(ctx, a2sf=attention, moments=True)
     try:
         batch.set_batch(batch=list(probe), n_past=first_pos, logits_all=False)
         decode(batch)
-        got = kernel_stats.read_layers(ctx, cells)[..., kernel_stats.A2SF].astype(np.float64)
+        got = kernel_stats.read_layers(ctx, cells)
     finally:
-        llama_cpp.llama_memory_seq_rm(mem, 0, first_pos, end)
-        if statistics_on:
-            assert saved is not None
-            kernel_stats.write_layers(ctx, cells, saved)
+        llama_cpp.llama_memory_seq_rm(mem, 0, first_pos, -1)
+        kernel_stats.write_layers(ctx, cells, saved)
+        if attention:
             kernel_stats.set_alpha(ctx, alpha)
-        else:
-            kernel_stats.disable_scoring(ctx)
-    per_head = got.transpose(1, 0, 2).reshape(len(cells), -1)      # [cell, (layer, head)]
-    return per_head.sum(axis=1) if heads == "sum" else per_head.max(axis=1)
+    return got, saved
 
 
 @dataclass

@@ -125,12 +125,12 @@ class Llama(llama_cpp.Llama):
                               f"the budget of {limit}")
         self._kv = BudgetedKV(self.ctx, cells, policy_object, self.settings.protection(),
                               self.settings.eviction_batch, self.settings.positions, on_evict)
+        self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
         self.statistics = self.settings.statistics
         if self.statistics:
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
         if policy_object.evicts:
             self._n_ctx = LOGICAL_CONTEXT
-        self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
         self.input_ids = np.zeros(cells, np.intc)
         if self._logits_all:
             self.scores = np.zeros((cells, self._n_vocab), np.single)
@@ -174,9 +174,14 @@ class Llama(llama_cpp.Llama):
         kv.truncate(self.n_tokens)
         logits_all = self._logits_all or self.on_logits is not None
         read = self._probed_read(tokens)
+        if read is not None and kv.room_without_eviction() < read.reserve(0):
+            # a full cache (an earlier turn filled it) first makes room for the probe
+            kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         i = 0
         while i < len(tokens):
             left = len(tokens) - i
+            if read is not None and kv.max_chunk(self.n_tokens) <= read.reserve(i):
+                read = None     # protected tokens leave no room beside the probe: read plainly
             reserve = read.reserve(i) if read else 0
             room = kv.room_without_eviction() - reserve
             if min(left, self.n_batch) <= room:
@@ -227,10 +232,12 @@ class Llama(llama_cpp.Llama):
 
         def score(cells: Any) -> Any:
             kv.probe_tokens += len(read.ids)
-            raw = probe.attention_of(self.ctx, kv.mem, cells, read.ids, kv.next_pos(), self._batch,
-                                     self._ctx.decode, self.statistics, self.policy.alpha,
-                                     read.settings.heads)
-            return probe.pooled(raw, read.settings.pool)
+            s = read.settings
+            got, document = probe.probe_stats(self.ctx, kv.mem, cells, read.ids, kv.next_pos(),
+                                              self._batch, self._ctx.decode, self.policy.alpha,
+                                              attention=s.score == "attention")
+            return probe.pooled(probe.cell_scores(got, document, s), kv.cached, s.pool_before,
+                                s.pool_after)
 
         return score
 
