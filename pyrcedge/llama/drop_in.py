@@ -172,11 +172,26 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
         tokens = list(tokens)
         kv.truncate(self.n_tokens)
-        logits_all = self._logits_all or self.on_logits is not None
         read = self._probed_read(tokens)
-        if read is not None and kv.room_without_eviction() < read.reserve(0):
+        if read is None:
+            self._read(tokens, None)
+            return
+        if kv.room_without_eviction() < read.reserve(0):
             # a full cache (an earlier turn filled it) first makes room for the probe
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
+        if self.statistics:
+            self._read(tokens, read)
+            return
+        # the probe reads the document queries' logit moments: on for this read only
+        kernel_stats.enable_scoring(self.ctx, alpha=self.policy.alpha)
+        try:
+            self._read(tokens, read)
+        finally:
+            kernel_stats.disable_scoring(self.ctx)
+
+    def _read(self, tokens: list[int], read: probe.ProbedRead | None) -> None:
+        kv = self.kv_cache
+        logits_all = self._logits_all or self.on_logits is not None
         i = 0
         while i < len(tokens):
             left = len(tokens) - i

@@ -80,10 +80,10 @@ class BudgetSettings:
 
     @property
     def statistics(self) -> bool:
-        """Whether the kernels keep attention statistics: the policy reads them, a question
-        probe does, or the user asked for them (attribution with any policy)."""
-        probed = self.probe_object is not None and self.policy_object.evicts
-        return self.policy_object.uses_statistics or bool(self.track_attention) or probed
+        """Whether the kernels keep attention statistics: the policy reads them, or the user
+        asked for them (attribution with any policy). A question probe turns them on for the
+        reads it probes only."""
+        return self.policy_object.uses_statistics or bool(self.track_attention)
 
     def protection(self) -> Protection:
         return Protection(self.sink_tokens, self.recent_tokens, list(self.pinned))  # type: ignore[arg-type]
