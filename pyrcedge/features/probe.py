@@ -59,13 +59,13 @@ class Probe:
         instead of refusing the budget: what probe="tail", the default, does.
     """
 
-    tokens: int = 40
+    tokens: int = 24
     text: str | None = None
     score: str = "relmax"
     pool_before: int = 12
     pool_after: int = 2
     heads: str = "max"
-    refill: float = 0.25
+    refill: float = 0.5
     min_prompt: int = 64
     fit: bool = False
 
