@@ -59,12 +59,15 @@ class KVStats:
     history_tokens: int        # tokens of the history (cached or not)
     positions: npt.NDArray[np.int64] = field(repr=False)  # history indices still cached
     policy: dict[str, Any] = field(default_factory=dict)
-    eviction_seconds: float = 0.0   # time spent deciding whether, what and how to evict
+    eviction_seconds: float = field(default=0.0, compare=False)  # time spent evicting
     probe_passes: int = 0           # evictions a question probe decided (features/probe.py)
     probe_tokens: int = 0           # probe tokens evaluated for them
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "positions"}
+        # the cache's state: deterministic, so that two runs compare equal (the time spent
+        # evicting is a measurement: read it as .eviction_seconds)
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__
+             if k not in ("positions", "eviction_seconds")}
         d["positions_kept"] = int(len(self.positions))
         return d
 
@@ -161,7 +164,7 @@ class BudgetedKV:
 
     _SAVED = ("horizon", "window_start", "last_check", "evictions", "evicted_tokens")
     # counters added after the first session format: a file without them restores them as 0
-    _COUNTERS = {"probe_passes": int, "probe_tokens": int, "eviction_seconds": float}
+    _COUNTERS = {"probe_passes": int, "probe_tokens": int}
 
     def bookkeeping(self) -> dict[str, Any]:
         """What a saved session needs besides the cached indices (features/session.py)."""
