@@ -5,28 +5,18 @@ behind, user policies see its scores, bad settings are refused before anything l
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import llama_cpp
 import numpy as np
 import pytest
+from test_budgeted import PROSE, make
 
 import pyrcedge
 from pyrcedge import BudgetError, Policy, scoring
 from pyrcedge.features import probe
 from pyrcedge.native import binding as _native
 
-PROSE = ("The lighthouse keeper wrote in his log every evening, noting the wind, the ships that "
-         "passed and the colour of the sea. ")
 QUESTION = " Question: what did the keeper note every evening? Answer:"
-
-
-def make(model: Path, **kw) -> pyrcedge.Llama:
-    kw.setdefault("n_threads", 2)
-    kw.setdefault("n_threads_batch", 2)
-    kw.setdefault("flash_attn", True)
-    kw.setdefault("seed", 0)
-    return pyrcedge.Llama(str(model), **kw)
 
 
 def watch_decodes(llm: pyrcedge.Llama) -> list[int]:
