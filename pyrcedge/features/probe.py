@@ -85,12 +85,6 @@ class Probe:
         if not 0.0 < float(self.refill) < 1.0:
             raise BudgetError(f"probe refill must be in (0, 1), got {self.refill!r}")
 
-    def describe(self) -> dict[str, Any]:
-        return {"probe": "text" if self.text is not None else "tail",
-                "probe_tokens": self.tokens, "probe_score": self.score,
-                "probe_pool": [self.pool_before, self.pool_after], "probe_heads": self.heads,
-                "probe_refill": self.refill}
-
 
 ProbeLike = Probe | str | int | None
 
