@@ -9,7 +9,7 @@ from typing import Any
 
 from pyrcedge.evaluation.speed_report import machine
 
-__all__ = ["command", "config_args", "machine", "run_cli_json"]
+__all__ = ["command", "config_args", "machine", "run_cli_json", "split_share"]
 
 # the caches the QA and needle benches compare, by name
 POLICY_ARGS = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"],
@@ -17,6 +17,12 @@ POLICY_ARGS = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"],
                "window": ["--policy", "window"],
                "streamingllm": ["--policy", "window", "--positions", "compact"],
                "context-shift": ["--policy", "context-shift", "--positions", "compact"]}
+
+
+def split_share(name: str, default: str) -> tuple[str, str]:
+    """(cache, budget share) of a cache named CACHE or CACHE@SHARE ("a2sf+probe@12.5%")."""
+    cache, _, share = name.partition("@")
+    return cache, share or default
 
 
 def config_args(name: str) -> list[str]:

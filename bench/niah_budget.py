@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import command, config_args, machine, run_cli_json  # noqa: E402
+from common import command, config_args, machine, run_cli_json, split_share  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--share", default="25%")
     ap.add_argument("--policies", nargs="+", metavar="CACHE",
                     default=["a2sf", "a2sf+probe", "window", "window+probe"],
-                    help="POLICY, POLICY+probe or POLICY+probe=SPEC (bench/common.py)")
+                    help="POLICY, POLICY+probe or POLICY+probe=SPEC, each optionally @SHARE "
+                         "(bench/common.py)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="niah-budget")
@@ -36,7 +37,8 @@ def main() -> None:
     base = [sys.executable, "-m", "pyrcedge", "eval", "niah", "--model", a.model,
             "--context-tokens", str(a.context_tokens), "--n", str(a.n), "--threads", str(a.threads),
             "--json", "--quiet"]
-    configs = {"full": []} | {p: ["--budget", a.share, *config_args(p)] for p in a.policies}
+    configs = {"full": []} | {p: ["--budget", split_share(p, a.share)[1],
+                                   *config_args(split_share(p, a.share)[0])] for p in a.policies}
 
     def run(name: str) -> tuple[str, dict]:
         r = run_cli_json(base + configs[name], name)
@@ -55,17 +57,17 @@ def main() -> None:
              f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores (shared); "
              f"{a.threads} thread(s) per run, {a.workers} run(s) at a time.  ",
              f"{a.n} prompts (RULER niah_single template, Paul Graham essays haystack, seed 0), "
-             f"needle depths {', '.join(depths)}; budget {a.share} of the haystack "
-             f"({results[a.policies[0]]['budget_cells']} cells).", "",
+             f"needle depths {', '.join(depths)}; budget {a.share} of the haystack unless the "
+             "row names another share.", "",
              "| cache | hit rate | " + " | ".join(f"depth {d}" for d in depths)
-             + " | reading s, median (min-max) | probe passes |",
-             "|---|---|" + "---|" * len(depths) + "---|---|"]
+             + " | cells | reading s, median (min-max) | probe passes |",
+             "|---|---|" + "---|" * len(depths) + "---|---|---|"]
     for name, r in results.items():
-        label = name if name == "full" else f"{name} @ {a.share}"
+        label = name if name == "full" or "@" in name else f"{name} @ {a.share}"
         lo, hi = r["prefill_s_spread"]
         lines.append(f"| {label} | {r['hit_rate']:.2f} | " + " | ".join(
             f"{r['hit_rate_by_depth'][d]:.2f}" for d in depths)
-            + f" | {r['prefill_s_median']:.2f} ({lo:.2f}-{hi:.2f}) | {r['probe_passes']} |")
+            + f" | {r['budget_cells']} | {r['prefill_s_median']:.2f} ({lo:.2f}-{hi:.2f}) | {r['probe_passes']} |")
     lines += ["", "Per-run commands are in the json (`results.<name>.command`).", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

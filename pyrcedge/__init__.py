@@ -26,6 +26,7 @@ from .errors import (
     SessionError,
 )
 from .features import attribution, session
+from .features.probe import CATALYST, Probe
 from .features.session import SessionState
 from .llama import Llama
 from .native import rcstat
@@ -35,6 +36,7 @@ from .native.binding import version as native_version
 __version__ = "0.1.0"
 
 __all__ = [
+    "CATALYST",
     "POLICIES",
     "AttributionError",
     "BudgetError",
@@ -44,6 +46,7 @@ __all__ = [
     "KVStats",
     "Llama",
     "Policy",
+    "Probe",
     "PolicyError",
     "ModelFetchError",
     "ModelLoadError",

@@ -119,8 +119,9 @@ class Conversation:
         used = kv.cells_used * kv.budget_bytes / max(1, kv.budget_cells)
         return (f"[KV {kv.cells_used}/{kv.budget_cells} cells, {used / MIB:.1f}/"
                 f"{kv.budget_bytes / MIB:.1f} MiB | {kv.evictions} evictions "
-                f"({kv.evicted_tokens} tokens) | {kv.history_tokens} tokens in history | "
-                f"{self.last.decode_tok_s:.1f} tok/s]")
+                f"({kv.evicted_tokens} tokens) | "
+                + (f"{kv.recalls} recalls ({kv.recalled_tokens} tokens) | " if kv.recalls else "")
+                + f"{kv.history_tokens} tokens in history | {self.last.decode_tok_s:.1f} tok/s]")
 
 
 class PrefillBar:

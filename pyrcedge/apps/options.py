@@ -16,7 +16,7 @@ from ..cache.budget import Budget, parse_bytes
 from ..cache.policies import POLICIES
 from ..errors import ModelLoadError, PyrcedgeError
 from ..llama import Llama
-from ..llama.settings import DEFAULT_PROBE
+from ..llama.settings import DEFAULT_PROBE, DEFAULT_RECALL
 
 
 def positive_int(text: str) -> int:
@@ -95,7 +95,22 @@ def budget_options() -> argparse.ArgumentParser:
                    help="how a prompt longer than the budget is read: tail (its question "
                         "guides eviction; default), N (a tail of N tokens), catalyst (a generic "
                         "summary question), off, or a question of your own")
+    g.add_argument("--recall", type=recall_argument, default=DEFAULT_RECALL, metavar="RECALL",
+                   help="read evicted history back when a new prompt asks about it: on, off, "
+                        "or N (at most N tokens per prompt)")
     return p
+
+
+def recall_argument(text: str) -> int | bool | None:
+    """--recall: on, off or a bound of tokens per prompt."""
+    t = text.strip().lower()
+    if t in ("off", "none", "no", "0"):
+        return None
+    if t in ("on", "yes"):
+        return True
+    if t.isdigit():
+        return int(t)
+    raise argparse.ArgumentTypeError(f"--recall takes on, off or a number of tokens, got {text!r}")
 
 
 def probe_argument(text: str) -> int | str | None:
@@ -116,7 +131,7 @@ def budget_kwargs(args: argparse.Namespace, budget: Budget | None = None) -> dic
         "policy": policy, "alpha": args.alpha, "rc_epsilon": args.rc_epsilon,
         "sink_tokens": args.sink, "recent_tokens": args.recent,
         "eviction_batch": args.eviction_batch, "pinned": args.pin, "positions": args.positions,
-        "probe": args.probe}
+        "probe": args.probe, "recall": args.recall}
     if budget is not None:
         opts["kv_budget"] = budget
     else:

@@ -28,7 +28,7 @@ from .policies import Policy, lowest_first
 from .view import CacheView
 
 # cells (position order) -> one score per cell: what a probe pays each (features/probe.py)
-ProbeFn = Callable[[npt.NDArray[np.int32]], npt.NDArray[np.float64]]
+ProbeFn = Callable[[CacheView], npt.NDArray[np.float64]]
 
 POSITION_MODES = ("keep", "compact")
 
@@ -43,6 +43,15 @@ class EvictionEvent:
     cells_after: int
     history_tokens: int              # history length when it happened
     policy: str
+
+
+@dataclass(frozen=True)
+class RecallEvent:
+    """One prompt's recall: the history spans read back into the cache (on_recall callbacks)."""
+
+    spans: list[tuple[int, int]]     # (start, end) history indices, in history order
+    tokens: int                      # tokens read again
+    history_tokens: int              # history length when it happened
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,9 @@ class KVStats:
     eviction_seconds: float = field(default=0.0, compare=False)  # time spent evicting
     probe_passes: int = 0           # evictions a question probe decided (features/probe.py)
     probe_tokens: int = 0           # probe tokens evaluated for them
+    recalls: int = 0                # prompts that brought evicted history back (features/recall.py)
+    recalled_spans: int = 0
+    recalled_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         # the cache's state: deterministic, so that two runs compare equal (the time spent
@@ -74,15 +86,17 @@ class KVStats:
 
 @dataclass
 class Protection:
-    """Tokens no policy may evict: the first `sink`, the last `recent`, and pinned spans."""
+    """Tokens no policy may evict: the first `sink`, the last `recent`, pinned spans, and the
+    spans recalled for the prompt being read and answered (`held`)."""
 
     sink: int
     recent: int
     pinned: list[tuple[int, int]] = field(default_factory=list)
+    held: list[tuple[int, int]] = field(default_factory=list)
 
     def evictable(self, logical: npt.NDArray[np.int64], n_history: int) -> npt.NDArray[np.bool_]:
         ok = (logical >= self.sink) & (logical < n_history - self.recent)
-        for start, end in self.pinned:
+        for start, end in self.pinned + self.held:
             ok &= ~((logical >= start) & (logical < end))
         return ok
 
@@ -123,6 +137,9 @@ class BudgetedKV:
         self.eviction_seconds = 0.0
         self.probe_passes = 0          # evictions decided by a probe (question-probed reading)
         self.probe_tokens = 0          # probe tokens decoded for them
+        self.recalls = 0               # prompts that read evicted history back (features/recall.py)
+        self.recalled_spans = 0
+        self.recalled_tokens = 0
 
     # --- where tokens are ---------------------------------------------------------------
 
@@ -164,13 +181,15 @@ class BudgetedKV:
 
     _SAVED = ("horizon", "window_start", "last_check", "evictions", "evicted_tokens")
     # counters added after the first session format: a file without them restores them as 0
-    _COUNTERS = {"probe_passes": int, "probe_tokens": int}
+    _COUNTERS = {"probe_passes": int, "probe_tokens": int, "recalls": int,
+                 "recalled_spans": int, "recalled_tokens": int}
 
     def bookkeeping(self) -> dict[str, Any]:
         """What a saved session needs besides the cached indices (features/session.py)."""
         return {**{k: int(getattr(self, k)) for k in self._SAVED},
                 **{k: kind(getattr(self, k)) for k, kind in self._COUNTERS.items()},
-                "pinned": [list(s) for s in self.protection.pinned]}
+                "pinned": [list(s) for s in self.protection.pinned],
+                "held": [list(s) for s in self.protection.held]}
 
     def restore_bookkeeping(self, saved: dict[str, Any], cached: npt.NDArray[np.int64]) -> None:
         for k in self._SAVED:
@@ -178,7 +197,33 @@ class BudgetedKV:
         for k, kind in self._COUNTERS.items():
             setattr(self, k, kind(saved.get(k, 0)))
         self.protection.pinned = [check_span(s) for s in saved["pinned"]]
+        self.protection.held = [check_span(s) for s in saved.get("held", [])]
         self.cached = np.asarray(cached, np.int64).copy()
+
+    # --- recall -------------------------------------------------------------------------
+
+    def reinsert(self, start: int, end: int, n_history: int,
+                 decode: Callable[[int, int, int], None]) -> None:
+        """Bring the evicted history tokens start..end-1 back at the positions they would hold.
+        llama.cpp only appends to a sequence ("Y = X + 1"), so decode(start, end, pos) decodes
+        them at positions pos.. after every cached cell; their keys are then shifted into place
+        (llama.cpp re-rotates them at the next decode, as it does for positions="compact")."""
+        k = int(np.searchsorted(self.cached, start))
+        if k < len(self.cached) and self.cached[k] < end:
+            raise BudgetError(f"internal: history {start}..{end} is partly cached")
+        n = end - start
+        if self.compact:
+            target = k
+            if k < len(self.cached):     # open a gap at rank k
+                llama_cpp.llama_memory_seq_add(self.mem, 0, k, -1, n)
+            at = len(self.cached) + (n if k < len(self.cached) else 0)
+        else:
+            target, at = start, self.next_pos()
+        decode(start, end, at)
+        if at != target:
+            llama_cpp.llama_memory_seq_add(self.mem, 0, at, at + n, target - at)
+        self.cached = np.insert(self.cached, k, np.arange(start, end, dtype=np.int64))
+        self.horizon = n_history
 
     # --- eviction -----------------------------------------------------------------------
 
@@ -195,8 +240,8 @@ class BudgetedKV:
         """Evict so that n_new more tokens fit; raises and leaves the cache unchanged if that
         cannot be done. The time it takes adds up in kv_stats().eviction_seconds.
 
-        probe: when an eviction is due, called with the cached cells (position order) for one
-        score each, which then decides what goes (CacheView.probe; a policy that sets
+        probe: when an eviction is due, called with the view of the cached tokens for one score
+        each, which then decides what goes (CacheView.probe; a policy that sets
         reads_probe decides itself)."""
         t0 = time.perf_counter()
         try:
@@ -224,7 +269,7 @@ class BudgetedKV:
         target = min(max(need, self.batch), n_evictable) if need > 0 else 0
         view = self._view(evictable, need, history)
         if probe is not None and need > 0:
-            view.probe = probe(view.cells)
+            view.probe = probe(view)
             self.probe_passes += 1
         chosen: Any
         try:
@@ -343,4 +388,5 @@ class BudgetedKV:
                        evicted_tokens=self.evicted_tokens, history_tokens=history_tokens,
                        positions=self.cached.copy(), policy=self.policy.describe(),
                        eviction_seconds=self.eviction_seconds, probe_passes=self.probe_passes,
-                       probe_tokens=self.probe_tokens)
+                       probe_tokens=self.probe_tokens, recalls=self.recalls,
+                       recalled_spans=self.recalled_spans, recalled_tokens=self.recalled_tokens)

@@ -28,15 +28,16 @@ import numpy.typing as npt
 
 from ..assets.gguf import check_gguf
 from ..cache.budget import GGML_TYPE_F16, BudgetLike, ModelShape, cells_for, model_shape
-from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, check_span
-from ..cache.policies import Policy
+from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
+from ..cache.policies import Policy, checked_scores
+from ..cache.view import CacheView
 from ..errors import BudgetError, ModelLoadError
-from ..features import attribution, explain, probe, session
+from ..features import attribution, explain, probe, recall, session
 from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
-from .settings import DEFAULT_PROBE, BudgetSettings
+from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -78,6 +79,9 @@ class Llama(llama_cpp.Llama):
         prompt's last tokens: its question), a number of tail tokens, "catalyst" (a generic
         summary question, for documents read before their questions), any question text, a
         pyrcedge.Probe, or None (evict by the policy alone).
+    recall: read evicted history back when a new prompt asks about it (docs/recall.md): True
+        (the default settings), a bound of tokens per prompt, a pyrcedge.Recall, or None/False.
+    on_recall: called with a RecallEvent after each prompt that recalled history.
     Every other keyword argument is llama_cpp.Llama's.
     """
 
@@ -89,14 +93,16 @@ class Llama(llama_cpp.Llama):
                  track_attention: bool = False,
                  on_progress: Callable[[int, int], None] | None = None,
                  on_logits: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
-                 probe: probe.ProbeLike = DEFAULT_PROBE, **kwargs: Any) -> None:
+                 probe: probe.ProbeLike = DEFAULT_PROBE, recall: recall.RecallLike = DEFAULT_RECALL,
+                 on_recall: Callable[[RecallEvent], None] | None = None,
+                 **kwargs: Any) -> None:
         self._kv: BudgetedKV | None = None
         self.settings = BudgetSettings(
             kv_budget=kv_budget, policy=policy, alpha=alpha, rc_epsilon=rc_epsilon,
             sink_tokens=sink_tokens, recent_tokens=recent_tokens, eviction_batch=eviction_batch,
             pinned=pinned, positions=positions, on_evict=on_evict,
             track_attention=track_attention, on_progress=on_progress, on_logits=on_logits,
-            probe=probe)
+            probe=probe, recall=recall, on_recall=on_recall)
         self.on_progress = on_progress
         self.on_logits = on_logits
         self.answer_start: int | None = None   # history index where the last answer began
@@ -126,6 +132,7 @@ class Llama(llama_cpp.Llama):
         self._kv = BudgetedKV(self.ctx, cells, policy_object, self.settings.protection(),
                               self.settings.eviction_batch, self.settings.positions, on_evict)
         self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
+        self._sentence_ends: dict[int, bool] = {}
         self.statistics = self.settings.statistics
         if self.statistics:
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
@@ -172,6 +179,7 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
         tokens = list(tokens)
         kv.truncate(self.n_tokens)
+        self._recall(tokens)
         read = self._probed_read(tokens)
         if read is None:
             self._read(tokens, None)
@@ -206,8 +214,12 @@ class Llama(llama_cpp.Llama):
                 if read:    # evict the probe's share of the budget, not all that may go
                     n = min(n, max(1, int(read.settings.refill * kv.budget)))
             limit = read.chunk_limit(i) if read else None
-            if limit is not None:
+            if read is not None and limit is not None:
                 n = min(n, limit)
+                last = read.settings.final_chunk
+                if last and limit <= n and limit > last and room < limit:
+                    n = limit - last    # leave a short last chunk: one more pass, and the
+                                        # budget holds scored cells when the tail arrives
             chunk = tokens[i : i + n]
             self.input_ids = grow(self.input_ids, self.n_tokens + n)
             self.input_ids[self.n_tokens : self.n_tokens + n] = chunk
@@ -232,6 +244,52 @@ class Llama(llama_cpp.Llama):
             if self.on_progress is not None:
                 self.on_progress(i, len(tokens))
 
+    def _recall(self, tokens: list[int]) -> None:
+        """Before a new prompt is read: read back the evicted history it asks about
+        (pyrcedge.features.recall), held in the cache until the next prompt."""
+        settings = self.settings.recall_object
+        kv = self.kv_cache
+        if settings is None or len(tokens) < settings.min_prompt:
+            return
+        kv.protection.held = []
+        n = self.n_tokens
+        if len(kv.cached) >= n:
+            return          # nothing evicted
+        history = self.input_ids[:n]
+        ends = np.array([self._ends_sentence(int(t)) for t in history], bool)
+        spans = recall.evicted_sentences(n, kv.cached, ends, settings.sentence_max)
+        docs = [recall.content_words(self.detokenize(history[a:b].tolist()).decode(
+            "utf-8", "replace")) for a, b in spans]
+        query = recall.content_words(self.detokenize(tokens).decode("utf-8", "replace"))
+        cached = set(kv.cached.tolist())
+        in_cache = set(recall.content_words(self.detokenize(history[kv.cached].tolist()).decode(
+            "utf-8", "replace")))
+        scores = recall.bm25(docs, query, weight={w: settings.covered for w in in_cache})
+        bound = min(settings.max_tokens, kv.budget // 4,
+                    kv.max_chunk(n) - min(len(tokens), self.n_batch))
+        chosen = recall.choose(spans, scores, settings, bound,
+                               lambda i: 0 <= i < n and i not in cached)
+        total = sum(b - a for a, b in chosen)
+        if not chosen or total <= 0:
+            return
+        kv.make_room(total, n, self.input_ids)
+
+        def decode(start: int, end: int, pos: int) -> None:
+            for a in range(start, end, self.n_batch):
+                b = min(end, a + self.n_batch)
+                self._batch.set_batch(batch=history[a:b].tolist(), n_past=pos + a - start,
+                                      logits_all=False)
+                self._ctx.decode(self._batch)
+
+        for a, b in chosen:
+            kv.reinsert(a, b, n, decode)
+        kv.protection.held = chosen
+        kv.recalls += 1
+        kv.recalled_spans += len(chosen)
+        kv.recalled_tokens += total
+        if self.settings.on_recall is not None:
+            self.settings.on_recall(RecallEvent(spans=chosen, tokens=total, history_tokens=n))
+
     def _probed_read(self, tokens: list[int]) -> probe.ProbedRead | None:
         settings = self.settings.probe_object
         if settings is None or not self.policy.evicts:
@@ -245,14 +303,22 @@ class Llama(llama_cpp.Llama):
         positions to continue its cache's (llama_batch_allocr: "Y = X + 1")."""
         kv = self.kv_cache
 
-        def score(cells: Any) -> Any:
+        def score(view: CacheView) -> Any:
             kv.probe_tokens += len(read.ids)
             s = read.settings
-            got, document = probe.probe_stats(self.ctx, kv.mem, cells, read.ids, kv.next_pos(),
-                                              self._batch, self._ctx.decode, self.policy.alpha,
-                                              attention=s.score == "attention")
-            return probe.pooled(probe.cell_scores(got, document, s), kv.cached, s.pool_before,
-                                s.pool_after)
+            got, document = probe.probe_stats(self.ctx, kv.mem, view.cells, read.ids,
+                                              kv.next_pos(), self._batch, self._ctx.decode,
+                                              self.policy.alpha, attention=s.score == "attention")
+            x = probe.cell_scores(got, document, s)
+            if s.mix:
+                x = probe.standardised(x[None, :])[0] + s.mix * probe.standardised(
+                    checked_scores(self.policy, view)[None, :])[0]
+            x = probe.pooled(x, kv.cached, s.pool_before, s.pool_after)
+            if s.pool == "sentence":
+                lo, hi = int(kv.cached.min()), int(kv.cached.max()) + 1
+                ends = np.array([self._ends_sentence(int(t)) for t in self.input_ids[lo:hi]])
+                x = probe.sentence_pooled(x, kv.cached, ends, s.sentence_max)
+            return x
 
         return score
 
@@ -354,6 +420,13 @@ class Llama(llama_cpp.Llama):
         """The budgeted cache engine: which history tokens are cached, where, and eviction."""
         assert self._kv is not None, "the Llama was not fully constructed"
         return self._kv
+
+    def _ends_sentence(self, token: int) -> bool:
+        ends = self._sentence_ends
+        if token not in ends:
+            piece = self.token_piece(token).decode("utf-8", "replace")
+            ends[token] = any(c in probe.SENTENCE_ENDS for c in piece)
+        return ends[token]
 
     def token_piece(self, token: int) -> bytes:
         """The bytes of one token, special tokens spelled out."""

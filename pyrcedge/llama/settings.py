@@ -8,13 +8,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..cache.budget import BudgetLike
-from ..cache.engine import POSITION_MODES, EvictionEvent, Protection, check_span
+from ..cache.engine import POSITION_MODES, EvictionEvent, Protection, RecallEvent, check_span
 from ..cache.policies import Policy, make_policy
 from ..errors import BudgetError
 from ..features.probe import MIN_FIT, Probe, ProbeLike, make_probe
+from ..features.recall import Recall, RecallLike, make_recall
 
 # what a Llama reads long prompts with unless told otherwise (docs/probe.md: the measurements)
 DEFAULT_PROBE: ProbeLike = "tail"
+# whether a new prompt reads evicted history it asks about back (docs/recall.md)
+DEFAULT_RECALL: RecallLike = None
 
 
 def check_count(n: Any, name: str, low: int) -> int:
@@ -42,8 +45,11 @@ class BudgetSettings:
     on_progress: Callable[[int, int], None] | None = None
     on_logits: Callable[[int, Any], None] | None = None
     probe: ProbeLike = DEFAULT_PROBE
+    recall: RecallLike = DEFAULT_RECALL
+    on_recall: Callable[[RecallEvent], None] | None = None
     policy_object: Policy = field(init=False, repr=False)
     probe_object: Probe | None = field(init=False, repr=False)
+    recall_object: Recall | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.policy_object = make_policy(self.policy, alpha=self.alpha, rc_epsilon=self.rc_epsilon)
@@ -52,11 +58,12 @@ class BudgetSettings:
         self.eviction_batch = check_count(self.eviction_batch, "eviction_batch", 1)
         if self.positions not in POSITION_MODES:
             raise BudgetError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
-        for name in ("on_evict", "on_progress", "on_logits"):
+        for name in ("on_evict", "on_progress", "on_logits", "on_recall"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise BudgetError(f"{name} must be callable")
         self.pinned = [check_span(s) for s in self.pinned]
         self.probe_object = make_probe(self.probe)
+        self.recall_object = make_recall(self.recall) if self.policy_object.evicts else None
 
     def check_probe(self, cells: int, tokenize: Callable[[bytes, bool, bool], list[int]]) -> list[int] | None:
         """The token ids of a text probe (None for a tail probe); BudgetError when the probe

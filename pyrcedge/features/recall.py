@@ -1,0 +1,163 @@
+"""Recall: bring back the evicted parts of the history that a new prompt asks about.
+
+pyrcedge keeps the whole history as token ids (4 bytes a token), so nothing said is lost when
+its K and V are evicted: it can be read again. When a new prompt arrives (a chat turn, a
+completion), the evicted history is cut into sentences, the sentences are ranked by the words
+they share with the prompt (BM25, with each word weighted by how rare it is in the history),
+and the best are decoded again, up to a bound of tokens per prompt, in place of the cells the
+policy values least, at the positions they had (llama.cpp only appends to a sequence, so they
+are decoded after the cached cells and their keys shifted back into place: see
+BudgetedKV.reinsert). They are held (not evictable) while that prompt is read and answered;
+the question probe, when the prompt is long, then weighs them as it weighs every cached cell.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import BudgetError
+
+# words that say nothing about what a prompt asks for: function words and chat roles
+STOPWORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had
+has have having he her here hers herself him himself his how i if in into is it its itself just
+me more most my myself no nor not now of off on once only or other our ours ourselves out over
+own same she should so some such than that the their theirs them themselves then there these
+they this those through to too under until up very was we were what when where which while who
+whom why will with would you your yours yourself yourselves please tell say said ask asked
+answer question remember told user assistant system one also like know
+""".split())
+WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Recall:
+    """How a new prompt brings evicted history back.
+
+    max_tokens: at most this many tokens are read again per prompt (and at most a quarter of
+        the budget).
+    sentence_max: evicted sentences longer than this many tokens are cut into pieces.
+    pad: tokens of the evicted run on each side of a chosen sentence that come back with it.
+    min_prompt: prompts of fewer tokens (a sampled token, a short continuation) recall nothing.
+    min_score: sentences scoring less than this (BM25) are not recalled.
+    covered: the weight of a prompt's word that the cached history already contains (what the
+        cache holds needs no recall; 1 ranks it as any other word).
+    """
+
+    max_tokens: int = 96
+    sentence_max: int = 40
+    pad: int = 2
+    min_prompt: int = 4
+    min_score: float = 1.0
+    covered: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name, least in (("max_tokens", 1), ("sentence_max", 1), ("pad", 0), ("min_prompt", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise BudgetError(f"recall {name} must be an integer >= {least}, got {v!r}")
+        if not math.isfinite(float(self.min_score)) or self.min_score < 0:
+            raise BudgetError(f"recall min_score must be a number >= 0, got {self.min_score!r}")
+
+
+RecallLike = Recall | bool | int | None
+
+
+def make_recall(spec: RecallLike) -> Recall | None:
+    """A Recall from what pyrcedge.Llama(recall=...) takes: None or False (off), True (the
+    default settings), an int (a bound of tokens per prompt), or a Recall."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return Recall()
+    if isinstance(spec, Recall):
+        return spec
+    if isinstance(spec, int):
+        return Recall(max_tokens=spec)
+    raise BudgetError(f"recall must be None, True, False, a number of tokens or a "
+                      f"pyrcedge.Recall, got {spec!r}")
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS]
+
+
+def evicted_sentences(n_history: int, cached: npt.NDArray[np.int64], ends: npt.NDArray[np.bool_],
+                      longest: int) -> list[tuple[int, int]]:
+    """(start, end) history ranges of the evicted tokens, cut at sentence ends (`ends[i]`: token
+    i ends a sentence) and into pieces of at most `longest` tokens."""
+    kept = np.zeros(n_history, bool)
+    kept[cached] = True
+    out = []
+    i = 0
+    while i < n_history:
+        if kept[i]:
+            i += 1
+            continue
+        start = i
+        while i < n_history and not kept[i]:
+            i += 1
+            if ends[i - 1] or i - start >= longest:
+                break
+        out.append((start, i))
+    return out
+
+
+def bm25(docs: Sequence[Sequence[str]], query: Sequence[str], k1: float = 1.2,
+         b: float = 0.75, weight: dict[str, float] | None = None) -> npt.NDArray[np.float64]:
+    """Okapi BM25 of each document (a list of words) for the query's words, each word's term
+    multiplied by weight[word] (default 1)."""
+    if not docs:
+        return np.zeros(0)
+    n = len(docs)
+    df: Counter[str] = Counter()
+    for d in docs:
+        df.update(set(d))
+    avg = max(1e-9, sum(len(d) for d in docs) / n)
+    terms = set(query)
+    out = np.zeros(n)
+    for j, d in enumerate(docs):
+        tf = Counter(w for w in d if w in terms)
+        for w, f in tf.items():
+            idf = math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
+            w_ = 1.0 if weight is None else weight.get(w, 1.0)
+            out[j] += w_ * idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(d) / avg))
+    return out
+
+
+def choose(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
+           settings: Recall, bound: int, evicted: Callable[[int], bool]) -> list[tuple[int, int]]:
+    """The best-scoring spans, padded within the evicted history, while they fit in `bound`
+    tokens; merged where they touch, in history order."""
+    picked: list[tuple[int, int]] = []
+    used = 0
+    for j in np.argsort(-scores, kind="stable"):
+        if scores[j] < settings.min_score:
+            break
+        a, b = spans[j]
+        for _ in range(settings.pad):
+            if a > 0 and evicted(a - 1):
+                a -= 1
+            if evicted(b):
+                b += 1
+        covered = sum(max(0, min(b, y) - max(a, x)) for x, y in picked)
+        extra = (b - a) - covered
+        if used + extra > bound:
+            continue
+        picked.append((a, b))
+        used += extra
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(picked):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
