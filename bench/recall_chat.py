@@ -4,7 +4,8 @@ out of the budget, then a question that needs it (docs/bench/recall-chat.md).
     .venv/bin/python bench/recall_chat.py [--model qwen2.5-coder-0.5b] [--n 30] [--turns 8]
         [--budget 25%] [--out recall-chat] CACHE...
 
-CACHE: full (a cache that holds the whole chat), POLICY (a2sf, window, context-shift) or
+CACHE (in this order; full first when the budget is a share): full (a cache that holds the
+whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), POLICY (a2sf, window, context-shift) or
 POLICY+recall[=TOKENS]. Every cache answers the same conversations (seed 0) in one process,
 one after another: turn 1 states a fact ("Please remember: my locker number is 4817."), each
 later turn pastes a passage of the essay haystack (pyrcedge eval niah's) for a one-sentence
@@ -99,7 +100,10 @@ def main() -> None:
                   verbose=False)
     results: dict[str, dict] = {}
     history: list[int] = []
-    for name in ["full"] + [c for c in a.caches if c != "full"]:
+    share = Budget.parse(a.budget)
+    if share.kind == "share" and a.caches[0] != "full":
+        raise SystemExit("a budget that is a share of the history needs full first")
+    for name in a.caches:
         rows, t0 = [], time.time()
         for j, conv in enumerate(convs):
             if name == "full":
@@ -107,7 +111,7 @@ def main() -> None:
             else:
                 policy, _, rec = name.partition("+recall")
                 recall = (int(rec.lstrip("=")) if rec.lstrip("=") else True) if _ else None
-                cells = Budget.parse(a.budget).of(history[j], 36).value
+                cells = share.of(history[j] if history else 0, 36).value
                 llm = Llama(path, kv_budget=cells, recall=recall, **POLICY_KW[policy], **common)
             reply, last_s, per_turn = run_chat(llm, conv, a.reply_tokens)
             st = llm.kv_stats()
@@ -133,9 +137,27 @@ def main() -> None:
               flush=True)
     if a.out:
         out = REPO / "docs" / "bench" / a.out
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command(), "machine": machine(), "args": vars(a), "results": results},
-            indent=1) + "\n")
+        record = {"command": command(), "machine": machine(), "args": vars(a), "results": results}
+        out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+        full = results["full"]["hits"] if "full" in results else 0
+        lines = [f"# A fact from turn 1, asked after {a.turns} more turns: {a.model}", "",
+                 f"Command: `{record['command']}`  ",
+                 f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, "
+                 f"{a.threads} threads, one conversation at a time.  ",
+                 f"{a.n} conversations (seed 0; bench/recall_chat.py says how they are made); "
+                 f"budget {a.budget} of each conversation's history as the full cache read it. "
+                 "Hit: the fact's key word in the last answer. Seconds: the last turn (the "
+                 "question), and the median turn.", "",
+                 "| cache | hits | / full | cells, mean | history, mean | recalled tokens, mean "
+                 "| last turn s, median | turn s, median |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in results.items():
+            ratio = r["hits"] / full if full else float("nan")
+            lines.append(f"| {name} | {r['hits']}/{r['n']} | {ratio:.2f} | {r['cells_mean']:.0f} | "
+                         f"{r['history_mean']:.0f} | {r['recalled_tokens_mean']:.1f} | "
+                         f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} |")
+        lines += ["", "Per-conversation replies are in the json.", ""]
+        out.with_suffix(".md").write_text("\n".join(lines))
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from .errors import (
 )
 from .features import attribution, session
 from .features.probe import CATALYST, Probe
+from .features.recall import Recall
 from .features.session import SessionState
 from .llama import Llama
 from .native import rcstat
@@ -47,6 +48,7 @@ __all__ = [
     "Llama",
     "Policy",
     "Probe",
+    "Recall",
     "PolicyError",
     "ModelFetchError",
     "ModelLoadError",

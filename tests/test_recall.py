@@ -101,6 +101,15 @@ def test_bad_recall_settings_are_refused_before_loading(default_model, spec, mat
         recall.Recall(pad=-1)
 
 
+def test_the_recall_option_of_every_command():
+    import argparse
+
+    from pyrcedge.apps.options import recall_argument
+    assert [recall_argument(t) for t in ("on", "off", "64")] == [True, None, 64]
+    with pytest.raises(argparse.ArgumentTypeError, match="--recall takes"):
+        recall_argument("lots")
+
+
 def test_evicted_sentences_cut_at_sentence_ends_and_length():
     cached = np.array([0, 1, 9], np.int64)
     ends = np.zeros(12, bool)

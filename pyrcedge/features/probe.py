@@ -34,11 +34,7 @@ from ..native import stats as kernel_stats
 # InfiniPot's "catalyst" prompt: a generic question for a document read before its questions
 CATALYST = "Summarize the previous context highlighting the most important parts."
 HEAD_REDUCTIONS = ("sum", "max")
-SCORES = ("relmax", "relmean", "rawmax", "attention")
-LAYERS = ("all", "mid", "late")
-POOLS = ("tokens", "sentence")
-# characters that end a sentence, for pool="sentence"
-SENTENCE_ENDS = frozenset(".?!\n")
+SCORES = ("relmax", "attention")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
 
@@ -69,14 +65,9 @@ class Probe:
     pool_before: int = 12
     pool_after: int = 2
     heads: str = "max"
-    refill: float = 0.5
+    refill: float = 0.25
     min_prompt: int = 64
     fit: bool = False
-    pool: str = "tokens"
-    layers: str = "all"
-    sentence_max: int = 48
-    final_chunk: int = 0
-    mix: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
@@ -91,10 +82,6 @@ class Probe:
             raise BudgetError(f"probe score must be one of {SCORES}, got {self.score!r}")
         if self.heads not in HEAD_REDUCTIONS:
             raise BudgetError(f"probe heads must be one of {HEAD_REDUCTIONS}, got {self.heads!r}")
-        if self.layers not in LAYERS:
-            raise BudgetError(f"probe layers must be one of {LAYERS}, got {self.layers!r}")
-        if self.pool not in POOLS:
-            raise BudgetError(f"probe pool must be one of {POOLS}, got {self.pool!r}")
         if not 0.0 < float(self.refill) < 1.0:
             raise BudgetError(f"probe refill must be in (0, 1), got {self.refill!r}")
 
@@ -136,32 +123,6 @@ def pooled(scores: npt.NDArray[np.float64], history: npt.NDArray[np.int64], befo
     return np.asarray(window[history - lo], np.float64)
 
 
-def sentence_ids(ends: npt.NDArray[np.bool_], longest: int) -> npt.NDArray[np.int64]:
-    """A sentence number for each token of a dense run, from whether each token ends a sentence
-    (it belongs to the sentence it ends); sentences longer than `longest` tokens are cut."""
-    starts = np.zeros(len(ends), np.bool_)
-    starts[1:] = ends[:-1]
-    sid = np.cumsum(starts)
-    # cut long sentences: position within the sentence // longest
-    first = np.maximum.accumulate(np.where(starts | (np.arange(len(ends)) == 0),
-                                           np.arange(len(ends)), 0))
-    return np.asarray(sid * (len(ends) + 1) + (np.arange(len(ends)) - first) // max(longest, 1),
-                      np.int64)
-
-
-def sentence_pooled(scores: npt.NDArray[np.float64], history: npt.NDArray[np.int64],
-                    ends: npt.NDArray[np.bool_], longest: int) -> npt.NDArray[np.float64]:
-    """Each token's score: the most any cached token of its sentence scored. `ends` says for
-    each history index from history.min() on whether its token ends a sentence."""
-    if len(scores) == 0:
-        return scores
-    sid = sentence_ids(ends, longest)[history - int(history.min())]
-    _, inverse = np.unique(sid, return_inverse=True)
-    best = np.full(int(inverse.max()) + 1, -np.inf)
-    np.maximum.at(best, inverse, scores)
-    return np.asarray(best[inverse], np.float64)
-
-
 def standardised(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """(x - mean) / std over the cells (the middle axis), per layer and head."""
     return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
@@ -174,12 +135,7 @@ def cell_scores(probe_stats: npt.NDArray[np.float32], document_stats: npt.NDArra
     if settings.score == "attention":
         x = probe_stats[..., kernel_stats.A2SF].astype(np.float64)
     else:
-        if settings.score == "relmax":
-            probe_max = probe_stats[..., kernel_stats.MAX].astype(np.float64)
-        else:
-            n = probe_stats[..., kernel_stats.COUNT].astype(np.float64)
-            probe_max = np.divide(probe_stats[..., kernel_stats.SUM].astype(np.float64), n,
-                                  out=np.zeros_like(n), where=n > 0)
+        probe_max = probe_stats[..., kernel_stats.MAX].astype(np.float64)
         count = document_stats[..., kernel_stats.COUNT].astype(np.float64)
         total = document_stats[..., kernel_stats.SUM].astype(np.float64)
         seen = count > 0
@@ -189,14 +145,7 @@ def cell_scores(probe_stats: npt.NDArray[np.float32], document_stats: npt.NDArra
         head_mean = np.divide((doc_mean * seen).sum(axis=1, keepdims=True), n_seen,
                               out=np.zeros_like(n_seen, dtype=np.float64), where=n_seen > 0)
         doc_mean = np.where(seen, doc_mean, head_mean)
-        if settings.score == "rawmax":
-            doc_mean = np.zeros_like(doc_mean)
         x = standardised(np.where(np.isfinite(probe_max), probe_max, 0.0) - doc_mean)
-    n = x.shape[0]
-    if settings.layers == "mid":
-        x = x[n // 4: 3 * n // 4]
-    elif settings.layers == "late":
-        x = x[n // 2:]
     per_layer = x.max(axis=2) if settings.heads == "max" else x.sum(axis=2)     # [layer, cell]
     return np.asarray(per_layer.sum(axis=0), np.float64)
 

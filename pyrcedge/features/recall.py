@@ -36,6 +36,8 @@ whom why will with would you your yours yourself yourselves please tell say said
 answer question remember told user assistant system one also like know
 """.split())
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# characters that end a sentence: a token holding one ends its sentence
+SENTENCE_ENDS = frozenset(".?!\n")
 
 
 @dataclass(frozen=True)

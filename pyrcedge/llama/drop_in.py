@@ -29,7 +29,7 @@ import numpy.typing as npt
 from ..assets.gguf import check_gguf
 from ..cache.budget import GGML_TYPE_F16, BudgetLike, ModelShape, cells_for, model_shape
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
-from ..cache.policies import Policy, checked_scores
+from ..cache.policies import Policy
 from ..cache.view import CacheView
 from ..errors import BudgetError, ModelLoadError
 from ..features import attribution, explain, probe, recall, session
@@ -214,12 +214,8 @@ class Llama(llama_cpp.Llama):
                 if read:    # evict the probe's share of the budget, not all that may go
                     n = min(n, max(1, int(read.settings.refill * kv.budget)))
             limit = read.chunk_limit(i) if read else None
-            if read is not None and limit is not None:
+            if limit is not None:
                 n = min(n, limit)
-                last = read.settings.final_chunk
-                if last and limit <= n and limit > last and room < limit:
-                    n = limit - last    # leave a short last chunk: one more pass, and the
-                                        # budget holds scored cells when the tail arrives
             chunk = tokens[i : i + n]
             self.input_ids = grow(self.input_ids, self.n_tokens + n)
             self.input_ids[self.n_tokens : self.n_tokens + n] = chunk
@@ -309,16 +305,8 @@ class Llama(llama_cpp.Llama):
             got, document = probe.probe_stats(self.ctx, kv.mem, view.cells, read.ids,
                                               kv.next_pos(), self._batch, self._ctx.decode,
                                               self.policy.alpha, attention=s.score == "attention")
-            x = probe.cell_scores(got, document, s)
-            if s.mix:
-                x = probe.standardised(x[None, :])[0] + s.mix * probe.standardised(
-                    checked_scores(self.policy, view)[None, :])[0]
-            x = probe.pooled(x, kv.cached, s.pool_before, s.pool_after)
-            if s.pool == "sentence":
-                lo, hi = int(kv.cached.min()), int(kv.cached.max()) + 1
-                ends = np.array([self._ends_sentence(int(t)) for t in self.input_ids[lo:hi]])
-                x = probe.sentence_pooled(x, kv.cached, ends, s.sentence_max)
-            return x
+            return probe.pooled(probe.cell_scores(got, document, s), kv.cached, s.pool_before,
+                                s.pool_after)
 
         return score
 
@@ -425,7 +413,7 @@ class Llama(llama_cpp.Llama):
         ends = self._sentence_ends
         if token not in ends:
             piece = self.token_piece(token).decode("utf-8", "replace")
-            ends[token] = any(c in probe.SENTENCE_ENDS for c in piece)
+            ends[token] = any(c in recall.SENTENCE_ENDS for c in piece)
         return ends[token]
 
     def token_piece(self, token: int) -> bytes:
