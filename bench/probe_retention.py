@@ -6,11 +6,11 @@ is still cached when the answer is generated, and the answer's F1, in one proces
         [--share 25%] [--dataset squad] VARIANT...
 
 VARIANT: full (the whole context cached), off (a2sf without the probe), tail (the default
-probe) or a JSON object of pyrcedge.Probe fields ('{"pool":"sentence"}'), optionally prefixed
+probe) or a JSON object of pyrcedge.Probe fields ('{"refill":0.5}'), optionally prefixed
 by POLICY: ("window:tail"). Each question is read and answered as `pyrcedge eval qa` does it
 (the chat template, greedy answers of at most 32 tokens, a budget that is a share of the
-context's tokens); the answer is located in the prompt by its first occurrence in the question's
-own paragraph. Retention is measured on the cache after the answer: "answer" is the share of
+context's tokens); the answer is located in the prompt by its first occurrence in the
+context. Retention is measured on the cache after the answer: "answer" is the share of
 the answer's tokens cached, "whole" the share of questions whose answer is entirely cached,
 "sentence" the share of the answer sentence's tokens cached.
 """
@@ -53,16 +53,14 @@ def parse_variant(v: str) -> tuple[str, object]:
     return policy, spec
 
 
-def locate(text: str, context: str, answers: tuple[str, ...], paragraph_hint: str) -> tuple[int, int] | None:
-    """(start, end) characters of the answer in the prompt text, or None."""
+def locate(text: str, context: str, answers: tuple[str, ...]) -> tuple[int, int] | None:
+    """(start, end) characters of the answer's first occurrence in the prompt's context, or
+    None."""
     c0 = text.find(context[:200])
     if c0 < 0:
         return None
-    p0 = context.find(paragraph_hint[:200]) if paragraph_hint else 0
     for a in answers:
-        k = context.find(a, max(p0, 0))
-        if k < 0:
-            k = context.find(a)
+        k = context.find(a)
         if k >= 0:
             return c0 + k, c0 + k + len(a)
     return None
@@ -100,8 +98,7 @@ def main() -> None:
         for ex in examples:
             n_ctx = len(tok.tokenize(ex.context.encode(), False, False))
             cells = n_ctx + 320 if policy == "full" else share.of(n_ctx, min_evicting_budget()).value
-            kw = {"kv_budget": cells, "policy": "full" if policy == "full" else policy,
-                  "probe": spec} if policy != "full" else {"kv_budget": cells, "policy": "full"}
+            kw = {"kv_budget": cells, "policy": policy, "probe": spec}   # full: probe a no-op
             read_end: list[np.ndarray] = []
 
             def progress(done: int, total: int) -> None:
@@ -120,7 +117,7 @@ def main() -> None:
             kept[cached] = True
             kept_read = np.zeros(len(hist), bool)
             kept_read[read_end[0] if read_end else cached] = True
-            span = locate(text, ex.context, ex.answers, "")
+            span = locate(text, ex.context, ex.answers)
             row = {"id": ex.id, "f1": f1_score(pred, ex.answers), "pred": pred, "seconds": secs,
                    "passes": llm.kv_stats().probe_passes, "cells": cells}
             if span is not None:

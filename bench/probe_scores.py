@@ -92,7 +92,7 @@ def main() -> None:
         kv = llm.kv_cache
         cells, logical = kv.cached_cells()
         text, offs = llm.token_offsets(hist)
-        span = locate(text, ex.context, ex.answers, "")
+        span = locate(text, ex.context, ex.answers)
         if span is None:
             continue
         ans = np.nonzero((offs[1:] > span[0]) & (offs[:-1] < span[1]))[0]
