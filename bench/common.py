@@ -27,13 +27,15 @@ def split_share(name: str, default: str) -> tuple[str, str]:
 
 def config_args(name: str) -> list[str]:
     """pyrcedge options for a cache named POLICY, POLICY+probe (the tail probe) or
-    POLICY+probe=SPEC (any --probe value); without +probe the probe is off."""
-    policy, _, probe = name.partition("+probe")
+    POLICY+probe=SPEC (any --probe value), each optionally followed by +recall; without
+    +probe the probe is off, without +recall recall is."""
+    base, recall = (name[:-len("+recall")], "on") if name.endswith("+recall") else (name, "off")
+    policy, _, probe = base.partition("+probe")
     if policy not in POLICY_ARGS:
         raise SystemExit(f"unknown cache {name!r}: a policy of {sorted(POLICY_ARGS)}, "
-                         "optionally +probe or +probe=SPEC")
+                         "optionally +probe or +probe=SPEC, then optionally +recall")
     spec = (probe.lstrip("=") or "tail") if _ else "off"
-    return POLICY_ARGS[policy] + ["--probe", spec]
+    return POLICY_ARGS[policy] + ["--probe", spec, "--recall", recall]
 
 
 def command() -> str:

@@ -53,6 +53,30 @@ def test_a_question_reads_the_evicted_fact_back(default_model, positions):
     assert llm.kv_stats().evictions > st.evictions
 
 
+@pytest.mark.parametrize("positions", ["keep", "compact"])
+def test_a_long_prompt_reads_back_what_its_own_reading_evicted_before_its_question(
+        default_model, positions):
+    events = []
+    llm = make(default_model, kv_budget=96, policy="window", probe="tail", recall=True,
+               positions=positions, on_recall=events.append)
+    seen = watch_decodes(llm)
+    fact = llm.tokenize(FACT.encode())
+    body = fact + llm.tokenize((" " + PROSE * 8).encode(), add_bos=False)
+    prompt = body + llm.tokenize(ASK.encode(), add_bos=False)
+    lasts = []
+    orig = llm._batch.set_batch
+    llm._batch.set_batch = lambda batch, n_past, logits_all: (
+        lasts.append(list(batch)), orig(batch=batch, n_past=n_past, logits_all=logits_all))
+    llm.eval(prompt)
+    st = llm.kv_stats()
+    assert st.probe_passes > 0 and st.recalls == 1 and len(events) == 1
+    back = {i for a, b in events[0].spans for i in range(a, b)}
+    assert back and max(back) < len(body)          # from the document, before the question
+    assert set(range(8, len(fact))) <= set(st.positions.tolist())   # the password is there
+    assert max(seen) <= 96 and positions_agree(llm)
+    assert lasts[-1] == prompt[-len(lasts[-1]):]   # the question is read last: it starts the answer
+
+
 def test_prompts_about_nothing_evicted_recall_nothing(default_model):
     llm = make(default_model, kv_budget=96, policy="window", recall=True)
     read_fact_then_prose(llm)
@@ -110,11 +134,28 @@ def test_the_recall_option_of_every_command():
         recall_argument("lots")
 
 
-def test_evicted_sentences_cut_at_sentence_ends_and_length():
-    cached = np.array([0, 1, 9], np.int64)
+def test_sentences_cut_at_sentence_ends_and_length():
     ends = np.zeros(12, bool)
     ends[4] = True
-    assert recall.evicted_sentences(12, cached, ends, 3) == [(2, 5), (5, 8), (8, 9), (10, 12)]
+    assert recall.sentences(ends, 3) == [(0, 3), (3, 5), (5, 8), (8, 11), (11, 12)]
+
+
+def test_a_sentence_is_a_candidate_while_any_of_its_tokens_is_evicted():
+    ends = np.zeros(12, bool)
+    ends[[4, 8]] = True
+    cached = np.array([0, 1, 2, 3, 4, 5, 7, 8], np.int64)   # token 6 of the second sentence gone
+    assert recall.evicted_sentences(ends, cached, 40) == [(5, 9), (9, 12)]
+
+
+def test_choose_returns_the_evicted_tokens_of_the_best_sentences_padded():
+    gone = {2, 6, 9, 10, 11}
+    settings = recall.Recall(pad=1)
+    runs = recall.choose([(5, 9), (9, 12)], np.array([3.0, 0.5]), settings, 8,
+                         lambda i: i in gone)
+    assert runs == [(6, 7), (9, 10)]     # the best sentence's one evicted token, padded by 9
+    assert recall.choose([(5, 9), (9, 12)], np.array([3.0, 2.0]), settings, 8,
+                         lambda i: i in gone) == [(6, 7), (9, 12)]
+    assert recall.choose([(5, 9)], np.array([0.9]), settings, 8, lambda i: i in gone) == []
 
 
 def test_bm25_prefers_the_rare_shared_word():

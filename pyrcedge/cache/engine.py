@@ -84,20 +84,29 @@ class KVStats:
         return d
 
 
+# (cached history indices, history length) -> which of them a chat's structure keeps
+StructureFn = Callable[[npt.NDArray[np.int64], int], npt.NDArray[np.bool_]]
+
+
 @dataclass
 class Protection:
-    """Tokens no policy may evict: the first `sink`, the last `recent`, pinned spans, and the
-    spans recalled for the prompt being read and answered (`held`)."""
+    """Tokens no policy may evict: the first `sink`, the last `recent`, pinned spans, the
+    spans recalled for the prompt being read and answered (`held`), and what `structure` says
+    a chat's template needs (pyrcedge.features.structure; yielded when nothing else could go)."""
 
     sink: int
     recent: int
     pinned: list[tuple[int, int]] = field(default_factory=list)
     held: list[tuple[int, int]] = field(default_factory=list)
+    structure: StructureFn | None = None
 
-    def evictable(self, logical: npt.NDArray[np.int64], n_history: int) -> npt.NDArray[np.bool_]:
+    def evictable(self, logical: npt.NDArray[np.int64], n_history: int,
+                  structure: bool = True) -> npt.NDArray[np.bool_]:
         ok = (logical >= self.sink) & (logical < n_history - self.recent)
         for start, end in self.pinned + self.held:
             ok &= ~((logical >= start) & (logical < end))
+        if structure and self.structure is not None and len(logical):
+            ok &= ~self.structure(logical, n_history)
         return ok
 
 
@@ -232,7 +241,7 @@ class BudgetedKV:
 
     def max_chunk(self, n_history: int) -> int:
         """The most tokens one decode may add when the cache must evict to take them."""
-        protected = int((~self.protection.evictable(self.cached, n_history)).sum())
+        protected = int((~self.protection.evictable(self.cached, n_history, structure=False)).sum())
         return max(1, self.budget - max(protected, self.protection.sink + self.protection.recent))
 
     def make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32],
@@ -261,6 +270,9 @@ class BudgetedKV:
                 f"Requested tokens ({n_history + n_new}) exceed context window of {self.budget}")
         evictable = self.protection.evictable(self.cached, n_history)
         n_evictable = int(evictable.sum())
+        if need > n_evictable:      # the chat's structure yields before the budget does
+            evictable = self.protection.evictable(self.cached, n_history, structure=False)
+            n_evictable = int(evictable.sum())
         if need > n_evictable:
             raise BudgetError(
                 f"cannot make room for {n_new} tokens: {used} tokens are cached in a budget of "

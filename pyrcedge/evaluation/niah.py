@@ -75,13 +75,15 @@ def run_niah(needles: list[Needle], llm: Any, max_tokens: int = 24,
     t0 = time.perf_counter()
     bar = tqdm(needles, desc="niah", unit="prompt", disable=not progress, file=sys.stderr)
     for nd in bar:
+        recalled = llm.kv_stats().recalled_tokens
         r = greedy(llm, nd.prompt, max_tokens)
         st = llm.kv_stats()
         rows.append({"depth": nd.depth, "key": nd.key, "value": nd.value, "output": r.text,
                      "hit": nd.value in r.text, "prompt_tokens": r.prompt_tokens,
                      "prefill_s": r.prefill_s,
                      "kv_cells_used_max": r.kv_cells_used_max, "budget_cells": r.kv_budget_cells,
-                     "evicted_tokens": st.evicted_tokens})
+                     "evicted_tokens": st.evicted_tokens,
+                     "recalled_tokens": st.recalled_tokens - recalled})
         bar.set_postfix(hit_rate=f"{sum(x['hit'] for x in rows) / len(rows):.3f}")
     by_depth: dict[float, list[bool]] = {}
     for x in rows:
@@ -93,6 +95,7 @@ def run_niah(needles: list[Needle], llm: Any, max_tokens: int = 24,
             "prefill_s_spread": [min(x["prefill_s"] for x in rows),
                                  max(x["prefill_s"] for x in rows)],
             "probe_passes": llm.kv_stats().probe_passes,
+            "recalled_tokens": llm.kv_stats().recalled_tokens,
             "kv_cells_used_max": max(x["kv_cells_used_max"] for x in rows),
             "budget_cells": rows[0]["budget_cells"], "seconds": time.perf_counter() - t0,
             "examples": rows}

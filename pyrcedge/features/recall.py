@@ -2,9 +2,9 @@
 
 pyrcedge keeps the whole history as token ids (4 bytes a token), so nothing said is lost when
 its K and V are evicted: it can be read again. When a new prompt arrives (a chat turn, a
-completion), the evicted history is cut into sentences, the sentences are ranked by the words
-they share with the prompt (BM25, with each word weighted by how rare it is in the history),
-and the best are decoded again, up to a bound of tokens per prompt, in place of the cells the
+completion), the history is cut into sentences, those with evicted tokens are ranked by the
+words they share with the prompt (BM25, with each word weighted by how rare it is in the
+history), and the evicted tokens of the best are decoded again, up to a bound of tokens per prompt, in place of the cells the
 policy values least, at the positions they had (llama.cpp only appends to a sequence, so they
 are decoded after the cached cells and their keys shifted back into place: see
 BudgetedKV.reinsert). They are held (not evictable) while that prompt is read and answered;
@@ -92,25 +92,28 @@ def content_words(text: str) -> list[str]:
     return [w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS]
 
 
-def evicted_sentences(n_history: int, cached: npt.NDArray[np.int64], ends: npt.NDArray[np.bool_],
-                      longest: int) -> list[tuple[int, int]]:
-    """(start, end) history ranges of the evicted tokens, cut at sentence ends (`ends[i]`: token
-    i ends a sentence) and into pieces of at most `longest` tokens."""
-    kept = np.zeros(n_history, bool)
-    kept[cached] = True
+def sentences(ends: npt.NDArray[np.bool_], longest: int) -> list[tuple[int, int]]:
+    """(start, end) history ranges of the history's sentences (`ends[i]`: token i ends one),
+    longer ones cut into pieces of at most `longest` tokens."""
     out = []
-    i = 0
-    while i < n_history:
-        if kept[i]:
-            i += 1
-            continue
-        start = i
-        while i < n_history and not kept[i]:
-            i += 1
-            if ends[i - 1] or i - start >= longest:
-                break
-        out.append((start, i))
+    start = 0
+    for i in range(len(ends)):
+        if ends[i] or i + 1 - start >= longest:
+            out.append((start, i + 1))
+            start = i + 1
+    if start < len(ends):
+        out.append((start, len(ends)))
     return out
+
+
+def evicted_sentences(ends: npt.NDArray[np.bool_], cached: npt.NDArray[np.int64],
+                      longest: int) -> list[tuple[int, int]]:
+    """The sentences (as `sentences` cuts them) of which some token is evicted: the
+    candidates. A sentence is ranked whole, by all its words, so that one the eviction cut in
+    two (the digits of a number gone, its words kept) is found by the words it kept."""
+    kept = np.zeros(len(ends), bool)
+    kept[cached] = True
+    return [(a, b) for a, b in sentences(ends, longest) if not kept[a:b].all()]
 
 
 def bm25(docs: Sequence[Sequence[str]], query: Sequence[str], k1: float = 1.2,
@@ -137,10 +140,10 @@ def bm25(docs: Sequence[Sequence[str]], query: Sequence[str], k1: float = 1.2,
 
 def choose(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
            settings: Recall, bound: int, evicted: Callable[[int], bool]) -> list[tuple[int, int]]:
-    """The best-scoring spans, padded within the evicted history, while they fit in `bound`
-    tokens; merged where they touch, in history order."""
-    picked: list[tuple[int, int]] = []
-    used = 0
+    """The evicted tokens of the best-scoring spans, each span widened by up to `pad` evicted
+    tokens on each side, while they fit in `bound` tokens: runs of history indices, in
+    order."""
+    picked: set[int] = set()
     for j in np.argsort(-scores, kind="stable"):
         if scores[j] < settings.min_score:
             break
@@ -150,16 +153,13 @@ def choose(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
                 a -= 1
             if evicted(b):
                 b += 1
-        covered = sum(max(0, min(b, y) - max(a, x)) for x, y in picked)
-        extra = (b - a) - covered
-        if used + extra > bound:
-            continue
-        picked.append((a, b))
-        used += extra
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(picked):
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        new = [i for i in range(a, b) if i not in picked and evicted(i)]
+        if len(picked) + len(new) <= bound:
+            picked.update(new)
+    runs: list[tuple[int, int]] = []
+    for i in sorted(picked):
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
         else:
-            merged.append((a, b))
-    return merged
+            runs.append((i, i + 1))
+    return runs

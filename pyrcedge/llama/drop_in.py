@@ -32,7 +32,7 @@ from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, chec
 from ..cache.policies import Policy
 from ..cache.view import CacheView
 from ..errors import BudgetError, ModelLoadError
-from ..features import attribution, explain, probe, recall, session
+from ..features import attribution, explain, probe, recall, session, structure
 from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
@@ -42,6 +42,8 @@ from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
 DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
+# sentences whose words recall remembers (by token ids) before it starts again
+SENTENCE_WORDS_KEPT = 8192
 
 
 def grow(a: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
@@ -82,6 +84,8 @@ class Llama(llama_cpp.Llama):
     recall: read evicted history back when a new prompt asks about it (docs/recall.md): True
         (the default settings), a bound of tokens per prompt, a pyrcedge.Recall, or None/False.
     on_recall: called with a RecallEvent after each prompt that recalled history.
+    chat_structure: keep the chat template's control tokens and role headers of the turns still
+        cached, and the system prompt, when evicting (pyrcedge.features.structure).
     Every other keyword argument is llama_cpp.Llama's.
     """
 
@@ -95,14 +99,14 @@ class Llama(llama_cpp.Llama):
                  on_logits: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
                  probe: probe.ProbeLike = DEFAULT_PROBE, recall: recall.RecallLike = DEFAULT_RECALL,
                  on_recall: Callable[[RecallEvent], None] | None = None,
-                 **kwargs: Any) -> None:
+                 chat_structure: bool = False, **kwargs: Any) -> None:
         self._kv: BudgetedKV | None = None
         self.settings = BudgetSettings(
             kv_budget=kv_budget, policy=policy, alpha=alpha, rc_epsilon=rc_epsilon,
             sink_tokens=sink_tokens, recent_tokens=recent_tokens, eviction_batch=eviction_batch,
             pinned=pinned, positions=positions, on_evict=on_evict,
             track_attention=track_attention, on_progress=on_progress, on_logits=on_logits,
-            probe=probe, recall=recall, on_recall=on_recall)
+            probe=probe, recall=recall, on_recall=on_recall, chat_structure=chat_structure)
         self.on_progress = on_progress
         self.on_logits = on_logits
         self.answer_start: int | None = None   # history index where the last answer began
@@ -131,8 +135,12 @@ class Llama(llama_cpp.Llama):
                               f"the budget of {limit}")
         self._kv = BudgetedKV(self.ctx, cells, policy_object, self.settings.protection(),
                               self.settings.eviction_batch, self.settings.positions, on_evict)
+        if self.settings.chat_structure:
+            self._kv.protection.structure = self._structure
         self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
+        self._token_kinds: dict[int, tuple[bool, bool, bool]] = {}
         self._sentence_ends: dict[int, bool] = {}
+        self._sentence_words: dict[bytes, list[str]] = {}
         self.statistics = self.settings.statistics
         if self.statistics:
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
@@ -188,21 +196,37 @@ class Llama(llama_cpp.Llama):
             # a full cache (an earlier turn filled it) first makes room for the probe
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         if self.statistics:
-            self._read(tokens, read)
+            self._read_probed(tokens, read)
             return
         # the probe reads the document queries' logit moments: on for this read only
         kernel_stats.enable_scoring(self.ctx, alpha=self.policy.alpha)
         try:
-            self._read(tokens, read)
+            self._read_probed(tokens, read)
         finally:
             kernel_stats.disable_scoring(self.ctx)
 
-    def _read(self, tokens: list[int], read: probe.ProbedRead | None) -> None:
+    def _read_probed(self, tokens: list[int], read: probe.ProbedRead) -> None:
+        """Read a prompt that does not fit with its probe. With recall on and the question at
+        the prompt's tail, the document is read first; then the sentences its reading evicted
+        that the question asks about are read back (as recall does for earlier turns), and
+        the question last, so that its last token's logits start the answer."""
+        tail = read.tail_start
+        if self.settings.recall_object is None or read.settings.text is not None or tail <= 0:
+            self._read(tokens, read)
+            return
+        self._read(tokens, read, end=tail)
+        self._recall(tokens[tail:], release=False, read=read)
+        self._read(tokens, read, begin=tail)
+
+    def _read(self, tokens: list[int], read: probe.ProbedRead | None, begin: int = 0,
+              end: int | None = None) -> None:
+        """Evaluate tokens[begin:end] (all by default), chunk by chunk, evicting as needed."""
         kv = self.kv_cache
         logits_all = self._logits_all or self.on_logits is not None
-        i = 0
-        while i < len(tokens):
-            left = len(tokens) - i
+        stop = len(tokens) if end is None else end
+        i = begin
+        while i < stop:
+            left = stop - i
             if read is not None and kv.max_chunk(self.n_tokens) <= read.reserve(i):
                 read = None     # protected tokens leave no room beside the probe: read plainly
             reserve = read.reserve(i) if read else 0
@@ -240,22 +264,26 @@ class Llama(llama_cpp.Llama):
             if self.on_progress is not None:
                 self.on_progress(i, len(tokens))
 
-    def _recall(self, tokens: list[int]) -> None:
-        """Before a new prompt is read: read back the evicted history it asks about
-        (pyrcedge.features.recall), held in the cache until the next prompt."""
+    def _recall(self, tokens: list[int], release: bool = True,
+                read: probe.ProbedRead | None = None) -> None:
+        """Before `tokens` are read: read back the evicted history they ask about
+        (pyrcedge.features.recall), held in the cache until the next prompt (release: the
+        previous prompt's recalled spans become evictable first). Within a probed read
+        (`read`, its tail still to come), the room is made by the probe's scores, and the
+        tail's own room is kept."""
         settings = self.settings.recall_object
         kv = self.kv_cache
         if settings is None or len(tokens) < settings.min_prompt:
             return
-        kv.protection.held = []
+        if release:
+            kv.protection.held = []
         n = self.n_tokens
         if len(kv.cached) >= n:
             return          # nothing evicted
         history = self.input_ids[:n]
         ends = np.array([self._ends_sentence(int(t)) for t in history], bool)
-        spans = recall.evicted_sentences(n, kv.cached, ends, settings.sentence_max)
-        docs = [recall.content_words(self.detokenize(history[a:b].tolist()).decode(
-            "utf-8", "replace")) for a, b in spans]
+        spans = recall.evicted_sentences(ends, kv.cached, settings.sentence_max)
+        docs = [self._words_of(history, a, b) for a, b in spans]
         query = recall.content_words(self.detokenize(tokens).decode("utf-8", "replace"))
         cached = set(kv.cached.tolist())
         in_cache = set(recall.content_words(self.detokenize(history[kv.cached].tolist()).decode(
@@ -268,7 +296,10 @@ class Llama(llama_cpp.Llama):
         total = sum(b - a for a, b in chosen)
         if not chosen or total <= 0:
             return
-        kv.make_room(total, n, self.input_ids)
+        if read is None:
+            kv.make_room(total, n, self.input_ids)
+        else:
+            kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read))
 
         def decode(start: int, end: int, pos: int) -> None:
             for a in range(start, end, self.n_batch):
@@ -279,12 +310,25 @@ class Llama(llama_cpp.Llama):
 
         for a, b in chosen:
             kv.reinsert(a, b, n, decode)
-        kv.protection.held = chosen
+        kv.protection.held = sorted(kv.protection.held + chosen)
         kv.recalls += 1
         kv.recalled_spans += len(chosen)
         kv.recalled_tokens += total
         if self.settings.on_recall is not None:
             self.settings.on_recall(RecallEvent(spans=chosen, tokens=total, history_tokens=n))
+
+    def _words_of(self, history: Any, start: int, end: int) -> list[str]:
+        """The content words of history[start:end], remembered by its token ids (a chat
+        ranks the same sentences again at every turn)."""
+        ids = history[start:end]
+        key = ids.tobytes()
+        words = self._sentence_words.get(key)
+        if words is None:
+            if len(self._sentence_words) >= SENTENCE_WORDS_KEPT:
+                self._sentence_words.clear()
+            words = recall.content_words(self.detokenize(ids.tolist()).decode("utf-8", "replace"))
+            self._sentence_words[key] = words
+        return words
 
     def _probed_read(self, tokens: list[int]) -> probe.ProbedRead | None:
         settings = self.settings.probe_object
@@ -408,6 +452,28 @@ class Llama(llama_cpp.Llama):
         """The budgeted cache engine: which history tokens are cached, where, and eviction."""
         assert self._kv is not None, "the Llama was not fully constructed"
         return self._kv
+
+    def _structure(self, logical: npt.NDArray[np.int64], n_history: int) -> npt.NDArray[np.bool_]:
+        """Which cached tokens (history indices `logical`) the chat's structure keeps."""
+        history = self.input_ids[:n_history]
+        ids, inverse = np.unique(history, return_inverse=True)
+        kinds = np.array([self._token_kind(int(t)) for t in ids], bool).reshape(-1, 3)[inverse]
+        cached = np.zeros(n_history, bool)
+        cached[logical] = True
+        keep = structure.protected(history, kinds[:, 0], kinds[:, 1], cached, kinds[:, 2],
+                                   int(structure.SYSTEM_SHARE * self.kv_cache.budget))
+        return keep[logical]
+
+    def _token_kind(self, token: int) -> tuple[bool, bool, bool]:
+        """(a control token, holds a newline, is the word "system") for a token id."""
+        kind = self._token_kinds.get(token)
+        if kind is None:
+            attr = llama_cpp.llama_vocab_get_attr(self._model.vocab, token)
+            piece = self.token_piece(token).decode("utf-8", "replace")
+            kind = (bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL), "\n" in piece,
+                    piece.strip().lower() == "system")
+            self._token_kinds[token] = kind
+        return kind
 
     def _ends_sentence(self, token: int) -> bool:
         ends = self._sentence_ends

@@ -47,6 +47,7 @@ class BudgetSettings:
     probe: ProbeLike = DEFAULT_PROBE
     recall: RecallLike = DEFAULT_RECALL
     on_recall: Callable[[RecallEvent], None] | None = None
+    chat_structure: bool = False
     policy_object: Policy = field(init=False, repr=False)
     probe_object: Probe | None = field(init=False, repr=False)
     recall_object: Recall | None = field(init=False, repr=False)
@@ -58,6 +59,8 @@ class BudgetSettings:
         self.eviction_batch = check_count(self.eviction_batch, "eviction_batch", 1)
         if self.positions not in POSITION_MODES:
             raise BudgetError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+        if not isinstance(self.chat_structure, bool):
+            raise BudgetError(f"chat_structure must be True or False, got {self.chat_structure!r}")
         for name in ("on_evict", "on_progress", "on_logits", "on_recall"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise BudgetError(f"{name} must be callable")
