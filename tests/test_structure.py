@@ -7,6 +7,7 @@ import numpy as np
 from test_budgeted import PROSE, make
 
 from pyrcedge.features import structure
+from pyrcedge.llama.drop_in import CONTROL
 
 
 def test_headers_are_control_tokens_and_their_role_line():
@@ -54,8 +55,7 @@ def test_a_budgeted_chat_keeps_the_system_prompt_and_the_headers_of_its_turns(de
     text = "".join(llm.token_piece(int(t)).decode("utf-8", "replace") for t in history[kv.cached])
     assert text.startswith("<|im_start|>system\nYou are a terse assistant who answers in French."
                            "<|im_end|>")
-    kinds = np.array([llm._token_kind(int(t)) for t in history], bool)
-    control = np.flatnonzero(kinds[:, 0])
+    control = np.flatnonzero(llm._token_kinds(history)[:, CONTROL])
     kept = set(kv.cached.tolist())
     for a, b in zip(control[::2], control[1::2]):      # each turn's <|im_start|> .. <|im_end|>
         words = set(range(a + 3, b)) & kept

@@ -4,10 +4,10 @@ pyrcedge keeps the whole history as token ids (4 bytes a token), so nothing said
 its K and V are evicted: it can be read again. When a new prompt arrives (a chat turn, a
 completion), the history is cut into sentences, those with evicted tokens are ranked by the
 words they share with the prompt (BM25, with each word weighted by how rare it is in the
-history), and the evicted tokens of the best are decoded again, up to a bound of tokens per prompt, in place of the cells the
-policy values least, at the positions they had (llama.cpp only appends to a sequence, so they
-are decoded after the cached cells and their keys shifted back into place: see
-BudgetedKV.reinsert). They are held (not evictable) while that prompt is read and answered;
+history), and the evicted tokens of the best are decoded again, up to a bound of tokens per
+prompt, in place of the cells the policy values least, at the positions they had (llama.cpp
+only appends to a sequence, so they are decoded after the cached cells and their keys shifted
+back into place: see BudgetedKV.reinsert). They are held (not evictable) while that prompt is read and answered;
 the question probe, when the prompt is long, then weighs them as it weighs every cached cell.
 """
 

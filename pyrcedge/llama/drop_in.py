@@ -44,6 +44,8 @@ LOGICAL_CONTEXT = 2**31 - 1
 DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
 # sentences whose words recall remembers (by token ids) before it starts again
 SENTENCE_WORDS_KEPT = 8192
+# the columns of Llama._token_kinds: what recall and the chat structure ask of a token
+CONTROL, NEWLINE, SYSTEM, ENDS_SENTENCE = range(4)
 
 
 def grow(a: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
@@ -138,8 +140,7 @@ class Llama(llama_cpp.Llama):
         if self.settings.chat_structure:
             self._kv.protection.structure = self._structure
         self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
-        self._token_kinds: dict[int, tuple[bool, bool, bool]] = {}
-        self._sentence_ends: dict[int, bool] = {}
+        self._token_kind_of: dict[int, tuple[bool, bool, bool, bool]] = {}
         self._sentence_words: dict[bytes, list[str]] = {}
         self.statistics = self.settings.statistics
         if self.statistics:
@@ -281,7 +282,7 @@ class Llama(llama_cpp.Llama):
         if len(kv.cached) >= n:
             return          # nothing evicted
         history = self.input_ids[:n]
-        ends = np.array([self._ends_sentence(int(t)) for t in history], bool)
+        ends = self._token_kinds(history)[:, ENDS_SENTENCE]
         spans = recall.evicted_sentences(ends, kv.cached, settings.sentence_max)
         docs = [self._words_of(history, a, b) for a, b in spans]
         query = recall.content_words(self.detokenize(tokens).decode("utf-8", "replace"))
@@ -456,31 +457,33 @@ class Llama(llama_cpp.Llama):
     def _structure(self, logical: npt.NDArray[np.int64], n_history: int) -> npt.NDArray[np.bool_]:
         """Which cached tokens (history indices `logical`) the chat's structure keeps."""
         history = self.input_ids[:n_history]
-        ids, inverse = np.unique(history, return_inverse=True)
-        kinds = np.array([self._token_kind(int(t)) for t in ids], bool).reshape(-1, 3)[inverse]
+        kinds = self._token_kinds(history)
         cached = np.zeros(n_history, bool)
         cached[logical] = True
-        keep = structure.protected(history, kinds[:, 0], kinds[:, 1], cached, kinds[:, 2],
+        keep = structure.protected(history, kinds[:, CONTROL], kinds[:, NEWLINE], cached,
+                                   kinds[:, SYSTEM],
                                    int(structure.SYSTEM_SHARE * self.kv_cache.budget))
         return keep[logical]
 
-    def _token_kind(self, token: int) -> tuple[bool, bool, bool]:
-        """(a control token, holds a newline, is the word "system") for a token id."""
-        kind = self._token_kinds.get(token)
+    def _token_kinds(self, ids: npt.NDArray[np.intc]) -> npt.NDArray[np.bool_]:
+        """[len(ids), 4]: each token's kind (the columns CONTROL, NEWLINE, SYSTEM,
+        ENDS_SENTENCE), looked up once per distinct id."""
+        distinct, inverse = np.unique(ids, return_inverse=True)
+        rows = np.array([self._token_kind(int(t)) for t in distinct], bool).reshape(-1, 4)
+        return rows[inverse.reshape(-1)]
+
+    def _token_kind(self, token: int) -> tuple[bool, bool, bool, bool]:
+        """(a control token, holds a newline, is the word "system", ends a sentence: its text
+        holds one of recall.SENTENCE_ENDS) for a token id."""
+        kind = self._token_kind_of.get(token)
         if kind is None:
             attr = llama_cpp.llama_vocab_get_attr(self._model.vocab, token)
             piece = self.token_piece(token).decode("utf-8", "replace")
             kind = (bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL), "\n" in piece,
-                    piece.strip().lower() == "system")
-            self._token_kinds[token] = kind
+                    piece.strip().lower() == "system",
+                    any(c in recall.SENTENCE_ENDS for c in piece))
+            self._token_kind_of[token] = kind
         return kind
-
-    def _ends_sentence(self, token: int) -> bool:
-        ends = self._sentence_ends
-        if token not in ends:
-            piece = self.token_piece(token).decode("utf-8", "replace")
-            ends[token] = any(c in recall.SENTENCE_ENDS for c in piece)
-        return ends[token]
 
     def token_piece(self, token: int) -> bytes:
         """The bytes of one token, special tokens spelled out."""
