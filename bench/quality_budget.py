@@ -48,8 +48,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "a2sf-recent50": {"policy": "a2sf", "alpha": 0.3, "recent_share": 0.5},
     "a2sf-0.9": {"policy": "a2sf", "alpha": 0.9},
     "rcstat-0.01": {"policy": "rcstat", "rc_epsilon": 0.01},
+    # recall (docs/recall.md): every chunk is a prompt that may read evicted sentences back
+    "a2sf+recall": {"policy": "a2sf", "alpha": 0.3, "recall": True},
+    "a2sf-0.9+recall": {"policy": "a2sf", "alpha": 0.9, "recall": True},
 }
-EXTRA = ("h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01")
+EXTRA = ("h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01", "a2sf+recall",
+         "a2sf-0.9+recall")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in EXTRA]
 # the policies that read attention statistics, and those that do not (targets compare them)
 SCORED = ("h2o", "a2sf", "tova", "rcstat")
@@ -67,12 +71,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                          n_threads_batch=job["threads"], flash_attn=True, seed=0, **kw)
     try:
         r = streaming_perplexity(llm, job["tokens"], chunk=job["chunk"])
+        stats = llm.kv_stats()
     finally:
         llm.close()
     out = {k: v for k, v in job.items() if k not in ("tokens", "model")}
     out.update(ppl=r.ppl, nll=r.nll, kv_cells_used_max=r.kv_cells_used_max,
                kv_cells_used_mean=r.kv_cells_used_mean, evictions=r.evictions,
-               evicted_tokens=r.evicted_tokens, seconds=r.seconds)
+               evicted_tokens=r.evicted_tokens, seconds=r.seconds,
+               recalls=stats.recalls, recalled_tokens=stats.recalled_tokens)
     return out
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GRID_ORDER = ["window", "streamingllm", "context-shift", "context-shift-keep", "h2o", "a2sf",
-              "tova", "rcstat", "random", "h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01"]
+              "tova", "rcstat", "random", "h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01",
+              "a2sf+recall", "a2sf-0.9+recall"]
 BASELINES = ("window", "streamingllm", "context-shift", "context-shift-keep")
 
 
@@ -40,6 +41,32 @@ def targets(grid: dict[str, dict[float, dict]], full: float, shares: list[float]
                   and grid[p][s]["ppl"] > grid[b][s]["ppl"]]
         lines.append(f"- {p} at or below the perplexity of window, StreamingLLM and context shift "
                      f"at every budget: {'met' if not losses else 'missed; worse than ' + ', '.join(losses)}.")
+    return lines
+
+
+def cells_at(grid: dict[str, dict[float, dict]], share: float) -> int:
+    return next(v[share]["budget"] for v in grid.values() if share in v)
+
+
+def recall_lines(grid: dict[str, dict[float, dict]], shares: list[float]) -> list[str]:
+    """Perplexity and reading time with recall against the same policy without."""
+    pairs = [(v[: -len("+recall")], v) for v in grid if v.endswith("+recall")
+             and v[: -len("+recall")] in grid]
+    if not pairs:
+        return []
+    lines = ["", "## Recall (every chunk of 8 tokens is a prompt that may read evicted "
+             "sentences back)", "", "| policy | budget | ppl without | ppl with recall | "
+             "recalled tokens | seconds without | seconds with | time ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for base, rec in pairs:
+        for s in shares:
+            if s in grid[base] and s in grid[rec]:
+                a, b = grid[base][s], grid[rec][s]
+                lines.append(f"| {base} | {s:g}% | {a['ppl']:.3f} | {b['ppl']:.3f} | "
+                             f"{b.get('recalled_tokens', '')} | {a['seconds']:.1f} | "
+                             f"{b['seconds']:.1f} | {b['seconds'] / a['seconds']:.2f} |")
+    lines += ["", "Seconds: the wall time of each run, with up to 2 runs sharing the 2 cores "
+              "(a rough cost, not a clean timing)."]
     return lines
 
 
@@ -76,7 +103,7 @@ def write_report(out: Path, img: Path) -> None:
              "next-token prediction scored. Sink 4, recent 16, eviction batch 16 for every policy.",
              "", f"Full cache ({d['tokens']} cells): ppl **{full:.4f}**.", "",
              "## Perplexity by policy and budget (ratio to the full cache)", "",
-             "| policy | " + " | ".join(f"{s:g}% ({grid['window'][s]['budget']} cells)" for s in shares) + " |",
+             "| policy | " + " | ".join(f"{s:g}% ({cells_at(grid, s)} cells)" for s in shares) + " |",
              "|---|" + "---|" * len(shares)]
     best = {s: min(grid[v][s]["ppl"] for v in grid if s in grid[v]) for s in shares}
     for v in GRID_ORDER:
@@ -95,7 +122,7 @@ def write_report(out: Path, img: Path) -> None:
               "sees gaps); streamingllm and context-shift compact positions after each eviction as "
               "StreamingLLM and llama.cpp do; context-shift-keep is the same choice of tokens with "
               "positions kept. Bold: the lowest perplexity at that budget.", "",
-              "## Targets", ""] + targets(grid, full, shares, runs)
+              "## Targets", ""] + targets(grid, full, shares, runs) + recall_lines(grid, shares)
     # sweeps
     alpha = [r for r in runs if r["variant"] == "a2sf-alpha"]
     if alpha:

@@ -5,8 +5,9 @@ out of the budget, then a question that needs it (docs/bench/recall-chat.md).
         [--budget 25%] [--out recall-chat] CACHE...
 
 CACHE (in this order; full first when the budget is a share): full (a cache that holds the
-whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), POLICY (a2sf, window, context-shift) or
-POLICY+recall[=TOKENS]. Every cache answers the same conversations (seed 0) in one process,
+whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), POLICY (a2sf,
+window, context-shift) or POLICY+recall[=TOKENS], each optionally followed by +structure
+(chat_structure=True). Every cache answers the same conversations (seed 0) in one process,
 one after another: turn 1 states a fact ("Please remember: my locker number is 4817."), each
 later turn pastes a passage of the essay haystack (pyrcedge eval niah's) for a one-sentence
 summary, the last asks for the fact. A hit is the fact's key word in the answer. The budget is a
@@ -109,10 +110,13 @@ def main() -> None:
             if name == "full":
                 llm = Llama(path, kv_budget=8192, policy="full", **common)
             else:
-                policy, _, rec = name.partition("+recall")
+                base, structure = ((name[:-len("+structure")], True)
+                                   if name.endswith("+structure") else (name, False))
+                policy, _, rec = base.partition("+recall")
                 recall = (int(rec.lstrip("=")) if rec.lstrip("=") else True) if _ else None
                 cells = share.of(history[j] if history else 0, 36).value
-                llm = Llama(path, kv_budget=cells, recall=recall, **POLICY_KW[policy], **common)
+                llm = Llama(path, kv_budget=cells, recall=recall, chat_structure=structure,
+                            **POLICY_KW[policy], **common)
             reply, last_s, per_turn = run_chat(llm, conv, a.reply_tokens)
             st = llm.kv_stats()
             if name == "full":

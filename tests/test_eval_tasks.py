@@ -75,7 +75,7 @@ def test_eval_commands_bad_input(cli, args, message):
 
 def test_bench_speed_runs_both_sides(cli, stock_python):
     done = cli("bench", "speed", "--tokens", "300", "--budget", "128", "--decode", "4",
-               "--stock-python", str(stock_python), "--json", "--quiet")
+               "--recall", "on", "--stock-python", str(stock_python), "--json", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout.strip().splitlines()[-1])
     s, p = r["stock"], r["pyrcedge"]
@@ -86,3 +86,6 @@ def test_bench_speed_runs_both_sides(cli, stock_python):
     assert r["ratios"]["kv_bytes_less"] == pytest.approx(s["n_ctx"] / 128, rel=0.02)
     assert p["kv_mib_llama_log"] == pytest.approx(p["kv_bytes"] / 2**20, abs=0.01)
     assert p["decode_tok_s"] > 0 and s["decode_tok_s"] > 0 and p["peak_rss_bytes"] > 50e6
+    # pyrcedge's side ran with recall on, and says what it recalled
+    assert r["recall"] is True and r["pyrcedge_recalls"] >= 0
+    assert r["pyrcedge_recalled_tokens"] >= r["pyrcedge_recalls"]

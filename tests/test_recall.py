@@ -53,6 +53,20 @@ def test_a_question_reads_the_evicted_fact_back(default_model, positions):
     assert llm.kv_stats().evictions > st.evictions
 
 
+def test_a_completion_says_what_it_evicted_and_recalled(default_model):
+    """usage.kv_cache: this completion's evictions and recalls, and the cache at its end."""
+    llm = make(default_model, kv_budget=96, policy="window", recall=True)
+    text = FACT + " " + PROSE * 8
+    first = llm.create_completion(text, max_tokens=2, temperature=0.0)["usage"]["kv_cache"]
+    assert first["evicted_tokens"] > 0 and first["recalls"] == 0
+    assert first["budget_cells"] == 96 and 0 < first["cached_tokens"] <= 96
+    chunks = list(llm.create_completion(text + ASK, max_tokens=2, temperature=0.0, stream=True))
+    second = llm.kv_usage_log.pop(chunks[-1]["id"])
+    assert second["recalls"] == 1 and second["recalled_tokens"] > 0
+    assert llm.kv_stats().recalled_tokens == second["recalled_tokens"]
+    assert second["history_tokens"] == llm.n_tokens and llm.kv_usage_log.pop(chunks[0]["id"]) is None
+
+
 @pytest.mark.parametrize("positions", ["keep", "compact"])
 def test_a_long_prompt_reads_back_what_its_own_reading_evicted_before_its_question(
         default_model, positions):

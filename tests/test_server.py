@@ -83,14 +83,31 @@ def test_text_completion(client):
 def test_a_conversation_longer_than_the_budget_never_fails(client):
     """Stock llama-cpp-python with n_ctx=256 fails such a chat at its fourth turn."""
     messages = [{"role": "system", "content": "You are a helpful assistant."}]
-    prompt_tokens = []
+    prompt_tokens, kv = [], []
     for i in range(8):
         messages.append({"role": "user", "content": f"Tell me one fact about the number {i + 1}."})
         r = client.chat.completions.create(model="smol", messages=messages, max_tokens=40,
                                            temperature=0)
         messages.append({"role": "assistant", "content": r.choices[0].message.content})
         prompt_tokens.append(r.usage.prompt_tokens)
+        kv.append(r.usage.kv_cache)         # what the budget did: pyrcedge's usage field
     assert prompt_tokens[-1] > BUDGET      # the history outgrew the cache: it evicted
+    assert all(k["budget_cells"] == BUDGET and 0 < k["cached_tokens"] <= BUDGET for k in kv)
+    assert kv[0]["evicted_tokens"] == 0 and sum(k["evicted_tokens"] for k in kv) > 0
+    assert kv[-1]["history_tokens"] > BUDGET
+
+
+def test_a_streamed_completion_reports_the_budget_when_asked(client):
+    doc = " ".join(f"Item {i} is a {['red', 'green', 'blue'][i % 3]} box." for i in range(60))
+    chunks = list(client.completions.create(model="smol", prompt=doc, max_tokens=4,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.kv_cache["evicted_tokens"] > 0
+    assert all(c.choices for c in chunks[:-1]) and last.id == chunks[0].id
+    plain = list(client.completions.create(model="smol", prompt="Hello", max_tokens=4,
+                                           temperature=0, stream=True))
+    assert all(c.choices for c in plain)        # no usage chunk unless the client asks
 
 
 def test_a_prompt_longer_than_the_budget_is_read_through_it(client):

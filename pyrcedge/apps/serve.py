@@ -21,7 +21,7 @@ import llama_cpp
 
 from ..assets.gguf import check_gguf, resolve_model
 from ..errors import PyrcedgeError
-from . import server_compat
+from . import server_compat, server_usage
 from .options import budget_kwargs, budget_options, model_options, open_llama, positive_int, size
 
 SERVER_EXTRA = "pip install 'pyrcedge[server]'"
@@ -51,6 +51,7 @@ def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
             model_settings=[ModelSettings(model=str(path), model_alias=name)])
     app.title = "pyrcedge: llama.cpp inside a KV budget (OpenAI-compatible API)"
     server_compat.map_client_errors(client_error)
+    app.add_middleware(server_usage.KVUsageReporter, llm=llm)
     app.add_middleware(JSONBodyGuard)
     return app
 

@@ -18,7 +18,7 @@ from ..apps import options
 from ..assets.gguf import check_gguf, resolve_model
 from ..cache.budget import Budget
 from ..errors import EvaluationError, PyrcedgeError
-from ..llama.settings import min_evicting_budget
+from ..llama.settings import DEFAULT_RECALL, min_evicting_budget
 from . import austen, sources
 from .niah import make_needles, run_niah
 from .perplexity import streaming_perplexity, text_tokens
@@ -101,7 +101,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     result = bench_speed(args.model, target_tokens=args.tokens, budget=args.budget,
                          policy=args.policy, decode=args.decode, threads=args.threads,
-                         stock_python=args.stock_python)
+                         stock_python=args.stock_python, recall=args.recall)
     result["command"] = "pyrcedge " + " ".join(sys.argv[1:])
     if args.plot:
         plot_speed(result, args.plot)
@@ -220,6 +220,8 @@ def register(sub: Any) -> None:
     speed.add_argument("--budget", type=options.positive_int, default=1024, help="pyrcedge's KV cells")
     speed.add_argument("--policy", default="a2sf")
     speed.add_argument("--decode", type=options.positive_int, default=64, help="tokens per reply")
+    speed.add_argument("--recall", type=options.recall_argument, default=DEFAULT_RECALL,
+                       metavar="RECALL", help="pyrcedge's recall: on, off or N tokens per prompt")
     speed.add_argument("--stock-python", help="python of the stock llama-cpp-python environment "
                                               "(default .venv-stock/bin/python)")
     speed.add_argument("--plot", help="write decode tok/s per turn to this PNG")

@@ -19,6 +19,8 @@ from typing import Any
 
 from ..assets.gguf import check_gguf, resolve_model
 from ..errors import PyrcedgeError
+from ..features.recall import RecallLike
+from ..llama.settings import DEFAULT_RECALL
 from .sources import chitchat_turns
 
 WORKER = Path(__file__).with_name("speed_worker.py")
@@ -66,7 +68,8 @@ def summarise(side: dict[str, Any]) -> dict[str, Any]:
 
 def bench_speed(model: str, *, target_tokens: int = 8192, budget: int = 1024,
                 policy: str = "a2sf", decode: int = 64, threads: int = 1,
-                stock_python: str | None = None, min_chars: int = 300) -> dict[str, Any]:
+                stock_python: str | None = None, min_chars: int = 300,
+                recall: RecallLike = DEFAULT_RECALL) -> dict[str, Any]:
     path = resolve_model(model)
     check_gguf(path)
     if target_tokens < 2 * budget:
@@ -74,6 +77,9 @@ def bench_speed(model: str, *, target_tokens: int = 8192, budget: int = 1024,
                             f"the budget ({budget}) for the comparison to mean anything")
     if decode < 2:
         raise PyrcedgeError(f"decode must be at least 2 tokens per turn, got {decode}")
+    if not (recall is None or isinstance(recall, (bool, int))):
+        raise PyrcedgeError("recall must be on (True), off (None) or a number of tokens here: "
+                            "the worker process receives it as JSON")
     stock = stock_python or str(Path(__file__).resolve().parents[2] / ".venv-stock" / "bin" / "python")
     if not Path(stock).exists():
         raise PyrcedgeError(f"stock llama-cpp-python environment not found at {stock}: "
@@ -85,9 +91,11 @@ def bench_speed(model: str, *, target_tokens: int = 8192, budget: int = 1024,
     stock_side = run_side(stock, {**common, "variant": "stock",
                                   "n_ctx": target_tokens + 4 * decode + 1024}, env)
     ours = run_side(sys.executable, {**common, "variant": "pyrcedge", "budget": budget,
-                                     "policy": policy}, env)
+                                     "policy": policy, "recall": recall}, env)
     s, p = summarise(stock_side), summarise(ours)
     return {"model": str(path), "target_tokens": target_tokens, "budget": budget, "policy": policy,
+            "recall": recall, "pyrcedge_recalls": ours.get("recalls"),
+            "pyrcedge_recalled_tokens": ours.get("recalled_tokens"),
             "decode_per_turn": decode, "threads": threads, "stock": s, "pyrcedge": p,
             "ratios": {"decode": p["decode_tok_s"] / s["decode_tok_s"],
                        "decode_last_quarter": p["decode_tok_s_last_quarter"]

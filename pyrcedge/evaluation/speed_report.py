@@ -36,7 +36,8 @@ def write_speed_report(result: dict[str, Any], out: Path, plot: str | None) -> N
              f"messages; each reply exactly {result['decode_per_turn']} tokens (greedy, "
              "end-of-generation banned) so both sides decode the same number of tokens.", "",
              "| | stock llama-cpp-python | pyrcedge | pyrcedge / stock |", "|---|---|---|---|",
-             f"| KV cache | n_ctx {s['n_ctx']} | budget {result['budget']} cells, {result['policy']} | |",
+             f"| KV cache | n_ctx {s['n_ctx']} | budget {result['budget']} cells, {result['policy']}, "
+             f"recall {recall_text(result.get('recall'))} | |",
              f"| turns, history tokens | {s['turns']}, {s['history_tokens']} | {p['turns']}, "
              f"{p['history_tokens']} | |",
              f"| decode tok/s, whole chat | {s['decode_tok_s']:.1f} | {p['decode_tok_s']:.1f} | "
@@ -56,9 +57,18 @@ def write_speed_report(result: dict[str, Any], out: Path, plot: str | None) -> N
              "pyrcedge's. pyrcedge evaluates more prompt tokens when a prompt diverges from its "
              "history before the last eviction (a reply that re-tokenizes differently): it then "
              "re-reads the whole conversation (docs/budget.md), where stock truncates.", "",
-             f"pyrcedge evicted {result['pyrcedge_evictions']} times. KV bytes: llama.cpp's own log "
+             f"pyrcedge evicted {result['pyrcedge_evictions']} times and recalled "
+             f"{result.get('pyrcedge_recalled_tokens') or 0} tokens in "
+             f"{result.get('pyrcedge_recalls') or 0} prompts (timed as prefill). KV bytes: llama.cpp's own log "
              "line (stock) and kv_stats().allocated_bytes (pyrcedge); the statistics the scoring "
              "keeps beside the cache are listed apart. Peak RSS includes the mapped model file.", ""]
     if plot:
         lines += [f"![decode tok/s per turn](../img/{Path(plot).name})", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def recall_text(recall: bool | int | None) -> str:
+    """How a report names pyrcedge.Llama's recall setting."""
+    if recall is None or recall is False:
+        return "off"
+    return "on" if recall is True else f"on ({recall} tokens a prompt)"

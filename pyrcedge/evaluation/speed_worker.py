@@ -53,7 +53,7 @@ def load(job: dict[str, Any]) -> tuple[Any, str]:
                 from pyrcedge.llama import Llama
 
                 llm = Llama(job["model"], kv_budget=job["budget"], policy=job["policy"],
-                            **common)
+                            recall=job["recall"], **common)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -115,7 +115,8 @@ def main() -> None:
         st = llm.kv_stats()
         out.update(kv_allocated_bytes=st.allocated_bytes, statistics_bytes=st.statistics_bytes,
                    evictions=st.evictions, evicted_tokens=st.evicted_tokens,
-                   cells_used_end=st.cells_used)
+                   cells_used_end=st.cells_used, recalls=st.recalls,
+                   recalled_tokens=st.recalled_tokens)
     print(json.dumps(out))
 
 

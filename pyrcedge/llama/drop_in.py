@@ -37,6 +37,7 @@ from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
+from . import usage
 from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
@@ -142,6 +143,7 @@ class Llama(llama_cpp.Llama):
         self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
         self._token_kind_of: dict[int, tuple[bool, bool, bool, bool]] = {}
         self._sentence_words: dict[bytes, list[str]] = {}
+        self.kv_usage_log = usage.UsageLog()     # completions' kv_cache usage, by id
         self.statistics = self.settings.statistics
         if self.statistics:
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
@@ -440,7 +442,24 @@ class Llama(llama_cpp.Llama):
         worth of tokens (llama_cpp.Llama: up to the end of the context)."""
         if self.policy.evicts and (max_tokens is None or max_tokens <= 0):
             max_tokens = self.kv_budget_cells
-        return super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
+        before = usage.counters(self.kv_stats())
+        out = super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
+        if isinstance(out, dict):
+            kv = usage.kv_usage(before, self.kv_stats())
+            out["usage"]["kv_cache"] = kv  # type: ignore[typeddict-unknown-key]
+            self.kv_usage_log.remember(out["id"], kv)
+            return out
+        return self._stream_usage(out, before)
+
+    def _stream_usage(self, chunks: Iterator[Any], before: dict[str, int]) -> Iterator[Any]:
+        """The chunks of a streamed completion; once they are all read, its kv_cache usage
+        is kept in kv_usage_log under the completion's id."""
+        last = None
+        for chunk in chunks:
+            last = chunk.get("id")
+            yield chunk
+        if last is not None:
+            self.kv_usage_log.remember(last, usage.kv_usage(before, self.kv_stats()))
 
     def close(self) -> None:
         if hasattr(self, "_stack"):  # __init__ may have failed before llama_cpp set it up
