@@ -211,28 +211,46 @@ class BudgetedKV:
 
     # --- recall -------------------------------------------------------------------------
 
-    def reinsert(self, start: int, end: int, n_history: int,
-                 decode: Callable[[int, int, int], None]) -> None:
-        """Bring the evicted history tokens start..end-1 back at the positions they would hold.
-        llama.cpp only appends to a sequence ("Y = X + 1"), so decode(start, end, pos) decodes
-        them at positions pos.. after every cached cell; their keys are then shifted into place
-        (llama.cpp re-rotates them at the next decode, as it does for positions="compact")."""
-        k = int(np.searchsorted(self.cached, start))
-        if k < len(self.cached) and self.cached[k] < end:
-            raise BudgetError(f"internal: history {start}..{end} is partly cached")
-        n = end - start
+    def reinsert(self, runs: Sequence[tuple[int, int]], n_history: int,
+                 decode: Callable[[npt.NDArray[np.int64], int], None]) -> None:
+        """Bring the evicted history runs (start, end) back at the positions they would hold.
+        llama.cpp only appends to a sequence ("Y = X + 1"), so decode(indices, pos) decodes
+        the history tokens at `indices` at positions pos.. after every cached cell; their keys
+        are then shifted into place (llama.cpp re-rotates them at the next decode, as it does
+        for positions="compact"). With positions kept, all runs are decoded in one call; with
+        compacted positions, run by run, a gap opened for each at its rank."""
+        runs = sorted(runs)
+        for start, end in runs:
+            k = int(np.searchsorted(self.cached, start))
+            if k < len(self.cached) and self.cached[k] < end:
+                raise BudgetError(f"internal: history {start}..{end} is partly cached")
+        if not runs:
+            return
         if self.compact:
-            target = k
-            if k < len(self.cached):     # open a gap at rank k
-                llama_cpp.llama_memory_seq_add(self.mem, 0, k, -1, n)
-            at = len(self.cached) + (n if k < len(self.cached) else 0)
+            for start, end in runs:
+                self._reinsert_compact(start, end, decode)
         else:
-            target, at = start, self.next_pos()
-        decode(start, end, at)
-        if at != target:
-            llama_cpp.llama_memory_seq_add(self.mem, 0, at, at + n, target - at)
-        self.cached = np.insert(self.cached, k, np.arange(start, end, dtype=np.int64))
+            at = self.next_pos()
+            indices = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
+            decode(indices, at)
+            for a, b in runs:       # each run from its place in the batch to its own positions
+                llama_cpp.llama_memory_seq_add(self.mem, 0, at, at + b - a, a - at)
+                at += b - a
+            self.cached = np.sort(np.concatenate([self.cached, indices]))
         self.horizon = n_history
+
+    def _reinsert_compact(self, start: int, end: int,
+                          decode: Callable[[npt.NDArray[np.int64], int], None]) -> None:
+        k = int(np.searchsorted(self.cached, start))
+        n = end - start
+        at = len(self.cached)
+        if k < len(self.cached):     # open a gap at rank k
+            llama_cpp.llama_memory_seq_add(self.mem, 0, k, -1, n)
+            at += n
+        decode(np.arange(start, end, dtype=np.int64), at)
+        if at != k:
+            llama_cpp.llama_memory_seq_add(self.mem, 0, at, at + n, k - at)
+        self.cached = np.insert(self.cached, k, np.arange(start, end, dtype=np.int64))
 
     # --- eviction -----------------------------------------------------------------------
 

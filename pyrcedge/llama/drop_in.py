@@ -304,15 +304,13 @@ class Llama(llama_cpp.Llama):
         else:
             kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read))
 
-        def decode(start: int, end: int, pos: int) -> None:
-            for a in range(start, end, self.n_batch):
-                b = min(end, a + self.n_batch)
-                self._batch.set_batch(batch=history[a:b].tolist(), n_past=pos + a - start,
-                                      logits_all=False)
+        def decode(indices: npt.NDArray[np.int64], pos: int) -> None:
+            for a in range(0, len(indices), self.n_batch):
+                ids = history[indices[a:a + self.n_batch]].tolist()
+                self._batch.set_batch(batch=ids, n_past=pos + a, logits_all=False)
                 self._ctx.decode(self._batch)
 
-        for a, b in chosen:
-            kv.reinsert(a, b, n, decode)
+        kv.reinsert(chosen, n, decode)
         kv.protection.held = sorted(kv.protection.held + chosen)
         kv.recalls += 1
         kv.recalled_spans += len(chosen)
