@@ -34,6 +34,7 @@ from pyrcedge import Llama  # noqa: E402
 from pyrcedge.assets.models import model_path  # noqa: E402
 from pyrcedge.cache.budget import Budget  # noqa: E402
 from pyrcedge.evaluation.niah import haystack_sentences  # noqa: E402
+from pyrcedge.evaluation.qa import f1_score  # noqa: E402
 
 FACTS = [  # (statement, question, key), with {} filled from the choices
     ("my locker number is {}", "What is my locker number?",
@@ -67,9 +68,9 @@ def conversations(n: int, turns: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def run_chat(llm: Llama, conv: dict, reply_tokens: int) -> tuple[str, float, list[float]]:
+def run_chat(llm: Llama, conv: dict, reply_tokens: int) -> tuple[list[str], float, list[float]]:
     messages = [{"role": "system", "content": "You are a helpful assistant."}]
-    per_turn = []
+    per_turn, replies = [], []
     asks = [conv["fact"]] + [f"Summarize this passage in one sentence:\n{p}"
                              for p in conv["passages"]] + [conv["question"]]
     text = ""
@@ -80,8 +81,9 @@ def run_chat(llm: Llama, conv: dict, reply_tokens: int) -> tuple[str, float, lis
                                        max_tokens=24 if k == len(asks) - 1 else reply_tokens)
         per_turn.append(time.perf_counter() - t)
         text = r["choices"][0]["message"]["content"] or ""
+        replies.append(text)
         messages.append({"role": "assistant", "content": text})
-    return text, per_turn[-1], per_turn
+    return replies, per_turn[-1], per_turn
 
 
 def main() -> None:
@@ -101,6 +103,7 @@ def main() -> None:
                   verbose=False)
     results: dict[str, dict] = {}
     history: list[int] = []
+    full_replies: list[list[str]] = []
     share = Budget.parse(a.budget)
     if share.kind == "share" and a.caches[0] != "full":
         raise SystemExit("a budget that is a share of the history needs full first")
@@ -117,11 +120,17 @@ def main() -> None:
                 cells = share.of(history[j] if history else 0, 36).value
                 llm = Llama(path, kv_budget=cells, recall=recall, chat_structure=structure,
                             **POLICY_KW[policy], **common)
-            reply, last_s, per_turn = run_chat(llm, conv, a.reply_tokens)
+            replies, last_s, per_turn = run_chat(llm, conv, a.reply_tokens)
+            reply = replies[-1]
             st = llm.kv_stats()
             if name == "full":
                 history.append(st.history_tokens)
+            if name == "full":
+                full_replies.append(replies)
+            agree = ([f1_score(r, [f]) for r, f in zip(replies[:-1], full_replies[j][:-1])]
+                     if len(full_replies) > j else [])
             rows.append({"hit": conv["key"].lower() in reply.lower(), "reply": reply,
+                         "replies": replies, "turn_f1_vs_full": agree,
                          "key": conv["key"], "history": st.history_tokens,
                          "cells": st.budget_cells, "last_turn_s": last_s,
                          "turn_s_median": statistics.median(per_turn),
@@ -134,7 +143,9 @@ def main() -> None:
                          "turn_s_median": statistics.median(r["turn_s_median"] for r in rows),
                          "cells_mean": statistics.mean(r["cells"] for r in rows),
                          "history_mean": statistics.mean(r["history"] for r in rows),
-                         "recalled_tokens_mean": statistics.mean(r["recalled_tokens"] for r in rows)}
+                         "recalled_tokens_mean": statistics.mean(r["recalled_tokens"] for r in rows),
+                         "turn_f1_vs_full_mean": statistics.mean(
+                             f for r in rows for f in r["turn_f1_vs_full"]) if full_replies else None}
         print(f"{name}: {hits}/{len(rows)} cells {results[name]['cells_mean']:.0f} history "
               f"{results[name]['history_mean']:.0f} last turn s {results[name]['last_turn_s_median']:.2f} "
               f"recalled {results[name]['recalled_tokens_mean']:.1f} wall {time.time() - t0:.0f}s",
@@ -150,13 +161,18 @@ def main() -> None:
                  f"{a.threads} threads, one conversation at a time.  ",
                  f"{a.n} conversations (seed 0; bench/recall_chat.py says how they are made); "
                  f"budget {a.budget} of each conversation's history as the full cache read it. "
-                 "Hit: the fact's key word in the last answer. Seconds: the last turn (the "
-                 "question), and the median turn.", "",
-                 "| cache | hits | / full | cells, mean | history, mean | recalled tokens, mean "
-                 "| last turn s, median | turn s, median |", "|---|---|---|---|---|---|---|---|"]
+                 "Hit: the fact's key word in the last answer. Reply F1: the token F1 of each "
+                 "earlier turn's reply against the full cache's reply to the same messages (how "
+                 "far the chat drifts from what the whole history gives), averaged over the "
+                 "turns. Seconds: the last turn (the question), and the median turn.", "",
+                 "| cache | hits | / full | reply F1 vs full | cells, mean | history, mean | "
+                 "recalled tokens, mean | last turn s, median | turn s, median |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for name, r in results.items():
             ratio = r["hits"] / full if full else float("nan")
-            lines.append(f"| {name} | {r['hits']}/{r['n']} | {ratio:.2f} | {r['cells_mean']:.0f} | "
+            f1 = r["turn_f1_vs_full_mean"]
+            lines.append(f"| {name} | {r['hits']}/{r['n']} | {ratio:.2f} | "
+                         f"{'' if f1 is None else f'{f1:.3f}'} | {r['cells_mean']:.0f} | "
                          f"{r['history_mean']:.0f} | {r['recalled_tokens_mean']:.1f} | "
                          f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} |")
         lines += ["", "Per-conversation replies are in the json.", ""]
