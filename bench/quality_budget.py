@@ -52,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "a2sf+recall": {"policy": "a2sf", "alpha": 0.3, "recall": True},
     "a2sf-0.9+recall": {"policy": "a2sf", "alpha": 0.9, "recall": True},
 }
+for _kw in VARIANTS.values():     # recall is named, whatever pyrcedge.Llama's default
+    _kw.setdefault("recall", None)
 EXTRA = ("h2o-recent50", "a2sf-recent50", "a2sf-0.9", "rcstat-0.01", "a2sf+recall",
          "a2sf-0.9+recall")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in EXTRA]
@@ -94,12 +96,12 @@ def jobs_for(a: argparse.Namespace, n: int) -> list[dict[str, Any]]:
         for share in a.sweep_budgets:
             jobs.append({"key": f"a2sf-alpha{alpha}@{share}", "variant": "a2sf-alpha", "share": share,
                          "budget": budgets[share], "alpha": alpha,
-                         "kwargs": {"policy": "a2sf", "alpha": alpha}})
+                         "kwargs": {"policy": "a2sf", "alpha": alpha, "recall": None}})
     for eps in a.epsilons:
         for share in a.sweep_budgets:
             jobs.append({"key": f"rcstat-eps{eps}@{share}", "variant": "rcstat-eps", "share": share,
                          "budget": budgets[share], "epsilon": eps,
-                         "kwargs": {"policy": "rcstat", "rc_epsilon": eps}})
+                         "kwargs": {"policy": "rcstat", "rc_epsilon": eps, "recall": None}})
     return jobs
 
 
