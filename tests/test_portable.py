@@ -119,6 +119,7 @@ def test_query_window(default_model, tokens, flash, monkeypatch):
     np.testing.assert_array_equal(got[..., 1], np.broadcast_to(expected[None, :, None], got.shape[:3]))
 
 
+@pytest.mark.parametrize("case", ["prefill-ubatches", "prefill+decode"])
 def test_portable_matches_reference(default_model, tokens, case):
     n, batch, prefill = CASES[case]
     run = ar.run(str(default_model), tokens[:n], flash=False, threads=2, batch=batch, prefill=prefill,

@@ -30,6 +30,10 @@ struct llama_rcedge_graph_shared {
     ggml_tensor * decay   = nullptr; // [1]         alpha^n_q (nullptr for alpha 1)
     // the cleared values for llama_rcedge_graph_reset, and what they were built for
     ggml_tensor * cleared = nullptr; // [1, n_tokens, 5, n_head_kv]
+    // one tensor for all layers: the cleared statistics (the set_rows result), and for decode the
+    // stacks [n_kv, 1, n_head, n_layer] of every layer's q.k and probabilities
+    ggml_tensor * all_cleared = nullptr;
+    ggml_tensor * stack_kq = nullptr, * stack_p = nullptr;
 };
 
 // One layer's attention statistics for one ubatch, as the KV cache hands them to the graph
@@ -49,6 +53,12 @@ struct llama_rcedge_layer_scores {
     // portable path: what the layers of the graph share; `first` for the layer that builds it
     llama_rcedge_graph_shared * shared = nullptr;
     bool first = false;
+    bool last  = false;
+    // portable path: every layer's statistics [kv_size, 5, n_head_kv, n_layer] when they share one
+    // tensor (then cleared once per graph and, in decode, updated for all layers at once by the
+    // last layer), else nullptr; slot: this layer's index in it
+    ggml_tensor * all = nullptr;
+    int32_t slot = 0;
 };
 
 //

@@ -140,6 +140,9 @@ struct llama_rcedge_scores {
     // portable path: what the layers of the graph being built share (rcedge-graph.cpp)
     llama_rcedge_graph_shared graph_shared;
     int32_t first_layer = -1; // the first model layer with statistics: it builds graph_shared
+    int32_t last_layer  = -1; // the last one
+    ggml_tensor * all = nullptr; // portable path: every layer's statistics in one tensor, or nullptr
+    std::vector<int32_t> slot;   // model layer id -> index of its layer in `all`
     std::vector<ggml_context_ptr>        ctxs;
     std::vector<ggml_backend_buffer_ptr> bufs;
     std::vector<ggml_tensor *> by_layer; // model layer id -> tensor, nullptr for layers without KV
@@ -224,6 +227,9 @@ llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, 
     res.query_window = rcedge->query_window;
     res.shared   = &rcedge->graph_shared;
     res.first    = il == rcedge->first_layer;
+    res.last     = il == rcedge->last_layer;
+    res.all      = rcedge->all;
+    res.slot     = rcedge->slot[il];
     return res;
 }
 
@@ -321,9 +327,10 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
         return LLAMA_RCEDGE_ERR_PORTABLE;
     }
     sc->by_layer.assign(hparams.n_layer(), nullptr);
+    sc->slot.assign(hparams.n_layer(), -1);
     for (const auto & [buft, ils] : by_buft) {
         ggml_init_params params = {
-            /*.mem_size   =*/ (ils.size() + 1)*ggml_tensor_overhead(),
+            /*.mem_size   =*/ (ils.size() + 2)*ggml_tensor_overhead(),
             /*.mem_buffer =*/ nullptr,
             /*.no_alloc   =*/ true,
         };
@@ -331,13 +338,30 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
         if (!tctx) {
             return LLAMA_RCEDGE_ERR_ALLOC;
         }
+        // portable path: one tensor [kv_size, 5, n_head_kv, n_layer] for all layers when they
+        // share a buffer type and a KV head count, so that the graph clears the cells of every
+        // layer with one set_rows and updates the decode statistics of all layers at once
+        bool one = sc->portable && by_buft.size() == 1 && kv->get_n_stream() == 1;
         for (const uint32_t il : ils) {
+            one = one && hparams.n_head_kv(il) == hparams.n_head_kv(ils[0]);
+        }
+        if (one) {
+            sc->all = ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(ils[0]), (int64_t) ils.size());
+            ggml_set_name(sc->all, "rcedge_scores");
+        }
+        for (size_t i = 0; i < ils.size(); ++i) {
+            const uint32_t il = ils[i];
             if (il >= sc->by_layer.size()) {
                 sc->by_layer.resize(il + 1, nullptr);
+                sc->slot.resize(il + 1, -1);
             }
-            ggml_tensor * t = ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
+            ggml_tensor * t = one ? ggml_view_4d(tctx.get(), sc->all, sc->all->ne[0], RC_N, sc->all->ne[2], 1,
+                                                 sc->all->nb[1], sc->all->nb[2], sc->all->nb[3], i*sc->all->nb[3])
+                                  : ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
             ggml_format_name(t, "rcedge_scores_l%u", il);
             sc->by_layer[il] = t;
+            sc->slot[il] = (int32_t) i;
+            sc->last_layer = std::max(sc->last_layer, (int32_t) il);
         }
         ggml_backend_buffer_ptr buf(ggml_backend_alloc_ctx_tensors_from_buft(tctx.get(), cpu_cache ? ggml_backend_cpu_buffer_type() : buft));
         if (!buf) {

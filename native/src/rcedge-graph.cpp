@@ -32,19 +32,25 @@ static constexpr float RCEDGE_NO_MAX = -1e30f;
 // the clearing: every read and write of the statistics below goes through it.
 ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_layer_scores & rc, ggml_tensor * k_idxs) {
     ggml_tensor * scores = rc.scores;
-    ggml_tensor * t = scores->view_src; // the layer's whole tensor [kv_size, 5, n_head_kv, 1]
-    GGML_ASSERT(t != nullptr && t->ne[3] == 1 && scores->view_offs == 0 && "portable scores: one stream");
     GGML_ASSERT(rc.shared != nullptr);
-
-    const int64_t kv_size = t->ne[0];
-    const int64_t n_stat  = t->ne[1];
-    const int64_t n_head  = t->ne[2];
-    const int64_t n_tok   = k_idxs->ne[0];
-
     llama_rcedge_graph_shared & sh = *rc.shared;
     if (rc.first) {
         sh = {}; // a new graph: nothing built for an earlier one may be used
     }
+    if (rc.all != nullptr && sh.all_cleared != nullptr) {
+        // cleared already, for every layer, by the first one
+        return ggml_view_4d(ctx, sh.all_cleared, scores->ne[0], scores->ne[1], scores->ne[2], scores->ne[3],
+                            scores->nb[1], scores->nb[2], scores->nb[3], rc.slot*rc.all->nb[3]);
+    }
+    // the tensor to clear: all layers' [kv_size, 5, n_head_kv*n_layer], or this layer's
+    ggml_tensor * t = rc.all != nullptr ? rc.all : scores->view_src;
+    GGML_ASSERT(t != nullptr && (rc.all != nullptr || (t->ne[3] == 1 && scores->view_offs == 0)) && "portable scores: one stream");
+
+    const int64_t kv_size = t->ne[0];
+    const int64_t n_stat  = t->ne[1];
+    const int64_t n_head  = t->ne[2]*t->ne[3];
+    const int64_t n_tok   = k_idxs->ne[0];
+
     if (sh.cleared == nullptr || sh.cleared->ne[1] != n_tok || sh.cleared->ne[3] != n_head) {
         // cleared values, per statistic: 0 0 0 0 RCEDGE_NO_MAX
         ggml_tensor * c = ggml_arange(ctx, 0.0f, (float) n_stat, 1.0f);
@@ -53,12 +59,16 @@ ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_la
         sh.cleared = ggml_repeat_4d(ctx, ggml_reshape_4d(ctx, c, 1, 1, n_stat, 1), 1, n_tok, n_stat, n_head);
     }
 
-    // cells as rows of one value: row c of plane (stat, head) is cell c
+    // cells as rows of one value: row c of plane (stat, head) is cell c (the layers of `all` follow
+    // one another as more heads: nb[3] = ne[2]*nb[2])
     ggml_tensor * dst = ggml_view_4d(ctx, t, 1, kv_size, n_stat, n_head, sizeof(float), t->nb[1], t->nb[2], 0);
     ggml_tensor * r = ggml_set_rows(ctx, dst, sh.cleared, k_idxs);
+    if (rc.all != nullptr) {
+        sh.all_cleared = r;
+    }
 
     return ggml_view_4d(ctx, r, scores->ne[0], scores->ne[1], scores->ne[2], scores->ne[3],
-                        scores->nb[1], scores->nb[2], scores->nb[3], 0);
+                        scores->nb[1], scores->nb[2], scores->nb[3], rc.all != nullptr ? rc.slot*rc.all->nb[3] : 0);
 }
 
 // how many of a ubatch's n_q queries give statistics
@@ -118,6 +128,24 @@ static llama_rcedge_graph_shared & rcedge_shared(ggml_context * ctx, const llama
     return sh;
 }
 
+// Average or max of x [n_kv, n, h] over dim 1 -> [n_kv, 1, h]. Long reductions go in two pools
+// (a factor of n up to 32 first): one thread per output looping over thousands of rows is
+// latency-bound on a GPU.
+static ggml_tensor * rcedge_reduce(ggml_context * ctx, ggml_tensor * x, ggml_op_pool op, int64_t n) {
+    int64_t f = 1;
+    for (int64_t d = 32; d > 1 && n > 64; --d) {
+        if (n % d == 0) {
+            f = d;
+            break;
+        }
+    }
+    if (f > 1) {
+        x = ggml_pool_2d(ctx, x, op, 1, (int) f, 1, (int) f, 0.0f, 0.0f);
+        n /= f;
+    }
+    return ggml_pool_2d(ctx, x, op, 1, (int) n, 1, (int) n, 0.0f, 0.0f);
+}
+
 // Adds the statistics of the window's queries into rc.scores ([n_kv, 5, n_head_kv, 1]):
 //   kq  [n_kv, n_w, n_head]  q.k of the window's queries (after soft-capping), unscaled; rows contiguous
 //   p   [n_kv, n_w, n_head]  their attention probabilities; rows contiguous
@@ -141,12 +169,21 @@ static void rcedge_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_
         return ggml_view_4d(ctx, scores, n_kv, n, n_kvh, 1, scores->nb[1], scores->nb[2], scores->nb[3], k*scores->nb[1]);
     };
 
-    // a2sf, sum and sumsq increments from one pool: [n_kv, 3*n_red, n_kvh] -> [n_kv, 3, n_kvh]
+    // a2sf, sum and sumsq increments, [n_kv, 3, n_kvh]
     ggml_tensor * x0 = ggml_mul(ctx, p, sh.weight);                      // n_red * w_q * p
     ggml_tensor * x2 = ggml_mul(ctx, kq, sh.vis_sum);                    // n_red * f * vis
     ggml_tensor * x3 = ggml_sqr(ctx, ggml_mul(ctx, kq, sh.vis_sq));      // n_red * f^2 * vis
-    ggml_tensor * x  = ggml_concat(ctx, ggml_concat(ctx, pairs(x0), pairs(x2), 1), pairs(x3), 1);
-    x = ggml_pool_2d(ctx, x, GGML_OP_POOL_AVG, 1, (int) n_red, 1, (int) n_red, 0.0f, 0.0f);
+    ggml_tensor * x;
+    if (n_w == 1) {
+        // decode: small tensors, the kernel count matters: one pool over the three
+        x = ggml_concat(ctx, ggml_concat(ctx, pairs(x0), pairs(x2), 1), pairs(x3), 1);
+        x = rcedge_reduce(ctx, x, GGML_OP_POOL_AVG, n_red);
+    } else {
+        // prefill: large tensors, the passes over them matter: a pool each, no copies
+        x = ggml_concat(ctx, ggml_concat(ctx, rcedge_reduce(ctx, pairs(x0), GGML_OP_POOL_AVG, n_red),
+                                              rcedge_reduce(ctx, pairs(x2), GGML_OP_POOL_AVG, n_red), 1),
+                             rcedge_reduce(ctx, pairs(x3), GGML_OP_POOL_AVG, n_red), 1);
+    }
     auto inc = [&](int k, int n) {
         return ggml_view_4d(ctx, x, n_kv, n, n_kvh, 1, x->nb[1], x->nb[2], x->nb[3], k*x->nb[1]);
     };
@@ -156,11 +193,48 @@ static void rcedge_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_
     ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_add(ctx, old(1, 1), sh.count), old(1, 1)));
     ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_add(ctx, old(2, 2), inc(1, 2)), old(2, 2)));
 
-    // max: of the visible scaled logits (masked ones are -inf) and the old max, in one pool
-    ggml_tensor * mx = ggml_scale(ctx, ggml_add(ctx, kq, sh.m), kq_scale);
-    mx = ggml_concat(ctx, old(4, 1), pairs(mx), 1);
-    mx = ggml_pool_2d(ctx, mx, GGML_OP_POOL_MAX, 1, (int) n_red + 1, 1, (int) n_red + 1, 0.0f, 0.0f);
+    // max: of the visible scaled logits (masked ones are -inf) and the old max
+    ggml_tensor * mx = ggml_add(ctx, kq, sh.m);
+    if (n_w == 1) {
+        mx = ggml_concat(ctx, old(4, 1), pairs(ggml_scale(ctx, mx, kq_scale)), 1);
+        mx = ggml_pool_2d(ctx, mx, GGML_OP_POOL_MAX, 1, (int) n_red + 1, 1, (int) n_red + 1, 0.0f, 0.0f);
+    } else {
+        mx = ggml_scale(ctx, rcedge_reduce(ctx, pairs(mx), GGML_OP_POOL_MAX, n_red), kq_scale);
+        mx = ggml_pool_2d(ctx, ggml_concat(ctx, old(4, 1), mx, 1), GGML_OP_POOL_MAX, 1, 2, 1, 2, 0.0f, 0.0f);
+    }
     ggml_build_forward_expand(gf, ggml_cpy(ctx, mx, old(4, 1)));
+}
+
+// Decode (one query) with all layers' statistics in one tensor: this layer's q.k and probabilities
+// go into stacks [n_kv, 1, n_head, n_layer], and the last layer updates the statistics of every
+// layer at once, its layers taken as more KV heads: a few kernels per decode step instead of a
+// few per layer. Otherwise the layer's statistics are updated here.
+static void rcedge_add(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
+        ggml_tensor * kq, ggml_tensor * p, ggml_tensor * kq_mask, int64_t n_q, float kq_scale) {
+    if (rc.all == nullptr || n_q != 1) {
+        rcedge_accumulate(ctx, gf, rc, kq, p, kq_mask, n_q, kq_scale);
+        return;
+    }
+    llama_rcedge_graph_shared & sh = *rc.shared;
+    GGML_ASSERT(sh.all_cleared != nullptr && ggml_is_contiguous(kq) && ggml_is_contiguous(p));
+    const int64_t n_kv = kq->ne[0], n_head = kq->ne[2], n_layer = rc.all->ne[3];
+    if (sh.stack_kq == nullptr || sh.stack_kq->ne[0] != n_kv || sh.stack_kq->ne[2] != n_head) {
+        sh.stack_kq = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, n_kv, 1, n_head, n_layer);
+        sh.stack_p  = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, n_kv, 1, n_head, n_layer);
+    }
+    auto put = [&](ggml_tensor * stack, ggml_tensor * x) {
+        return ggml_set_inplace(ctx, stack, x, stack->nb[1], stack->nb[2], stack->nb[3], rc.slot*stack->nb[3]);
+    };
+    sh.stack_kq = put(sh.stack_kq, kq);
+    sh.stack_p  = put(sh.stack_p, p);
+    if (!rc.last) {
+        return;
+    }
+    llama_rcedge_layer_scores all = rc;
+    all.scores = ggml_view_4d(ctx, sh.all_cleared, n_kv, rc.all->ne[1], rc.all->ne[2]*n_layer, 1,
+                              rc.all->nb[1], rc.all->nb[2], rc.all->nb[3]*n_layer, 0);
+    auto heads = [&](ggml_tensor * stack) { return ggml_reshape_4d(ctx, stack, n_kv, 1, n_head*n_layer, 1); };
+    rcedge_accumulate(ctx, gf, all, heads(sh.stack_kq), heads(sh.stack_p), kq_mask, n_q, kq_scale);
 }
 
 void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
@@ -171,7 +245,7 @@ void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const l
     auto rows = [&](ggml_tensor * x) {
         return n_w == n_q ? x : ggml_view_4d(ctx, x, x->ne[0], n_w, x->ne[2], x->ne[3], x->nb[1], x->nb[2], x->nb[3], (n_q - n_w)*x->nb[1]);
     };
-    rcedge_accumulate(ctx, gf, rc, rows(kq), rows(kq_soft_max), kq_mask, n_q, kq_scale);
+    rcedge_add(ctx, gf, rc, rows(kq), rows(kq_soft_max), kq_mask, n_q, kq_scale);
 }
 
 void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
@@ -193,5 +267,5 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
     ggml_tensor * p = ggml_soft_max_ext(ctx, kq, m, kq_scale, max_bias);
     ggml_soft_max_add_sinks(p, sinks);
 
-    rcedge_accumulate(ctx, gf, rc, kq, p, kq_mask, n_q, kq_scale);
+    rcedge_add(ctx, gf, rc, kq, p, kq_mask, n_q, kq_scale);
 }
