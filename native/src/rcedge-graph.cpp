@@ -23,6 +23,7 @@
 #include "ggml.h"
 
 #include <cmath>
+#include <cstring>
 
 // "no value" for the running max: below any logit, and finite so that arithmetic on it stays finite
 static constexpr float RCEDGE_NO_MAX = -1e30f;
@@ -205,36 +206,45 @@ static void rcedge_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_
     ggml_build_forward_expand(gf, ggml_cpy(ctx, mx, old(4, 1)));
 }
 
-// Decode (one query) with all layers' statistics in one tensor: this layer's q.k and probabilities
-// go into stacks [n_kv, 1, n_head, n_layer], and the last layer updates the statistics of every
-// layer at once, its layers taken as more KV heads: a few kernels per decode step instead of a
-// few per layer. Otherwise the layer's statistics are updated here.
+// Decode (one query) with all layers' statistics in one tensor: this layer's q.k goes into a stack
+// [n_kv, 1, n_head, n_layer], and the last layer updates the statistics of every layer at once,
+// its layers taken as more KV heads: a few kernels per decode step instead of a few per layer.
+// The probabilities come from one soft_max over the stack (p == nullptr), or, where a layer's
+// soft_max has what a stacked one cannot repeat (attention sinks, ALiBi), from a stack of the
+// layers' own. Otherwise (prefill, or one tensor per layer) the layer's statistics are updated here.
+static bool rcedge_batched(const llama_rcedge_layer_scores & rc, int64_t n_q) {
+    return rc.all != nullptr && n_q == 1;
+}
+
 static void rcedge_add(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
         ggml_tensor * kq, ggml_tensor * p, ggml_tensor * kq_mask, int64_t n_q, float kq_scale) {
-    if (rc.all == nullptr || n_q != 1) {
+    if (!rcedge_batched(rc, n_q)) {
         rcedge_accumulate(ctx, gf, rc, kq, p, kq_mask, n_q, kq_scale);
         return;
     }
     llama_rcedge_graph_shared & sh = *rc.shared;
-    GGML_ASSERT(sh.all_cleared != nullptr && ggml_is_contiguous(kq) && ggml_is_contiguous(p));
+    GGML_ASSERT(sh.all_cleared != nullptr && ggml_is_contiguous(kq) && (p == nullptr || ggml_is_contiguous(p)));
     const int64_t n_kv = kq->ne[0], n_head = kq->ne[2], n_layer = rc.all->ne[3];
-    if (sh.stack_kq == nullptr || sh.stack_kq->ne[0] != n_kv || sh.stack_kq->ne[2] != n_head) {
-        sh.stack_kq = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, n_kv, 1, n_head, n_layer);
-        sh.stack_p  = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, n_kv, 1, n_head, n_layer);
-    }
-    auto put = [&](ggml_tensor * stack, ggml_tensor * x) {
-        return ggml_set_inplace(ctx, stack, x, stack->nb[1], stack->nb[2], stack->nb[3], rc.slot*stack->nb[3]);
+    auto stack = [&](ggml_tensor *& st, ggml_tensor * x) {
+        if (st == nullptr || st->ne[0] != n_kv || st->ne[2] != n_head) {
+            st = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, n_kv, 1, n_head, n_layer);
+        }
+        st = ggml_set_inplace(ctx, st, x, st->nb[1], st->nb[2], st->nb[3], rc.slot*st->nb[3]);
     };
-    sh.stack_kq = put(sh.stack_kq, kq);
-    sh.stack_p  = put(sh.stack_p, p);
+    stack(sh.stack_kq, kq);
+    if (p != nullptr) {
+        stack(sh.stack_p, p);
+    }
     if (!rc.last) {
         return;
     }
     llama_rcedge_layer_scores all = rc;
     all.scores = ggml_view_4d(ctx, sh.all_cleared, n_kv, rc.all->ne[1], rc.all->ne[2]*n_layer, 1,
                               rc.all->nb[1], rc.all->nb[2], rc.all->nb[3]*n_layer, 0);
-    auto heads = [&](ggml_tensor * stack) { return ggml_reshape_4d(ctx, stack, n_kv, 1, n_head*n_layer, 1); };
-    rcedge_accumulate(ctx, gf, all, heads(sh.stack_kq), heads(sh.stack_p), kq_mask, n_q, kq_scale);
+    auto heads = [&](ggml_tensor * st) { return ggml_reshape_4d(ctx, st, n_kv, 1, n_head*n_layer, 1); };
+    ggml_tensor * kq_all = heads(sh.stack_kq);
+    ggml_tensor * p_all  = p != nullptr ? heads(sh.stack_p) : ggml_soft_max_ext(ctx, kq_all, kq_mask, kq_scale, 0.0f);
+    rcedge_accumulate(ctx, gf, all, kq_all, p_all, kq_mask, n_q, kq_scale);
 }
 
 void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
@@ -245,7 +255,11 @@ void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const l
     auto rows = [&](ggml_tensor * x) {
         return n_w == n_q ? x : ggml_view_4d(ctx, x, x->ne[0], n_w, x->ne[2], x->ne[3], x->nb[1], x->nb[2], x->nb[3], (n_q - n_w)*x->nb[1]);
     };
-    rcedge_add(ctx, gf, rc, rows(kq), rows(kq_soft_max), kq_mask, n_q, kq_scale);
+    // a plain soft_max (no sinks, no ALiBi) is repeated once over all layers when batched
+    float max_bias = 0.0f;
+    memcpy(&max_bias, (const float *) kq_soft_max->op_params + 1, sizeof(float));
+    const bool plain = kq_soft_max->op == GGML_OP_SOFT_MAX && kq_soft_max->src[2] == nullptr && max_bias == 0.0f;
+    rcedge_add(ctx, gf, rc, rows(kq), plain && rcedge_batched(rc, n_q) ? nullptr : rows(kq_soft_max), kq_mask, n_q, kq_scale);
 }
 
 void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
@@ -261,6 +275,10 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
     ggml_prec_set_acc(kq, GGML_PREC_F32);
     if (softcap != 0.0f) {
         kq = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, kq, 1.0f / softcap)), softcap);
+    }
+    if (rcedge_batched(rc, n_q) && sinks == nullptr && max_bias == 0.0f) {
+        rcedge_add(ctx, gf, rc, kq, nullptr, kq_mask, n_q, kq_scale); // one soft_max for all layers
+        return;
     }
     ggml_tensor * m = ggml_view_4d(ctx, kq_mask, kq_mask->ne[0], n_w, kq_mask->ne[2], kq_mask->ne[3],
                                    kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], (n_q - n_w)*kq_mask->nb[1]);
