@@ -4,20 +4,22 @@
 // The CPU backend updates the statistics inside its attention kernels (patch 0003). Every other
 // backend gets the same statistics from standard ggml ops added to the graph: arange, scale (with
 // bias), relu, exp, mul, add, sqr, cast/cont, transpose, sum_rows, pool_2d, concat, repeat,
-// set_rows, cpy, and, beside flash attention, mul_mat and soft_max. Each of them is implemented
-// by the CPU, CUDA and Metal backends, so a backend runs the statistics with no kernel of ours.
-// The statistics tensors live in a buffer of the KV cache's own buffer type (rcedge-api.cpp), so
-// the ops run where the cache is.
+// set_rows, set, cpy, and, beside flash attention, mul_mat and soft_max. Each of them is
+// implemented by the CPU, CUDA and Metal backends, so a backend runs the statistics with no kernel
+// of ours. The statistics tensors live in a buffer of the KV cache's own buffer type
+// (rcedge-api.cpp), so the ops run where the cache is.
 //
-// Layout (as the fused kernels): a layer's tensor is [kv_size, 5, n_head_kv, n_stream]; the view
-// handed to the graph covers the first n_kv cells. Statistic 4 (max) holds a finite "no value"
-// sentinel instead of -inf; llama_rcedge_get_scores reports -inf wherever the count is 0.
+// Layout (as the fused kernels): a layer's tensor is [kv_size, 5, n_head_kv, n_stream], usually a
+// view of one tensor [kv_size, 5, n_head_kv, n_layer] for all layers; the view handed to the graph
+// covers the first n_kv cells. Statistic 4 (max) holds a finite "no value" sentinel instead of
+// -inf; llama_rcedge_get_scores reports -inf wherever the count is 0.
 //
 // Cost: a decode step is bound by the number of kernels, so what every layer shares (the mask's
-// visibility, the A2SF weights, the count, the cleared values) is built once per graph, and the
-// three sums come from one pool over one concatenated tensor. A prefill ubatch is bound by passes
-// over [n_kv, n_queries, n_head] tensors, so the statistics can be limited to the last queries
-// of a ubatch (llama_rcedge_set_query_window).
+// visibility, the A2SF weights, the count, the cleared values) is built once per graph, the cells
+// of all layers are cleared by one set_rows, and the statistics of all layers are updated at once
+// by the last layer from a stack of every layer's q.k. A prefill ubatch is bound by passes over
+// [n_kv, n_queries, n_head] tensors: each layer updates its own, with one pool per statistic, and
+// the statistics can be limited to the last queries of a ubatch (llama_rcedge_set_query_window).
 #include "llama-rcedge-impl.h"
 
 #include "ggml.h"
