@@ -19,6 +19,7 @@
 #include "gguf.h"
 #include "llama.h"
 #include "llama-rcedge.h"
+#include "rcedge_device.h"
 
 #include <algorithm>
 #include <chrono>
@@ -170,16 +171,6 @@ static int make_model(int argc, char ** argv) {
 
 // ---------------------------------------------------------------------------------------------
 // run
-
-static std::vector<llama_token> make_tokens(int n, int n_vocab) {
-    std::vector<llama_token> t(n);
-    uint64_t s = 12345;
-    for (int i = 0; i < n; ++i) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = 3 + (llama_token) ((s >> 33) % (uint64_t) (n_vocab - 3));
-    }
-    return t;
-}
 
 static void feed(llama_context * ctx, const llama_token * toks, int n, int step) {
     for (int i = 0; i < n; i += step) {
