@@ -322,8 +322,8 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
     sc->portable = !cpu_cache || rcedge_portable_requested();
     sc->query_window = rcedge_query_window_default();
     if (sc->portable && (kv->get_n_stream() != 1 || ggml_is_quantized(kv->type_v()))) {
-        // one stream is what the graph ops are written for; a quantised V cache (stored for flash
-        // attention, by rows) cannot feed the soft_max path that the portable statistics need
+        // one stream is what the graph ops are written for; a quantised V cache exists only with
+        // flash attention, which the portable path now keeps, but that pairing is not tested yet
         return LLAMA_RCEDGE_ERR_PORTABLE;
     }
     sc->by_layer.assign(hparams.n_layer(), nullptr);
