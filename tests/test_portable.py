@@ -148,6 +148,9 @@ def test_backend_chooses_the_path(default_model):
         scoring.disable_scoring(ctx)
         scoring.enable_scoring(ctx, 0.5, portable=True)
         assert scoring.scoring_portable(ctx) is True
+        assert scoring.set_query_window(ctx, 64) == 0  # every query by default
+        assert scoring.set_query_window(ctx, -1) == 64  # a negative window counts as 0
+        assert scoring.set_query_window(ctx, 0) == 0
         scoring.disable_scoring(ctx)
         with pytest.raises(scoring.ScoringError):
             scoring.scoring_portable(ctx)
