@@ -12,6 +12,7 @@
 //    and off) and on.
 #include "llama.h"
 #include "llama-rcedge.h"
+#include "rcedge_device.h"
 
 #include <algorithm>
 #include <chrono>
@@ -19,16 +20,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
-
-static std::vector<llama_token> make_tokens(int n, int n_vocab) {
-    std::vector<llama_token> t(n);
-    uint64_t s = 12345;
-    for (int i = 0; i < n; ++i) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = 3 + (llama_token) ((s >> 33) % (uint64_t) (n_vocab - 3));
-    }
-    return t;
-}
 
 static llama_context * make_ctx(llama_model * model, bool flash, int n_ctx, int n_ubatch, bool gpu) {
     llama_context_params p = llama_context_default_params();

@@ -73,13 +73,50 @@ def test_portable_matches_fused(default_model, tokens, case, alpha):
     assert_same_stats(portable.scores, fused.scores)
 
 
-@pytest.mark.parametrize("case", ["prefill", "prefill+decode"])
-def test_portable_with_flash_attention_requested(default_model, tokens, case):
-    # a context made for flash attention (F16 mask, V stored by rows) takes the soft_max path
-    # while portable scoring is on; the statistics are the fused soft_max path's
-    fused = _run(default_model, tokens, case, portable=False, alpha=0.9)
-    portable = _run(default_model, tokens, case, portable=True, alpha=0.9, flash=True)
+# flash-attention runs in ubatches below 64 queries: from 64 on, the CPU's tiled flash kernel
+# multiplies Q in F32, while q.k by mul_mat (the soft_max path's, and the portable path's beside
+# flash attention) rounds Q to F16 first; the two differ by that rounding (docs/gpu.md)
+FLASH_CASES = {"prefill": (40, 512, None), "prefill-ubatches+decode": (110, 48, 96)}
+
+
+def _run_flash(model, tokens, case, **kw):
+    n, batch, prefill = FLASH_CASES[case]
+    return ar.run(str(model), tokens[:n], flash=True, threads=2, batch=batch, prefill=prefill, **kw)
+
+
+@pytest.mark.parametrize("case", FLASH_CASES)
+def test_portable_with_flash_attention(default_model, tokens, case):
+    # a flash-attention context (F16 mask, V stored by rows) keeps flash attention for the output
+    # and computes the statistics from a q.k and soft_max of their own: the logits are flash
+    # attention's, the statistics the fused flash-attention kernels'
+    fused = _run_flash(default_model, tokens, case, portable=False, alpha=0.9)
+    portable = _run_flash(default_model, tokens, case, portable=True, alpha=0.9)
+    np.testing.assert_array_equal(portable.logits, fused.logits)
     assert_same_stats(portable.scores, fused.scores)
+
+
+@pytest.mark.parametrize("flash", [False, True])
+def test_query_window(default_model, tokens, flash, monkeypatch):
+    # statistics from the last queries of each ubatch only (llama_rcedge_set_query_window): a
+    # window as long as the ubatch is exact; with alpha 0 only the last query carries A2SF weight,
+    # so a window of one query keeps a2sf exact and counts each cell once per ubatch that sees it
+    def go(portable):
+        return ar.run(str(default_model), tokens[:200], flash=flash, threads=2, batch=50, alpha=0.0, portable=portable)
+
+    fused = go(False)
+    monkeypatch.setenv("LLAMA_RCEDGE_QUERY_WINDOW", "50")
+    assert_same_stats(go(True).scores, fused.scores)
+    monkeypatch.setenv("LLAMA_RCEDGE_QUERY_WINDOW", "1")
+    last = go(True)
+    np.testing.assert_array_equal(last.logits, fused.logits)
+    got, want = last.scores.astype(np.float64), fused.scores.astype(np.float64)
+    seen = want[..., 1] > 0
+    np.testing.assert_allclose(got[..., 0][seen], want[..., 0][seen], rtol=1e-4, atol=1e-6)
+    n_rep = 3  # 9 query heads over 3 KV heads
+    cells = np.arange(got.shape[1])
+    ubatch_ends = np.array([49, 99, 149, 199])  # each ubatch's last query sees every cell up to it
+    expected = n_rep * (ubatch_ends[None, :] >= cells[:, None]).sum(axis=1)
+    np.testing.assert_array_equal(got[..., 1], np.broadcast_to(expected[None, :, None], got.shape[:3]))
 
 
 @pytest.mark.parametrize("case", ["prefill-ubatches", "prefill+decode"])
@@ -111,6 +148,9 @@ def test_backend_chooses_the_path(default_model):
         scoring.disable_scoring(ctx)
         scoring.enable_scoring(ctx, 0.5, portable=True)
         assert scoring.scoring_portable(ctx) is True
+        assert scoring.set_query_window(ctx, 64) == 0  # every query by default
+        assert scoring.set_query_window(ctx, -1) == 64  # a negative window counts as 0
+        assert scoring.set_query_window(ctx, 0) == 0
         scoring.disable_scoring(ctx)
         with pytest.raises(scoring.ScoringError):
             scoring.scoring_portable(ctx)

@@ -68,8 +68,9 @@ extern "C" {
     // Two paths compute the same statistics (docs/scoring.md, docs/gpu.md). With the KV cache in
     // host memory the CPU backend's attention kernels update them in place (fused). With the KV
     // cache on another backend (CUDA, Metal, ...), or when forced, the graph computes them with
-    // standard ggml ops after a soft_max attention (portable): flash attention is then not used
-    // while scoring is on, and the statistics live in a buffer of the KV cache's own type.
+    // standard ggml ops (portable): from the soft_max attention's probabilities, or beside flash
+    // attention from a q.k and soft_max of their own; the statistics live in a buffer of the KV
+    // cache's own type.
     //
     // Functions return LLAMA_RCEDGE_OK (0) or one of the negative codes below. Output buffers
     // belong to the caller and are only read or written during the call. None of these may run
@@ -116,6 +117,16 @@ extern "C" {
 
     // Change alpha (takes effect from the next decode).
     LLAMA_API int32_t llama_rcedge_set_alpha(struct llama_context * ctx, float alpha);
+
+    // Portable path only: take the statistics of a ubatch from its last n_queries queries
+    // (0: from all of them, the default; the environment variable LLAMA_RCEDGE_QUERY_WINDOW sets
+    // the default of llama_rcedge_scoring_enable). Prefill then costs n_queries/n_ubatch of the
+    // statistics work. The a2sf scores lose at most n_rep*alpha^n_queries/(1-alpha) per cell and
+    // KV head (the decayed weight of the queries left out; 0.0012/(1-alpha)*n_rep at alpha 0.9,
+    // 64 queries); count, sum, sumsq and max describe the window's queries only (a sample of the
+    // prompt). Decode steps (one query) are exact either way. The fused CPU kernels always use
+    // every query. n_queries < 0 counts as 0. Returns the previous window, or a negative code.
+    LLAMA_API int32_t llama_rcedge_set_query_window(struct llama_context * ctx, int32_t n_queries);
 
 #define LLAMA_RCEDGE_RESET_A2SF    1u
 #define LLAMA_RCEDGE_RESET_MOMENTS 2u

@@ -4,6 +4,8 @@
 // defines it includes this header, so the compiler checks the two against each other.
 #pragma once
 
+#include <cstdint>
+
 struct ggml_cgraph;
 struct ggml_context;
 struct ggml_tensor;
@@ -11,6 +13,28 @@ struct ggml_tensor;
 // Attention statistics kept beside one KV cache (defined in rcedge-api.cpp; nullptr while
 // scoring is off).
 struct llama_rcedge_scores;
+
+// The portable path's tensors that every layer of one graph shares (the mask's visibility, the
+// per-query weights, the cleared values), built once by the first layer (rcedge-graph.cpp).
+// Kept beside the statistics; valid only while that graph is being built.
+struct llama_rcedge_graph_shared {
+    // what the tensors below were built for
+    const ggml_tensor * mask = nullptr;
+    int64_t n_q = 0, n_w = 0, n_head = 0, n_head_kv = 0;
+    float   kq_scale = 0.0f, alpha = 0.0f;
+    ggml_tensor * m       = nullptr; // [n_kv, n_w] F32: the mask rows of the window's queries, 0 / -inf
+    ggml_tensor * vis_sum = nullptr; // [n_kv, n_w] visibility (0/1) * n_red * kq_scale
+    ggml_tensor * vis_sq  = nullptr; // [n_kv, n_w] visibility * sqrt(n_red) * kq_scale
+    ggml_tensor * count   = nullptr; // [n_kv, 1]   n_rep * the window's queries that see the cell
+    ggml_tensor * weight  = nullptr; // [1, n_w]    n_red * alpha^(n_w-1-q), the A2SF weights
+    ggml_tensor * decay   = nullptr; // [1]         alpha^n_q (nullptr for alpha 1)
+    // the cleared values for llama_rcedge_graph_reset, and what they were built for
+    ggml_tensor * cleared = nullptr; // [1, n_tokens, 5, n_head_kv]
+    // one tensor for all layers: the cleared statistics (the set_rows result), and for decode the
+    // stacks [n_kv, 1, n_head, n_layer] of every layer's q.k and probabilities
+    ggml_tensor * all_cleared = nullptr;
+    ggml_tensor * stack_kq = nullptr, * stack_p = nullptr;
+};
 
 // One layer's attention statistics for one ubatch, as the KV cache hands them to the graph
 // (llama_kv_cache::rcedge_get_scores). Default: scoring off.
@@ -23,6 +47,18 @@ struct llama_rcedge_layer_scores {
     // patch 0006: the graph updates the statistics with standard ggml ops (statistics off the
     // host, or the portable path forced) instead of the CPU backend's fused kernels
     bool portable = false;
+    // portable path: statistics from the last query_window queries of the ubatch (0: all;
+    // llama_rcedge_set_query_window)
+    int32_t query_window = 0;
+    // portable path: what the layers of the graph share; `first` for the layer that builds it
+    llama_rcedge_graph_shared * shared = nullptr;
+    bool first = false;
+    bool last  = false;
+    // portable path: every layer's statistics [kv_size, 5, n_head_kv, n_layer] when they share one
+    // tensor (then cleared once per graph and, in decode, updated for all layers at once by the
+    // last layer), else nullptr; slot: this layer's index in it
+    ggml_tensor * all = nullptr;
+    int32_t slot = 0;
 };
 
 //
@@ -38,10 +74,16 @@ bool llama_rcedge_exact_n_ctx_requested();
 //
 
 // Clears, inside the graph, the statistics of the cells a ubatch writes (k_idxs, the K store's
-// indices); returns the statistics view again, ordered after the clearing.
-ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, ggml_tensor * scores, ggml_tensor * k_idxs);
+// indices); returns the statistics view (rc.scores) again, ordered after the clearing.
+ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_layer_scores & rc, ggml_tensor * k_idxs);
 
-// Adds one ubatch's statistics into `scores` (from llama_rcedge_graph_reset), from soft_max's input
-// kq (unscaled), its scale and mask, and its output kq_soft_max.
-void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * scores, float alpha,
+// Soft_max path: adds one ubatch's statistics into rc.scores (from llama_rcedge_graph_reset), from
+// soft_max's input kq (unscaled), its scale and mask, and its output kq_soft_max.
+void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
         ggml_tensor * kq, float kq_scale, ggml_tensor * kq_mask, ggml_tensor * kq_soft_max);
+
+// Flash-attention path: the same, from a q.k and soft_max of its own over the window's queries
+// (q, k and kq_mask as flash attention takes them; softcap 0: none).
+void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
+        ggml_tensor * q, ggml_tensor * k, ggml_tensor * kq_mask, ggml_tensor * sinks,
+        float kq_scale, float softcap, float max_bias);

@@ -135,6 +135,14 @@ struct llama_rcedge_scores {
     // false: the CPU backend's fused kernels update the statistics (host memory only);
     // true: standard ggml ops in the graph do (native/src/rcedge-graph.cpp), on any backend
     bool portable = false;
+    // portable path: statistics from the last query_window queries of a ubatch (0: all)
+    int32_t query_window = 0;
+    // portable path: what the layers of the graph being built share (rcedge-graph.cpp)
+    llama_rcedge_graph_shared graph_shared;
+    int32_t first_layer = -1; // the first model layer with statistics: it builds graph_shared
+    int32_t last_layer  = -1; // the last one
+    ggml_tensor * all = nullptr; // portable path: every layer's statistics in one tensor, or nullptr
+    std::vector<int32_t> slot;   // model layer id -> index of its layer in `all`
     std::vector<ggml_context_ptr>        ctxs;
     std::vector<ggml_backend_buffer_ptr> bufs;
     std::vector<ggml_tensor *> by_layer; // model layer id -> tensor, nullptr for layers without KV
@@ -216,6 +224,12 @@ llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, 
     res.scores   = ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
     res.alpha    = rcedge->alpha;
     res.portable = rcedge->portable;
+    res.query_window = rcedge->query_window;
+    res.shared   = &rcedge->graph_shared;
+    res.first    = il == rcedge->first_layer;
+    res.last     = il == rcedge->last_layer;
+    res.all      = rcedge->all;
+    res.slot     = rcedge->slot[il];
     return res;
 }
 
@@ -260,6 +274,11 @@ static bool rcedge_portable_requested() {
     return rcedge_force_portable || (env != nullptr && env[0] != '\0' && strcmp(env, "0") != 0);
 }
 
+static int32_t rcedge_query_window_default() {
+    const char * env = getenv("LLAMA_RCEDGE_QUERY_WINDOW");
+    return env != nullptr ? std::max(0, atoi(env)) : 0;
+}
+
 static bool rcedge_alpha_ok(float alpha) {
     return alpha >= 0.0f && alpha <= 1.0f; // false for NaN too
 }
@@ -301,15 +320,17 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
     auto sc = std::make_shared<llama_rcedge_scores>();
     sc->alpha = alpha;
     sc->portable = !cpu_cache || rcedge_portable_requested();
+    sc->query_window = rcedge_query_window_default();
     if (sc->portable && (kv->get_n_stream() != 1 || ggml_is_quantized(kv->type_v()))) {
-        // one stream is what the graph ops are written for; a quantised V cache (stored for flash
-        // attention, by rows) cannot feed the soft_max path that the portable statistics need
+        // one stream is what the graph ops are written for; a quantised V cache exists only with
+        // flash attention, which the portable path now keeps, but that pairing is not tested yet
         return LLAMA_RCEDGE_ERR_PORTABLE;
     }
     sc->by_layer.assign(hparams.n_layer(), nullptr);
+    sc->slot.assign(hparams.n_layer(), -1);
     for (const auto & [buft, ils] : by_buft) {
         ggml_init_params params = {
-            /*.mem_size   =*/ (ils.size() + 1)*ggml_tensor_overhead(),
+            /*.mem_size   =*/ (ils.size() + 2)*ggml_tensor_overhead(),
             /*.mem_buffer =*/ nullptr,
             /*.no_alloc   =*/ true,
         };
@@ -317,13 +338,30 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
         if (!tctx) {
             return LLAMA_RCEDGE_ERR_ALLOC;
         }
+        // portable path: one tensor [kv_size, 5, n_head_kv, n_layer] for all layers when they
+        // share a buffer type and a KV head count, so that the graph clears the cells of every
+        // layer with one set_rows and updates the decode statistics of all layers at once
+        bool one = sc->portable && by_buft.size() == 1 && kv->get_n_stream() == 1;
         for (const uint32_t il : ils) {
+            one = one && hparams.n_head_kv(il) == hparams.n_head_kv(ils[0]);
+        }
+        if (one) {
+            sc->all = ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(ils[0]), (int64_t) ils.size());
+            ggml_set_name(sc->all, "rcedge_scores");
+        }
+        for (size_t i = 0; i < ils.size(); ++i) {
+            const uint32_t il = ils[i];
             if (il >= sc->by_layer.size()) {
                 sc->by_layer.resize(il + 1, nullptr);
+                sc->slot.resize(il + 1, -1);
             }
-            ggml_tensor * t = ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
+            ggml_tensor * t = one ? ggml_view_4d(tctx.get(), sc->all, sc->all->ne[0], RC_N, sc->all->ne[2], 1,
+                                                 sc->all->nb[1], sc->all->nb[2], sc->all->nb[3], i*sc->all->nb[3])
+                                  : ggml_new_tensor_4d(tctx.get(), GGML_TYPE_F32, kv->get_size(), RC_N, hparams.n_head_kv(il), kv->get_n_stream());
             ggml_format_name(t, "rcedge_scores_l%u", il);
             sc->by_layer[il] = t;
+            sc->slot[il] = (int32_t) i;
+            sc->last_layer = std::max(sc->last_layer, (int32_t) il);
         }
         ggml_backend_buffer_ptr buf(ggml_backend_alloc_ctx_tensors_from_buft(tctx.get(), cpu_cache ? ggml_backend_cpu_buffer_type() : buft));
         if (!buf) {
@@ -331,6 +369,9 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
         }
         sc->ctxs.push_back(std::move(tctx));
         sc->bufs.push_back(std::move(buf));
+    }
+    for (size_t il = 0; il < sc->by_layer.size() && sc->first_layer < 0; ++il) {
+        sc->first_layer = sc->by_layer[il] != nullptr ? (int32_t) il : -1;
     }
     rcedge_clear_all(*sc, LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
 
@@ -397,6 +438,21 @@ int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
         rcedge_kv_cache(ctx)->rcedge_epoch++; // alpha is baked into the graph's nodes
     }
     return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    const int32_t prev = sc->query_window;
+    n_queries = std::max(0, n_queries);
+    if (sc->query_window != n_queries) {
+        sc->query_window = n_queries;
+        rcedge_kv_cache(ctx)->rcedge_epoch++; // the window is baked into the graph's nodes
+    }
+    return prev;
 }
 
 int32_t llama_rcedge_reset_stats(llama_context * ctx, uint32_t what) {

@@ -92,6 +92,15 @@ def set_alpha(ctx: Any, alpha: float) -> None:
            "set_alpha")
 
 
+def set_query_window(ctx: Any, n_queries: int) -> int:
+    """Portable path: take each ubatch's statistics from its last n_queries queries (0: all, the
+    default). Prefill then costs a fraction of the statistics work; a2sf loses at most the decayed
+    weight of the queries left out, and the moments describe the window's queries only
+    (docs/gpu.md, "The query window"). Returns the previous window."""
+    return _check(_native.lib().llama_rcedge_set_query_window(_native.context_ptr(ctx), int(n_queries)),
+                  "set_query_window")
+
+
 def reset_stats(ctx: Any, *, a2sf: bool = True, moments: bool = True) -> None:
     """Clear the A2SF scores and/or the logit moments of every cell (a new window)."""
     what = (RESET_A2SF if a2sf else 0) | (RESET_MOMENTS if moments else 0)

@@ -1,0 +1,320 @@
+// What scoring costs on a GPU (issue 18, docs/bench/gpu-cost.md): decode and prefill speed with
+// scoring off and on (the portable path), flash-attention and soft_max contexts, on random-weight
+// llama models of real shapes written by this program on the GPU machine (no model is carried).
+//
+//   rcedge_gpu_bench make OUT.gguf n_layer n_embd n_head n_head_kv n_ff n_vocab
+//   rcedge_gpu_bench run MODEL.gguf LABEL [reps=3] [prompts=256,1024,4000] [window=64]
+//
+// make: F16 matrices of N(0, std) values (a 16M-value pool per std, cycled from a random offset:
+//   speed does not depend on the values), F32 norms, an SPM vocabulary of n_vocab filler tokens.
+// run: for each context kind (flash attention on, off) and prompt length, fresh contexts
+//   (n_ctx prompt + 256 + 2, rounded up to 256; n_batch = n_ubatch = 512; everything on the GPU;
+//   F16 K/V; alpha 0.9), reps times each:
+//   - prefill: the prompt once untimed, the cache cleared, then the prompt again, timed;
+//   - decode: 2 untimed steps, then 256 steps, timed (tok/s);
+//   for scoring off, on (portable path, every query), and on with a query window (prefill only:
+//   a decode step has one query). Prints the median and the spread ((max-min)/median) of each,
+//   and one markdown row per prompt.
+#include "ggml.h"
+#include "gguf.h"
+#include "llama.h"
+#include "llama-rcedge.h"
+#include "rcedge_device.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+// ---------------------------------------------------------------------------------------------
+// make
+
+static int make_model(int argc, char ** argv) {
+    if (argc < 9) {
+        fprintf(stderr, "usage: %s make OUT n_layer n_embd n_head n_head_kv n_ff n_vocab\n", argv[0]);
+        return 2;
+    }
+    const char * out = argv[2];
+    const int64_t n_layer = atoll(argv[3]), n_embd = atoll(argv[4]), n_head = atoll(argv[5]);
+    const int64_t n_head_kv = atoll(argv[6]), n_ff = atoll(argv[7]), n_vocab = atoll(argv[8]);
+    const int64_t hd = n_embd / n_head;
+
+    gguf_context * g = gguf_init_empty();
+    gguf_set_val_str(g, "general.architecture", "llama");
+    gguf_set_val_str(g, "general.name", "rcedge-bench-llama");
+    gguf_set_val_u32(g, "general.file_type", 1); // mostly F16
+    gguf_set_val_u32(g, "llama.context_length", 8192);
+    gguf_set_val_u32(g, "llama.embedding_length", (uint32_t) n_embd);
+    gguf_set_val_u32(g, "llama.block_count", (uint32_t) n_layer);
+    gguf_set_val_u32(g, "llama.feed_forward_length", (uint32_t) n_ff);
+    gguf_set_val_u32(g, "llama.attention.head_count", (uint32_t) n_head);
+    gguf_set_val_u32(g, "llama.attention.head_count_kv", (uint32_t) n_head_kv);
+    gguf_set_val_u32(g, "llama.rope.dimension_count", (uint32_t) hd);
+    gguf_set_val_f32(g, "llama.rope.freq_base", 10000.0f);
+    gguf_set_val_f32(g, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+
+    std::vector<std::string> toks = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < 256; ++i) {
+        char b[16];
+        snprintf(b, sizeof b, "<0x%02X>", i);
+        toks.push_back(b);
+    }
+    while ((int64_t) toks.size() < n_vocab) {
+        toks.push_back("tok" + std::to_string(toks.size()));
+    }
+    std::vector<const char *> tp;
+    for (const auto & t : toks) {
+        tp.push_back(t.c_str());
+    }
+    std::vector<float> scores(n_vocab, 0.0f);
+    std::vector<int32_t> types(n_vocab, 1); // normal
+    types[0] = 2; types[1] = 3; types[2] = 3; // unknown, control, control
+    for (int i = 3; i < 259; ++i) {
+        types[i] = 6; // byte
+    }
+    gguf_set_val_str(g, "tokenizer.ggml.model", "llama");
+    gguf_set_arr_str(g, "tokenizer.ggml.tokens", tp.data(), tp.size());
+    gguf_set_arr_data(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores.data(), scores.size());
+    gguf_set_arr_data(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types.data(), types.size());
+    gguf_set_val_u32(g, "tokenizer.ggml.bos_token_id", 1);
+    gguf_set_val_u32(g, "tokenizer.ggml.eos_token_id", 2);
+    gguf_set_val_u32(g, "tokenizer.ggml.unknown_token_id", 0);
+
+    // tensors: (name, ne0, ne1, std; std < 0: a norm, F32 1 + 0.1 N(0,1))
+    struct spec { std::string name; int64_t ne0, ne1; float std; };
+    std::vector<spec> specs = {{"token_embd.weight", n_embd, n_vocab, 1.0f},
+                               {"output_norm.weight", n_embd, 1, -1.0f},
+                               {"output.weight", n_embd, n_vocab, 1.0f / sqrtf((float) n_embd)}};
+    const float se = 1.0f / sqrtf((float) n_embd);
+    for (int64_t i = 0; i < n_layer; ++i) {
+        const std::string p = "blk." + std::to_string(i) + ".";
+        specs.push_back({p + "attn_norm.weight", n_embd, 1, -1.0f});
+        // q and k larger than usual: peaked attention, logits of a few units
+        specs.push_back({p + "attn_q.weight", n_embd, n_embd, 2.0f*se});
+        specs.push_back({p + "attn_k.weight", n_embd, n_head_kv*hd, 2.0f*se});
+        specs.push_back({p + "attn_v.weight", n_embd, n_head_kv*hd, se});
+        specs.push_back({p + "attn_output.weight", n_embd, n_embd, se});
+        specs.push_back({p + "ffn_norm.weight", n_embd, 1, -1.0f});
+        specs.push_back({p + "ffn_gate.weight", n_embd, n_ff, se});
+        specs.push_back({p + "ffn_up.weight", n_embd, n_ff, se});
+        specs.push_back({p + "ffn_down.weight", n_ff, n_embd, 1.0f / sqrtf((float) n_ff)});
+    }
+    ggml_init_params ip = {(specs.size() + 1)*ggml_tensor_overhead(), nullptr, true};
+    ggml_context * tctx = ggml_init(ip);
+    for (const auto & s : specs) {
+        ggml_tensor * t = s.std < 0 ? ggml_new_tensor_1d(tctx, GGML_TYPE_F32, s.ne0)
+                                    : ggml_new_tensor_2d(tctx, GGML_TYPE_F16, s.ne0, s.ne1);
+        ggml_set_name(t, s.name.c_str());
+        gguf_add_tensor(g, t);
+    }
+    if (!gguf_write_to_file(g, out, /*only_meta =*/ true)) {
+        fprintf(stderr, "cannot write %s\n", out);
+        return 1;
+    }
+    FILE * f = fopen(out, "ab");
+    std::mt19937_64 rng(0);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const size_t n_pool = 1u << 24;
+    std::vector<float> unit(n_pool);
+    for (auto & x : unit) {
+        x = nd(rng);
+    }
+    std::vector<std::pair<float, std::vector<ggml_fp16_t>>> pools; // by std
+    std::vector<char> buf;
+    size_t written = 0;
+    for (const auto & s : specs) {
+        const size_t n = (size_t) (s.ne0 * s.ne1);
+        if (s.std < 0) {
+            std::vector<float> v(n);
+            for (auto & x : v) {
+                x = 1.0f + 0.1f*nd(rng);
+            }
+            buf.assign((const char *) v.data(), (const char *) v.data() + n*sizeof(float));
+        } else {
+            auto it = std::find_if(pools.begin(), pools.end(), [&](const auto & p) { return p.first == s.std; });
+            if (it == pools.end()) {
+                std::vector<ggml_fp16_t> h(n_pool);
+                for (size_t i = 0; i < n_pool; ++i) {
+                    h[i] = ggml_fp32_to_fp16(unit[i]*s.std);
+                }
+                pools.emplace_back(s.std, std::move(h));
+                it = pools.end() - 1;
+            }
+            const auto & h = it->second;
+            buf.resize(n*sizeof(ggml_fp16_t));
+            ggml_fp16_t * d = (ggml_fp16_t *) buf.data();
+            size_t off = rng() % n_pool;
+            for (size_t i = 0; i < n;) {
+                const size_t k = std::min(n - i, n_pool - off);
+                memcpy(d + i, h.data() + off, k*sizeof(ggml_fp16_t));
+                i += k;
+                off = 0;
+            }
+        }
+        buf.resize(GGML_PAD(buf.size(), GGUF_DEFAULT_ALIGNMENT), 0);
+        fwrite(buf.data(), 1, buf.size(), f);
+        written += buf.size();
+    }
+    fclose(f);
+    gguf_free(g);
+    ggml_free(tctx);
+    printf("%s: %lld layers x %lld, %lld/%lld heads, FFN %lld, vocab %lld: %.2f GB of tensors\n", out,
+           (long long) n_layer, (long long) n_embd, (long long) n_head, (long long) n_head_kv, (long long) n_ff,
+           (long long) n_vocab, written / 1e9);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+
+static void feed(llama_context * ctx, const llama_token * toks, int n, int step) {
+    for (int i = 0; i < n; i += step) {
+        const int k = std::min(step, n - i);
+        if (llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(toks) + i, k)) != 0) {
+            fprintf(stderr, "decode failed at %d\n", i);
+            exit(1);
+        }
+    }
+    llama_synchronize(ctx);
+}
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct result { double med = 0, spread = 0; };
+
+static result summarize(std::vector<double> v) {
+    result r;
+    if (v.empty()) {
+        return r;
+    }
+    std::sort(v.begin(), v.end());
+    r.med = v[v.size() / 2];
+    r.spread = (v.back() - v.front()) / r.med;
+    return r;
+}
+
+static const int N_DECODE = 256;
+
+int run_bench(int argc, char ** argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s run MODEL LABEL [reps prompts window]\n", argv[0]);
+        return 2;
+    }
+    const char * label = argv[3];
+    const int reps = argc > 4 ? atoi(argv[4]) : 3;
+    std::vector<int> prompts;
+    for (const char * s = argc > 5 ? argv[5] : "256,1024,4000"; *s;) {
+        prompts.push_back(atoi(s));
+        s = strchr(s, ',') ? strchr(s, ',') + 1 : s + strlen(s);
+    }
+    const int window = argc > 6 ? atoi(argv[6]) : 64;
+    const float alpha = 0.9f;
+
+    llama_backend_init();
+    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 999;
+    const auto tl = std::chrono::steady_clock::now();
+    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    if (!model) {
+        fprintf(stderr, "could not load %s\n", argv[2]);
+        return 1;
+    }
+    printf("## %s (%s): loaded in %.1f s; %d reps, alpha %.1f, window %d for the prefill variant\n",
+           label, argv[2], seconds_since(tl), reps, alpha, window);
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+
+    enum { OFF, ON, ON_WINDOW, N_VAR };
+    const char * var_name[N_VAR] = {"off", "on", "on-window"};
+    std::vector<std::string> md;
+    for (const bool flash : {true, false}) {
+        for (const int n_prompt : prompts) {
+            const auto toks = make_tokens(n_prompt + N_DECODE + 2, n_vocab);
+            result pre[N_VAR], dec[N_VAR];
+            int portable = -1;
+            for (int var = 0; var < N_VAR; ++var) {
+                std::vector<double> vp, vd;
+                for (int rep = 0; rep < reps; ++rep) {
+                    llama_context_params p = llama_context_default_params();
+                    p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
+                    p.n_batch = 512;
+                    p.n_ubatch = 512;
+                    p.n_threads = 8;
+                    p.n_threads_batch = 8;
+                    p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+                    p.no_perf = true;
+                    llama_context * ctx = llama_init_from_model(model, p);
+                    if (!ctx) {
+                        fprintf(stderr, "no context\n");
+                        return 1;
+                    }
+                    if (var != OFF) {
+                        if (llama_rcedge_scoring_enable(ctx, alpha) != 0) {
+                            fprintf(stderr, "scoring_enable failed\n");
+                            return 1;
+                        }
+                        llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
+                        portable = llama_rcedge_scoring_portable(ctx);
+                    }
+                    // prefill: once to warm up, then timed on a cleared cache
+                    feed(ctx, toks.data(), n_prompt, 512);
+                    llama_memory_clear(llama_get_memory(ctx), true);
+                    auto t0 = std::chrono::steady_clock::now();
+                    feed(ctx, toks.data(), n_prompt, 512);
+                    vp.push_back(n_prompt / seconds_since(t0));
+                    if (var != ON_WINDOW) {
+                        feed(ctx, toks.data() + n_prompt, 2, 1);
+                        t0 = std::chrono::steady_clock::now();
+                        feed(ctx, toks.data() + n_prompt + 2, N_DECODE, 1);
+                        vd.push_back(N_DECODE / seconds_since(t0));
+                    }
+                    llama_free(ctx);
+                }
+                pre[var] = summarize(vp);
+                dec[var] = summarize(vd);
+                printf("%s flash=%d prompt=%d %-9s prefill %9.1f tok/s (spread %.3f)", label, (int) flash, n_prompt,
+                       var_name[var], pre[var].med, pre[var].spread);
+                if (var != ON_WINDOW) {
+                    printf("  decode %8.1f tok/s (spread %.3f)", dec[var].med, dec[var].spread);
+                }
+                printf("\n");
+                fflush(stdout);
+            }
+            char row[512];
+            snprintf(row, sizeof row, "| %s | %s | %d | %.1f | %.1f | **%.2f** | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.3f |",
+                     label, flash ? "flash" : "soft_max", n_prompt, dec[OFF].med, dec[ON].med, dec[ON].med / dec[OFF].med,
+                     pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med, pre[ON].med / pre[OFF].med,
+                     pre[ON_WINDOW].med / pre[OFF].med,
+                     std::max({dec[OFF].spread, dec[ON].spread, pre[OFF].spread, pre[ON].spread, pre[ON_WINDOW].spread}));
+            md.push_back(row);
+            if (portable != 1) {
+                printf("WARNING: scoring did not take the portable path (%d)\n", portable);
+            }
+        }
+    }
+    printf("\n| model | context | prompt | decode off | decode on | on/off | prefill off | prefill on | prefill on, window %d | on/off | window on/off | worst spread |\n", window);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const auto & r : md) {
+        printf("%s\n", r.c_str());
+    }
+    llama_model_free(model);
+    return 0;
+}
+
+int main(int argc, char ** argv) {
+    if (argc >= 2 && strcmp(argv[1], "make") == 0) {
+        return make_model(argc, argv);
+    }
+    if (argc >= 2 && strcmp(argv[1], "run") == 0) {
+        return run_bench(argc, argv);
+    }
+    fprintf(stderr, "usage: %s make ... | run ...\n", argv[0]);
+    return 2;
+}

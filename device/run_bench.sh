@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# On the GPU machine: builds the trimmed, patched llama.cpp with CUDA (once; the build folder under
+# RCEDGE_BUILD is reused while the machine stays warm), checks the portable path against the CPU
+# kernels on the exact model when it is there, writes the random-weight models of the four shapes
+# of issue 18 (docs/bench/gpu-cost.md) and times them with device/rcedge_gpu_bench.cpp.
+#   device/run_bench.sh [SHAPE...]     SHAPE: smollm2-135m qwen2.5-0.5b llama-3.2-1b llama-3-8b
+#                                      (default: all four); results and logs under $OUT
+#   RCEDGE_BENCH_REPS=3  RCEDGE_BENCH_PROMPTS=256,1024,4000  RCEDGE_BENCH_WINDOW=64
+#   RCEDGE_CHECK_MODEL=device/tiny-llama-exact.gguf (skipped when missing or RCEDGE_CHECK=0)
+set -uo pipefail
+OUT=${OUT:-/tmp/rcedge-out}
+mkdir -p "$OUT"
+B=${RCEDGE_BUILD:-$PWD/build/device}
+MODELS=${RCEDGE_MODELS:-/tmp/rcedge-models}
+mkdir -p "$B/src" "$B/lib" "$MODELS"
+LOG=$OUT/gpu-cost.log
+if [ ! -f "$B/src/pyrcedge/CMakeLists.txt" ]; then
+    tar xzf device/llama-cuda-src.tar.gz -C "$B/src"
+fi
+t0=$(date +%s)
+cmake -S "$B/src/pyrcedge" -B "$B/cuda" -Wno-dev --log-level=WARNING \
+    -DPYRCEDGE_LLAMA_SOURCE_DIR="$B/src/pyrcedge/llama.cpp" -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA_ALL_QUANTS=OFF >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+cmake --build "$B/cuda" --target llama -j"$(nproc)" >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+t1=$(date +%s)
+echo "build (configure + compile): $((t1 - t0)) s" | tee -a "$LOG"
+find "$B/cuda" -name 'lib*.so*' -exec cp -P {} "$B/lib/" \;
+S=$B/src/pyrcedge
+for prog in rcedge_gpu_bench rcedge_gpu_check; do
+    g++ -O2 -std=c++17 -I"$S/llama.cpp/include" -I"$S/llama.cpp/ggml/include" -I"$S/native/include" \
+        device/$prog.cpp -L"$B/lib" -lllama -lggml -lggml-base -Wl,-rpath,"$B/lib" -o "$B/$prog" || exit 1
+done
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } | tee -a "$LOG"
+
+CHECK_MODEL=${RCEDGE_CHECK_MODEL:-device/tiny-llama-exact.gguf}
+if [ "${RCEDGE_CHECK:-1}" != 0 ] && [ -f "$CHECK_MODEL" ]; then
+    # the portable path (flash and soft_max contexts, alpha 0.9 / 0 / 0.5 / 1) against the CPU kernels
+    for args in "300 20" "900 60"; do
+        echo "== rcedge_gpu_check $CHECK_MODEL $args 1e-3 1" | tee -a "$LOG"
+        RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$CHECK_MODEL" $args 1e-3 1 2>&1 | tee -a "$LOG"
+    done
+fi
+
+# name n_layer n_embd n_head n_head_kv n_ff n_vocab
+shape() {
+    case $1 in
+        smollm2-135m) echo 30 576 9 3 1536 49152 ;;
+        qwen2.5-0.5b) echo 24 896 14 2 4864 151936 ;;
+        llama-3.2-1b) echo 16 2048 32 8 8192 128256 ;;
+        llama-3-8b)   echo 32 4096 32 8 14336 128256 ;;
+        *) return 1 ;;
+    esac
+}
+[ $# -gt 0 ] || set -- smollm2-135m qwen2.5-0.5b llama-3.2-1b llama-3-8b
+for name in "$@"; do
+    dims=$(shape "$name") || { echo "unknown shape $name"; continue; }
+    m=$MODELS/$name.gguf
+    if [ ! -f "$m" ]; then
+        t0=$(date +%s)
+        "$B/rcedge_gpu_bench" make "$m" $dims | tee -a "$LOG"
+        echo "written in $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+    fi
+    t0=$(date +%s)
+    "$B/rcedge_gpu_bench" run "$m" "$name" "${RCEDGE_BENCH_REPS:-3}" "${RCEDGE_BENCH_PROMPTS:-256,1024,4000}" \
+        "${RCEDGE_BENCH_WINDOW:-64}" 2>&1 | tee "$OUT/bench-$name.log" | tee -a "$LOG"
+    echo "$name: bench took $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+done
