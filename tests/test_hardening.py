@@ -90,3 +90,67 @@ def test_truncated_gguf_header_is_a_model_load_error(tmp_path, default_model, ke
         cut.write_bytes(f.read(keep))
     with pytest.raises(ModelLoadError):
         check_gguf(cut)
+
+
+# --- 2. integers that cross into llama.cpp's C types ------------------------------------------
+
+BAD_SETTINGS = [
+    ({"kv_budget": 2**32 + 128}, "more than llama.cpp can address"),   # n_ctx would wrap to 128
+    ({"kv_budget": 2**32}, "more than llama.cpp can address"),         # ... to 0
+    ({"kv_budget": 2**31}, "more than llama.cpp can address"),
+    ({"kv_budget": 10**12}, "more than llama.cpp can address"),
+    ({"kv_budget": 2**30}, "more than the"),                          # 24 TiB of KV cache
+    ({"kv_budget": "10000GB"}, "more than the"),
+    ({"n_ctx": 2**32 + 128}, "n_ctx of 4294967424 cells"),
+    ({"n_ctx": -1}, "n_ctx must be an integer >= 0"),
+    ({"kv_budget": 64, "type_k": 999}, "type_k=999 is not a KV cache type"),
+    ({"kv_budget": 64, "type_v": 4}, "type_v=4 is not a KV cache type"),   # a removed ggml type
+    ({"kv_budget": 64, "type_k": 26}, "type_k=26 is not a KV cache type"), # GGML_TYPE_I32
+    ({"kv_budget": 64, "type_k": "f16"}, "type_k='f16' is not a KV cache type"),
+]
+
+SETTINGS = """
+import json, resource, sys, time
+from pyrcedge import BudgetError, Llama
+for kw in json.loads(sys.argv[2]):
+    t = time.perf_counter()
+    try:
+        Llama(sys.argv[1], n_threads=1, **kw)
+        print("loaded", flush=True)
+    except BudgetError as e:
+        print(f"{time.perf_counter() - t:.2f}", e, flush=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_budgets_and_cache_types_beyond_llama_cpp_are_budget_errors(default_model):
+    import json
+
+    done = run_python(SETTINGS, str(default_model), json.dumps([kw for kw, _ in BAD_SETTINGS]))
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    *lines, max_rss_mib = done.stdout.strip().splitlines()
+    assert len(lines) == len(BAD_SETTINGS)
+    for (kw, message), line in zip(BAD_SETTINGS, lines):
+        seconds, _, text = line.partition(" ")
+        assert message in text, (kw, line)
+        assert float(seconds) < 2, (kw, line)      # refused before anything is allocated
+    assert int(max_rss_mib) < 1024
+
+
+def test_valid_cache_types_still_load(default_model):
+    from pyrcedge import Llama
+
+    llm = Llama(str(default_model), kv_budget=64, n_threads=1, type_k=8, type_v=8,
+                flash_attn=True, verbose=False)
+    assert llm.create_completion("Hello", max_tokens=2)["choices"][0]["text"]
+    llm.close()
+
+
+def test_a_byte_budget_sizes_f32_caches_as_f32(default_model):
+    # type_k=0 (f32) was sized as f16: the cache came out twice the budget and was refused
+    from pyrcedge import Llama
+
+    llm = Llama(str(default_model), kv_budget="4MiB", n_threads=1, type_k=0, type_v=0,
+                verbose=False)
+    assert 0 < llm.kv_stats().allocated_bytes <= 4 * 2**20
+    llm.close()

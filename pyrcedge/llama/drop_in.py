@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..assets.gguf import check_gguf
-from ..cache.budget import GGML_TYPE_F16, BudgetLike, ModelShape, cells_for, model_shape
+from ..cache.budget import BudgetLike, ModelShape, cells_for, check_cache_type, model_shape
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
 from ..cache.policies import Policy
 from ..cache.view import CacheView
@@ -37,7 +37,7 @@ from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
-from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings
+from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -157,8 +157,8 @@ class Llama(llama_cpp.Llama):
         """(cells, byte limit) for the budget; pops n_ctx from kwargs."""
         if kv_budget is not None and "n_ctx" in kwargs:
             raise BudgetError("give kv_budget or n_ctx, not both: kv_budget sizes the cache")
-        type_k = kwargs.get("type_k") or GGML_TYPE_F16
-        type_v = kwargs.get("type_v") or GGML_TYPE_F16
+        type_k = check_cache_type(kwargs.get("type_k"), "type_k")
+        type_v = check_cache_type(kwargs.get("type_v"), "type_v")
         flash = bool(kwargs.get("flash_attn", False))
         shape: list[ModelShape] = []
 
@@ -167,7 +167,7 @@ class Llama(llama_cpp.Llama):
                 shape.append(model_shape(path, type_k, type_v, flash))
             return shape[0]
 
-        n_ctx = int(kwargs.pop("n_ctx", DEFAULT_N_CTX))
+        n_ctx = check_count(kwargs.pop("n_ctx", DEFAULT_N_CTX), "n_ctx", 0)
         default = n_ctx if n_ctx > 0 else shape_of().n_ctx_train
         return cells_for(kv_budget, shape_of, default)
 
