@@ -6,15 +6,23 @@ subprocess, so that the test sees the signal instead of dying with it.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
+import os
 import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import pyrcedge
+from pyrcedge import ModelLoadError, SessionError, session
+from pyrcedge.assets.gguf import check_gguf
 from pyrcedge.assets.gguf_header import _SCALAR, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,9 +90,6 @@ def test_default_model_metadata_reads_in_python(default_model):
 
 @pytest.mark.parametrize("keep", [3, 30, 200, 1_000_000])
 def test_truncated_gguf_header_is_a_model_load_error(tmp_path, default_model, keep):
-    from pyrcedge import ModelLoadError
-    from pyrcedge.assets.gguf import check_gguf
-
     cut = tmp_path / "cut.gguf"
     with open(default_model, "rb") as f:
         cut.write_bytes(f.read(keep))
@@ -124,8 +129,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def test_budgets_and_cache_types_beyond_llama_cpp_are_budget_errors(default_model):
-    import json
-
     done = run_python(SETTINGS, str(default_model), json.dumps([kw for kw, _ in BAD_SETTINGS]))
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     *lines, max_rss_mib = done.stdout.strip().splitlines()
@@ -138,9 +141,7 @@ def test_budgets_and_cache_types_beyond_llama_cpp_are_budget_errors(default_mode
 
 
 def test_valid_cache_types_still_load(default_model):
-    from pyrcedge import Llama
-
-    llm = Llama(str(default_model), kv_budget=64, n_threads=1, type_k=8, type_v=8,
+    llm = pyrcedge.Llama(str(default_model), kv_budget=64, n_threads=1, type_k=8, type_v=8,
                 flash_attn=True, verbose=False)
     assert llm.create_completion("Hello", max_tokens=2)["choices"][0]["text"]
     llm.close()
@@ -148,9 +149,126 @@ def test_valid_cache_types_still_load(default_model):
 
 def test_a_byte_budget_sizes_f32_caches_as_f32(default_model):
     # type_k=0 (f32) was sized as f16: the cache came out twice the budget and was refused
-    from pyrcedge import Llama
-
-    llm = Llama(str(default_model), kv_budget="4MiB", n_threads=1, type_k=0, type_v=0,
+    llm = pyrcedge.Llama(str(default_model), kv_budget="4MiB", n_threads=1, type_k=0, type_v=0,
                 verbose=False)
     assert 0 < llm.kv_stats().allocated_bytes <= 4 * 2**20
     llm.close()
+
+
+# --- 3. saved sessions: content checked, not only the checksum --------------------------------
+
+SESSION_TEXT = b"The quick brown fox jumps over the lazy dog while the cat sleeps. " * 10
+
+
+@pytest.fixture(scope="module")
+def saved_session(default_model, tmp_path_factory):
+    """A Llama that evicted (statistics on), the file of its session, and a second state the
+    Llama holds when the crafted files are offered to it."""
+    llm = pyrcedge.Llama(str(default_model), kv_budget=64, policy="a2sf", n_threads=1,
+                         n_threads_batch=1, flash_attn=True, seed=0, verbose=False)
+    llm.eval(llm.tokenize(SESSION_TEXT))
+    assert llm.kv_stats().evictions > 0
+    path = tmp_path_factory.mktemp("session") / "s.pyrcedge"
+    llm.save_session(path)
+    llm.eval(llm.tokenize(b" And then the dog woke up and barked.", add_bos=False))
+    yield llm, path
+    llm.close()
+
+
+def _reversed(a):
+    return a[::-1].copy()
+
+
+CRAFTED = {
+    "token id past the vocabulary": (lambda s: s.arrays["history"].__setitem__(5, 10**6),
+                                     "token id 1000000, outside the vocabulary"),
+    "negative token id": (lambda s: s.arrays["history"].__setitem__(0, -1), "token id -1"),
+    "cached indices reversed": (lambda s: s.arrays.__setitem__("cached", _reversed(s.arrays["cached"])),
+                                "not strictly increasing"),
+    "a cached index duplicated": (lambda s: s.arrays["cached"].__setitem__(1, s.arrays["cached"][0]),
+                                  "not strictly increasing"),
+    "a cached index beyond the history": (lambda s: s.arrays["cached"].__setitem__(-1, 10**6),
+                                          "must lie in"),
+    "a cached index dropped": (lambda s: s.arrays.__setitem__("cached", s.arrays["cached"][1:]),
+                               "cell_pos has shape"),
+    "statistics all NaN": (lambda s: s.arrays["stats.3"].fill(np.nan), "layer 3 are not all finite"),
+    "statistics missing": (lambda s: s.arrays.pop("stats.7"), "lacks the array 'stats.7'"),
+    "history shorter than n_tokens": (lambda s: s.arrays.__setitem__("history", s.arrays["history"][:-1]),
+                                      "history has shape"),
+    "horizon beyond the history": (lambda s: s.header["bookkeeping"].__setitem__("horizon", 10**9),
+                                   "horizon must be an integer"),
+    "a pinned span backwards": (lambda s: s.header["bookkeeping"].__setitem__("pinned", [[9, 3]]),
+                                "pinned must be an integer"),
+    "float history": (lambda s: s.arrays.__setitem__("history", s.arrays["history"].astype(np.float32)),
+                      "history has dtype float32"),
+}
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_session_with_a_valid_checksum_is_refused_and_nothing_changes(saved_session, tmp_path, case):
+    llm, path = saved_session
+    state = session.read(path)
+    change, message = CRAFTED[case]
+    change(state)
+    crafted = tmp_path / "crafted.pyrcedge"
+    crafted.write_bytes(session.encode(state))      # a fresh, valid checksum
+    before = session.capture(llm)
+    with pytest.raises(SessionError, match="nothing was loaded") as refused:
+        llm.load_session(crafted)
+    assert message in str(refused.value)
+    with pytest.raises(SessionError, match="nothing was loaded"):
+        llm.load_state(state)
+    after = session.capture(llm)
+    assert before.header == after.header and before.kv == after.kv
+    assert before.arrays.keys() == after.arrays.keys()
+    assert all(np.array_equal(before.arrays[k], after.arrays[k]) for k in before.arrays)
+
+
+def test_the_uncrafted_session_still_loads(saved_session):
+    llm, path = saved_session
+    state = session.read(path)
+    llm.load_session(path)
+    assert llm.n_tokens == state.n_tokens
+    assert np.array_equal(llm.input_ids[: llm.n_tokens], state.arrays["history"])
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from pyrcedge.features import session
+def killed(f, data, chunk=1 << 20):
+    f.write(data[: len(data) // 2]); f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+session._write_all = killed
+session.write_atomic(sys.argv[1], b"new" * 100_000)
+"""
+
+
+def test_a_killed_save_leaves_no_temporary_file_for_ever(tmp_path):
+    path = tmp_path / "s.pyrcedge"
+    session.write_atomic(path, b"old")
+    done = run_python(KILLED_SAVE, str(path), timeout=60)
+    assert done.returncode == -9
+    litter = [p for p in tmp_path.iterdir() if p != path]
+    assert len(litter) == 1 and litter[0].stat().st_size > 0
+    assert path.read_bytes() == b"old"
+    session.remove_stale_temporaries(path)
+    assert litter[0].exists()                 # too young: its writer may not have locked it
+    old = time.time() - 2 * session.STALE_AFTER_S
+    os.utime(litter[0], (old, old))
+    session.write_atomic(path, b"newer")      # the next save cleans up
+    assert sorted(tmp_path.iterdir()) == [path] and path.read_bytes() == b"newer"
+
+
+def test_a_temporary_file_a_live_writer_holds_is_kept(tmp_path):
+    path = tmp_path / "s.pyrcedge"
+    tmp = tmp_path / ".s.pyrcedge.abc123.tmp"
+    with open(tmp, "wb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        old = time.time() - 2 * session.STALE_AFTER_S
+        os.utime(tmp, (old, old))
+        assert session.remove_stale_temporaries(path) == []
+        with pytest.raises(SessionError):
+            session.read(path)                # missing file; the live temporary stays
+        assert tmp.exists()
+    assert session.remove_stale_temporaries(path) == [tmp]
+
+
