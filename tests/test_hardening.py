@@ -272,3 +272,53 @@ def test_a_temporary_file_a_live_writer_holds_is_kept(tmp_path):
     assert session.remove_stale_temporaries(path) == [tmp]
 
 
+
+
+# --- 4. a policy that tampers with its view -------------------------------------------------
+
+def _reflag_and_write(view):
+    view.evictable.flags.writeable = True
+    view.evictable[:] = True
+    return -view.logical.astype(float)      # the newest (protected) tokens lowest
+
+
+def _write(view):
+    view.evictable[:] = True
+    return np.zeros(len(view))
+
+
+def _rebind(view):
+    view.evictable = np.ones(len(view), bool)
+    view.cells = view.cells[::-1].copy()
+    return -view.logical.astype(float)
+
+
+def _shuffle_cells(view):
+    view.cells.flags.writeable = True
+    view.cells[:] = view.cells[::-1]
+    return np.zeros(len(view))
+
+
+@pytest.mark.parametrize("tamper", [_reflag_and_write, _write, _rebind, _shuffle_cells],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_a_policy_that_tampers_with_its_view_leaves_the_llama_unchanged_and_usable(default_model, tamper):
+    misbehave = {"now": False}
+
+    def policy(view):
+        return tamper(view) if misbehave["now"] else view.a2sf()
+
+    llm = pyrcedge.Llama(str(default_model), kv_budget=64, policy=policy, n_threads=1,
+                         flash_attn=True, verbose=False)
+    llm.eval(llm.tokenize(SESSION_TEXT[:300]))
+    assert llm.kv_stats().evictions > 0
+    before = session.capture(llm)
+    misbehave["now"] = True
+    with pytest.raises(pyrcedge.PolicyError, match="the cache is unchanged"):
+        llm.eval(llm.tokenize(SESSION_TEXT[:200], add_bos=False))
+    after = session.capture(llm)
+    assert before.header == after.header and before.kv == after.kv
+    assert all(np.array_equal(before.arrays[k], after.arrays[k]) for k in before.arrays)
+    misbehave["now"] = False
+    llm.eval(llm.tokenize(SESSION_TEXT[:200], add_bos=False))      # usable: it goes on
+    assert llm.kv_stats().cells_used <= 64
+    llm.close()
