@@ -28,6 +28,11 @@ class BudgetError(PyrcedgeError, ValueError):
     """A KV budget or eviction setting that cannot work (too small, malformed, unknown)."""
 
 
+class GenerationInputError(PyrcedgeError, ValueError):
+    """An argument to a generation call that llama.cpp cannot take: a grammar that does not
+    parse, a token id outside the vocabulary (in logit_bias or a prompt of token ids)."""
+
+
 class PolicyError(PyrcedgeError, RuntimeError):
     """An eviction policy failed or returned an invalid choice; the cache was left unchanged."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import serving
 
 import pyrcedge
 from pyrcedge import ModelLoadError, SessionError, session
@@ -321,4 +322,104 @@ def test_a_policy_that_tampers_with_its_view_leaves_the_llama_unchanged_and_usab
     misbehave["now"] = False
     llm.eval(llm.tokenize(SESSION_TEXT[:200], add_bos=False))      # usable: it goes on
     assert llm.kv_stats().cells_used <= 64
+    llm.close()
+
+
+# --- 5. the server: hostile requests get a 4xx, and no request holds the queue for ever -------
+
+CAP, PROMPT_CAP, BODY_CAP = 48, 600, 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serving("--budget", "128", "--threads", "1", "--max-tokens", str(CAP),
+                 "--max-prompt-tokens", str(PROMPT_CAP), "--max-body", str(BODY_CAP)) as running:
+        yield running
+
+
+def post(base: str, path: str, body: dict | bytes) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if not raw.startswith(b"data:") else {"sse": raw}
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+HI = [{"role": "user", "content": "Hi"}]
+BAD_GRAMMAR = 'root ::= ( "x" '
+HOSTILE = {
+    "a grammar that does not parse": ("/chat/completions", {"messages": HI, "grammar": BAD_GRAMMAR}, 400, "grammar"),
+    "... streamed": ("/chat/completions", {"messages": HI, "grammar": BAD_GRAMMAR, "stream": True}, 400, "grammar"),
+    "... on completions": ("/completions", {"prompt": "Hi", "grammar": 'root ::= undefined'}, 400, "grammar"),
+    "a grammar nested 30000 deep": ("/completions", {"prompt": "Hi", "grammar": "root ::= " + "(" * 30000 + '"x"' + ")" * 30000}, 400, "grammar"),
+    "logit_bias for token 10**9": ("/chat/completions", {"messages": HI, "logit_bias": {"1000000000": 5}}, 400, "logit_bias"),
+    "logit_bias for token -3": ("/completions", {"prompt": "Hi", "logit_bias": {"-3": 5}}, 400, "logit_bias"),
+    "a prompt of token 10**9": ("/completions", {"prompt": [1, 10**9]}, 400, "prompt"),
+    "no messages": ("/chat/completions", {"max_tokens": 4}, 400, "messages"),
+    "empty messages": ("/chat/completions", {"messages": []}, 400, "messages"),
+    "max_tokens -5 on chat": ("/chat/completions", {"messages": HI, "max_tokens": -5}, 400, "max_tokens"),
+    "n = 0": ("/chat/completions", {"messages": HI, "n": 0}, 400, "n"),
+    "n = 2": ("/chat/completions", {"messages": HI, "n": 2}, 400, "n"),
+    "best_of = 3": ("/completions", {"prompt": "Hi", "best_of": 3}, 400, "best_of"),
+    "max_tokens past the cap": ("/chat/completions", {"messages": HI, "max_tokens": 10**9, "min_tokens": 10**9}, 400, "max_tokens"),
+    "a prompt past the cap": ("/completions", {"prompt": "lorem ipsum dolor " * 400}, 400, "prompt"),
+    "a body past the cap": ("/completions", {"prompt": "x" * (BODY_CAP + 1)}, 413, None),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_request_gets_a_4xx_and_the_server_keeps_serving(server, case):
+    path, body, status, param = HOSTILE[case]
+    code, reply = post(server[0], path, body)
+    assert code == status, reply
+    assert reply["error"]["message"] and reply["error"]["param"] == param
+    code, ok = post(server[0], "/chat/completions", {"messages": HI, "max_tokens": 2, "temperature": 0})
+    assert code == 200 and ok["choices"][0]["finish_reason"] in ("stop", "length")
+    assert server[1].poll() is None
+
+
+def test_a_request_that_would_never_end_is_capped(server):
+    # min_tokens bans the end of text; stock llama_cpp.server ends such a request when its context
+    # fills, which inside a budget never happens
+    t = time.time()
+    code, r = post(server[0], "/chat/completions", {"messages": HI, "min_tokens": 10**9, "temperature": 0})
+    assert code == 200, r
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == CAP
+    code, r = post(server[0], "/completions", {"prompt": "Once upon a time", "max_tokens": -1,
+                                               "min_tokens": 10**9, "temperature": 0})
+    assert code == 200 and r["usage"]["completion_tokens"] == CAP
+    assert time.time() - t < 120
+
+
+def test_valid_grammar_and_logit_bias_still_work(server):
+    code, r = post(server[0], "/chat/completions", {"messages": HI, "max_tokens": 4, "temperature": 0,
+                                                    "grammar": 'root ::= "yes" | "no"'})
+    assert code == 200 and r["choices"][0]["message"]["content"] in ("yes", "no")
+    code, r = post(server[0], "/completions", {"prompt": "The capital of France is", "max_tokens": 3,
+                                               "temperature": 0, "logit_bias": {"42": -100.0}})
+    assert code == 200 and r["choices"][0]["text"]
+    code, r = post(server[0], "/completions", {"prompt": "word " * 200, "max_tokens": 2,
+                                               "temperature": 0})
+    assert code == 200        # longer than the budget, within the prompt cap: read through it
+
+
+def test_the_generation_api_refuses_what_llama_cpp_would_crash_on(default_model):
+    import llama_cpp
+
+    llm = pyrcedge.Llama(str(default_model), kv_budget=64, n_threads=1, verbose=False)
+    bad = llama_cpp.LlamaGrammar.from_string(BAD_GRAMMAR, verbose=False)
+    for kw in (dict(grammar=bad), dict(logit_bias={10**9: 1.0}), dict(logit_bias={-1: 1.0})):
+        with pytest.raises(pyrcedge.GenerationInputError):
+            llm.create_completion("Hi", max_tokens=2, **kw)
+        with pytest.raises(ValueError):
+            llm.create_chat_completion(HI, max_tokens=2, **kw)
+    with pytest.raises(pyrcedge.GenerationInputError, match="token id 1000000000"):
+        llm.create_completion([1, 10**9], max_tokens=2)
+    assert llm.create_completion("Hi", max_tokens=2)["choices"][0]["text"] is not None
     llm.close()

@@ -37,6 +37,7 @@ from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
+from . import inputs
 from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
@@ -360,7 +361,9 @@ class Llama(llama_cpp.Llama):
                  min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
                  repeat_penalty: float = 1.0, reset: bool = True,
                  **kwargs: Any) -> Iterator[int]:
-        """llama_cpp.Llama.generate, reusing the cached prefix of the history when it can."""
+        """llama_cpp.Llama.generate, reusing the cached prefix of the history when it can. A
+        grammar llama.cpp cannot parse is a GenerationInputError (llama_cpp would crash)."""
+        inputs.check_grammar(self._model.vocab, kwargs.get("grammar"))
         tokens = list(tokens)
         if reset:
             tokens = self._reuse_prefix(tokens)
@@ -437,9 +440,12 @@ class Llama(llama_cpp.Llama):
     def create_completion(self, prompt: Any, suffix: str | None = None,
                           max_tokens: int | None = 16, *args: Any, **kwargs: Any) -> Any:
         """llama_cpp.Llama.create_completion. max_tokens None or <= 0 means up to one budget's
-        worth of tokens (llama_cpp.Llama: up to the end of the context)."""
+        worth of tokens (llama_cpp.Llama: up to the end of the context). Token ids outside the
+        vocabulary (a prompt of ids, logit_bias) are a GenerationInputError."""
         if self.policy.evicts and (max_tokens is None or max_tokens <= 0):
             max_tokens = self.kv_budget_cells
+        inputs.check_prompt_tokens(prompt, self._n_vocab)
+        inputs.check_logit_bias(kwargs.get("logit_bias"), self._n_vocab)
         return super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
 
     def close(self) -> None:
