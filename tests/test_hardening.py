@@ -391,9 +391,11 @@ def test_a_request_that_would_never_end_is_capped(server):
     code, r = post(server[0], "/chat/completions", {"messages": HI, "min_tokens": 10**9, "temperature": 0})
     assert code == 200, r
     assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == CAP
-    code, r = post(server[0], "/completions", {"prompt": "Once upon a time", "max_tokens": -1,
+    code, r = post(server[0], "/completions", {"prompt": "Once upon a time", "max_tokens": 0,
                                                "min_tokens": 10**9, "temperature": 0})
     assert code == 200 and r["usage"]["completion_tokens"] == CAP
+    code, r = post(server[0], "/completions", {"prompt": "Once upon a time", "min_tokens": 10**9})
+    assert code == 200 and r["usage"]["completion_tokens"] == 16     # upstream's default, kept
     assert time.time() - t < 120
 
 

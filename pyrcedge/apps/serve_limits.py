@@ -25,8 +25,8 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 class RequestLimits:
     """Per-request caps (pyrcedge serve --max-tokens, --max-prompt-tokens, --max-body)."""
 
-    # tokens one request may generate; a request without max_tokens (or, on completions, with
-    # max_tokens <= 0: "until the context fills" upstream) gets this many at most
+    # tokens one request may generate; what a chat without max_tokens gets, or one with
+    # max_tokens null or 0 ("until the context fills" upstream, which a budget never does)
     max_tokens: int = 2048
     # tokens of the prompt: of a completion's prompt, or of the text of a chat's messages
     max_prompt_tokens: int = 16384
@@ -56,7 +56,8 @@ def check_request(path: str, body: dict[str, Any], limits: RequestLimits,
         if body.get(key) not in (None, 1):
             raise RequestRefused(f"{key} = {body[key]!r}: this server returns one choice per "
                                  "request (n = 1)", key)
-    body["max_tokens"] = _max_tokens(body.get("max_tokens"), chat, limits)
+    if chat or "max_tokens" in body:    # a completion without it gets upstream's 16
+        body["max_tokens"] = _max_tokens(body.get("max_tokens"), chat, limits)
     _check_inputs(body, chat, llm)
     n = prompt_tokens_beyond(body, chat, limits.max_prompt_tokens, llm)
     if n is not None:
