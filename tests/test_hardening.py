@@ -425,3 +425,132 @@ def test_the_generation_api_refuses_what_llama_cpp_would_crash_on(default_model)
         llm.create_completion([1, 10**9], max_tokens=2)
     assert llm.create_completion("Hi", max_tokens=2)["choices"][0]["text"] is not None
     llm.close()
+
+
+# --- fuzzing, bounded in count and time ------------------------------------------------------
+
+FUZZ_SEED = int(os.environ.get("PYRCEDGE_FUZZ_SEED", "0"))
+
+FUZZ_MODEL = """
+import random, shutil, sys
+import pyrcedge
+from pyrcedge.assets.gguf_header import read_metadata
+source, target, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+shutil.copyfile(source, target)
+data = open(source, "rb").read(1 << 22)
+scalars = [f.offset for f in read_metadata(source).values() if not f.is_array]
+rng = random.Random(seed)
+for i in range(n):
+    cut = rng.random() < 0.25
+    at = rng.randrange(0, 2 << 20) if cut else rng.choice([rng.randrange(0, 2048), rng.choice(scalars) + rng.randrange(8)])
+    new = bytes(rng.randrange(256) for _ in range(rng.choice([1, 2, 4])))
+    with open(target, "r+b") as f:
+        if cut:
+            f.truncate(at)
+        else:
+            f.seek(at); f.write(new)
+    print(f"case {i}: {'cut at' if cut else 'bytes at'} {at} {'' if cut else new.hex()}", flush=True)
+    try:
+        llm = pyrcedge.Llama(target, kv_budget=48, n_threads=1, verbose=False)
+        llm.create_completion("Hi", max_tokens=1)
+        llm.close()
+        print("  loaded", flush=True)
+    except ValueError as e:
+        print("  refused", type(e).__name__, flush=True)
+    if cut:
+        shutil.copyfile(source, target)
+    else:
+        with open(target, "r+b") as f:
+            f.seek(at); f.write(data[at : at + len(new)])
+"""
+
+
+def test_fuzzed_model_headers_never_crash(default_model, tmp_path):
+    n = 20
+    done = run_python(FUZZ_MODEL, str(default_model), str(tmp_path / "fuzz.gguf"),
+                      str(FUZZ_SEED), str(n), timeout=240)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, f"exit {done.returncode} after {lines[-1:]}: {done.stderr[-1500:]}"
+    outcomes = [line.split()[0] for line in lines if line.startswith("  ")]
+    assert len(outcomes) == n and set(outcomes) <= {"loaded", "refused"}
+    assert "refused" in outcomes
+
+
+FUZZ_SESSION = """
+import random, sys
+import numpy as np
+import pyrcedge
+from pyrcedge import session
+llm = pyrcedge.Llama(sys.argv[1], kv_budget=64, policy="a2sf", n_threads=1, flash_attn=True, seed=0,
+                     verbose=False)
+llm.eval(llm.tokenize(b"The quick brown fox jumps over the lazy dog while the cat sleeps. " * 4))
+saved = session.save_state(llm)
+llm.eval(llm.tokenize(b" And more.", add_bos=False))
+rng, n, counts = random.Random(int(sys.argv[2])), int(sys.argv[3]), {"loaded": 0, "refused": 0}
+for i in range(n):
+    state = session.decode(session.encode(saved))
+    where = rng.choice(["kv", "array", "header"])
+    if where == "kv":
+        kv = bytearray(state.kv)
+        for _ in range(rng.choice([1, 2, 8])):
+            kv[rng.randrange(len(kv))] = rng.randrange(256)
+        state.kv = bytes(kv[: rng.randrange(len(kv))] if rng.random() < 0.2 else kv)
+    elif where == "array":
+        flat = state.arrays[rng.choice(sorted(state.arrays))].reshape(-1)
+        j = rng.randrange(len(flat))
+        flat[j] = (rng.choice([-1, 0, 10**6, int(flat[j]) + 1, 2**31 - 1]) if flat.dtype.kind in "iu"
+                   else rng.choice([np.nan, np.inf, -1.0, 1e30]))
+    else:
+        book = state.header["bookkeeping"]
+        book[rng.choice(sorted(book))] = rng.choice([-1, 0, 10**12, "x", None, [], [[1, 2]], [[2, 1]]])
+    before = session.capture(llm)
+    try:
+        llm.load_state(state)
+        counts["loaded"] += 1
+        llm.load_state(before)
+    except pyrcedge.SessionError:
+        counts["refused"] += 1
+        after = session.capture(llm)
+        same = before.header == after.header and before.kv == after.kv and all(
+            np.array_equal(before.arrays[k], after.arrays[k]) for k in before.arrays)
+        assert same, f"case {i} ({where}): a refused load changed the Llama"
+print(counts["loaded"], counts["refused"])
+"""
+
+
+def test_fuzzed_sessions_never_crash_and_a_refusal_changes_nothing(default_model):
+    n = 40
+    done = run_python(FUZZ_SESSION, str(default_model), str(FUZZ_SEED), str(n), timeout=240)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-1500:]}"
+    loaded, refused = map(int, done.stdout.split())
+    assert loaded + refused == n and refused > 0
+
+
+FUZZ_KEYS = ["messages", "prompt", "max_tokens", "min_tokens", "temperature", "top_p", "top_k",
+             "min_p", "n", "stream", "grammar", "logit_bias", "logit_bias_type", "stop", "seed",
+             "repeat_penalty", "presence_penalty", "frequency_penalty", "mirostat_mode",
+             "logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "suffix",
+             "echo", "best_of", "model"]
+FUZZ_VALUES = [-1, 0, 1, 2, 10**9, -(10**9), 2**63, 1e308, 0.5, "x", "", None, [], {}, [1, 2],
+               {"a": 1}, True, math.nan, math.inf, HI, [{"role": "x"}], [{"content": 5}],
+               {"type": "json_object"}, {"0": 1.0}, {"x": 1}, ["a", "b"], [0, 1, 10**6],
+               [[1, 2], [3]], 'root ::= "a"', "root ::= (", {"type": "function"}]
+
+
+def test_random_json_bodies_never_take_the_server_down(server):
+    import random
+
+    rng = random.Random(FUZZ_SEED)
+    statuses, deadline = [], time.time() + 90
+    for _ in range(60):
+        if time.time() > deadline:
+            break
+        chat = rng.random() < 0.6
+        body = {k: rng.choice(FUZZ_VALUES) for k in rng.sample(FUZZ_KEYS, rng.randrange(1, 6))}
+        if rng.random() < 0.7:
+            body.setdefault("messages" if chat else "prompt", HI if chat else "Hi")
+        code, reply = post(server[0], "/chat/completions" if chat else "/completions", body)
+        assert code < 500, (body, reply)
+        statuses.append(code)
+        assert server[1].poll() is None, body
+    assert len(statuses) >= 20 and 200 in statuses and 400 in statuses

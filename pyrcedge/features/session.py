@@ -301,6 +301,10 @@ def restore(llm: BudgetedModel, state: SessionState) -> None:
         buf = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
         if llama_cpp.llama_state_set_data(llm.ctx, buf, len(state.kv)) != len(state.kv):
             raise SessionError("llama.cpp refused the session's KV cache state")
+        held = np.sort(kernel_stats.used_cells(llm.ctx).pos)
+        if not np.array_equal(held, np.sort(a["cell_pos"])):
+            raise SessionError("the session's KV cache state holds other positions than its "
+                               "bookkeeping lists (a damaged or crafted state)")
         # llama.cpp's state holds no logits: decode the last token again to have them
         llm.decode_last(int(history[-1]), int(kv.position_of(len(kv.cached) - 1)))
         if llm.statistics:

@@ -31,7 +31,7 @@ from ..cache.budget import BudgetLike, ModelShape, cells_for, check_cache_type, 
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
 from ..cache.policies import Policy
 from ..cache.view import CacheView
-from ..errors import BudgetError, ModelLoadError
+from ..errors import BudgetError, GenerationInputError, ModelLoadError
 from ..features import attribution, explain, probe, recall, session, structure
 from ..features.attribution import Attribution
 from ..features.session import SessionState
@@ -365,6 +365,8 @@ class Llama(llama_cpp.Llama):
         grammar llama.cpp cannot parse is a GenerationInputError (llama_cpp would crash)."""
         inputs.check_grammar(self._model.vocab, kwargs.get("grammar"))
         tokens = list(tokens)
+        if not tokens:      # llama_cpp asserts (python -O: samples logits never computed)
+            raise GenerationInputError("the prompt has no tokens: there is nothing to continue")
         if reset:
             tokens = self._reuse_prefix(tokens)
         inner = super().generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p,
