@@ -141,6 +141,11 @@ def test_budgets_and_cache_types_beyond_llama_cpp_are_budget_errors(default_mode
     assert int(max_rss_mib) < 1024
 
 
+def test_command_line_counts_beyond_int32_are_refused(cli):
+    done = cli("run", "--prompt", "x", "--n-ctx", str(2**32 + 128), "--max-tokens", "1", timeout=60)
+    assert done.returncode == 2 and "must be at most 2147483647" in done.stderr
+
+
 def test_valid_cache_types_still_load(default_model):
     llm = pyrcedge.Llama(str(default_model), kv_budget=64, n_threads=1, type_k=8, type_v=8,
                 flash_attn=True, verbose=False)

@@ -12,7 +12,7 @@ import llama_cpp
 
 from ..assets.gguf import check_gguf, resolve_model
 from ..assets.models import DEFAULT_MODEL, MODELS
-from ..cache.budget import Budget, parse_bytes
+from ..cache.budget import MAX_CELLS, Budget, parse_bytes
 from ..cache.policies import POLICIES
 from ..errors import ModelLoadError, PyrcedgeError
 from ..llama import Llama
@@ -20,9 +20,13 @@ from ..llama.settings import DEFAULT_PROBE, DEFAULT_RECALL
 
 
 def positive_int(text: str) -> int:
+    """A count for the command line: 1 to 2**31 - 1 (what crosses into llama.cpp's int32 and
+    uint32 parameters, threads and n_ctx among them, without wrapping)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_CELLS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CELLS}, got {value}")
     return value
 
 

@@ -19,9 +19,10 @@ File layout (little-endian)
     blobs, in the header's order | sha256 of everything before it (32 bytes)
 A file is refused whole, before anything is loaded, when the magic, version, lengths or checksum
 are wrong, when it was saved for another model, budget or cache type, or when its content is
-inconsistent (features/session_content.py: token ids, cached indices, statistics, bookkeeping). Files are written to a
-temporary file beside the target, flushed to disk and renamed over it: a crash mid-save leaves
-the previous file intact.
+inconsistent (features/session_content.py: token ids, cached indices, statistics, bookkeeping).
+Files are written to a locked temporary file beside the target, flushed to disk and renamed
+over it: a crash mid-save leaves the previous file intact, and the next save or load removes
+the temporary file a killed save left.
 """
 
 from __future__ import annotations
@@ -40,17 +41,17 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-
-try:
-    import fcntl
-except ImportError:     # Windows
-    fcntl = None  # type: ignore[assignment]
 import numpy.typing as npt
 
 from ..errors import SessionError
 from ..native import stats as kernel_stats
 from .seam import BudgetedModel
 from .session_content import check_content
+
+try:
+    import fcntl
+except ImportError:     # Windows: no locks, the age of a temporary file alone says it is stale
+    fcntl = None  # type: ignore[assignment]
 
 MAGIC = b"PYRCEDGE-SESSION"
 FORMAT_VERSION = 1
