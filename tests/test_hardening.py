@@ -404,6 +404,29 @@ def test_a_request_that_would_never_end_is_capped(server):
     assert time.time() - t < 120
 
 
+def test_a_request_ends_at_the_request_timeout():
+    with serving("--budget", "128", "--threads", "1", "--max-tokens", "100000",
+                 "--request-timeout", "1.5") as (base, proc):
+        t = time.time()
+        code, r = post(base, "/chat/completions", {"messages": HI, "min_tokens": 10**9})
+        assert code == 200 and r["choices"][0]["finish_reason"] == "length"
+        assert 0 < r["usage"]["completion_tokens"] < 100000 and time.time() - t < 30
+        code, r = post(base, "/chat/completions", {"messages": HI, "max_tokens": 3, "min_tokens": 3,
+                                                   "temperature": 0})
+        assert code == 200 and r["usage"]["completion_tokens"] == 3    # a fresh limit per request
+
+
+def test_limit_generation_ends_an_answer_as_max_tokens_would(default_model):
+    llm = pyrcedge.Llama(str(default_model), kv_budget=64, n_threads=1, verbose=False)
+    llm.limit_generation(0.0)
+    r = llm.create_completion("Once upon a time", max_tokens=20, temperature=0)
+    assert r["usage"]["completion_tokens"] == 1 and r["choices"][0]["finish_reason"] == "length"
+    llm.limit_generation(None)
+    r = llm.create_completion("Once upon a time", max_tokens=5, temperature=0)
+    assert r["usage"]["completion_tokens"] == 5
+    llm.close()
+
+
 def test_valid_grammar_and_logit_bias_still_work(server):
     code, r = post(server[0], "/chat/completions", {"messages": HI, "max_tokens": 4, "temperature": 0,
                                                     "grammar": 'root ::= "yes" | "no"'})

@@ -31,6 +31,7 @@ from .options import (
     model_options,
     open_llama,
     positive_int,
+    seconds,
     size,
 )
 from .serve_limits import CHAT, COMPLETIONS, RequestLimits, RequestRefused, check_request, encode
@@ -58,7 +59,8 @@ def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
     if prompt_cache_bytes > 0:
         llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=prompt_cache_bytes))
     name = alias or Path(path).name
-    with server_compat.serving(llm):
+    limits = limits or RequestLimits()
+    with server_compat.serving(llm, on_request=lambda: llm.limit_generation(limits.request_seconds)):
         app = app_module.create_app(
             server_settings=ServerSettings(interrupt_requests=False),
             model_settings=[ModelSettings(model=str(path), model_alias=name)])
@@ -173,7 +175,7 @@ def serve(model: str | os.PathLike[str] | None, host: str = "127.0.0.1", port: i
 
 def cmd_serve(args: argparse.Namespace) -> int:
     limits = RequestLimits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                           max_body_bytes=args.max_body)
+                           max_body_bytes=args.max_body, request_seconds=args.request_timeout)
     serve(args.model, host=args.host, port=args.port, alias=args.alias,
           prompt_cache_bytes=args.prompt_cache, limits=limits,
           llama_kwargs={**budget_kwargs(args), "n_threads": args.threads,
@@ -199,5 +201,8 @@ def register(sub: Any) -> None:
                      help="the most prompt tokens one request may send (default %(default)s)")
     srv.add_argument("--max-body", type=size, default=RequestLimits.max_body_bytes, metavar="SIZE",
                      help="the largest request body (default %(default)s bytes: 2MiB)")
+    srv.add_argument("--request-timeout", type=seconds, default=RequestLimits.request_seconds,
+                     metavar="SECONDS", help="seconds a request may hold the model; then its "
+                     "generation ends as max_tokens ends it (default %(default)s)")
     srv.add_argument("--n-ctx", type=positive_int, default=2048, help=argparse.SUPPRESS)
     srv.set_defaults(func=cmd_serve, budget="64MiB")

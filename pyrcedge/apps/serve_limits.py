@@ -23,7 +23,8 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """Per-request caps (pyrcedge serve --max-tokens, --max-prompt-tokens, --max-body)."""
+    """Per-request caps (pyrcedge serve --max-tokens, --max-prompt-tokens, --max-body,
+    --request-timeout)."""
 
     # tokens one request may generate; what a chat without max_tokens gets, or one with
     # max_tokens null or 0 ("until the context fills" upstream, which a budget never does)
@@ -32,6 +33,9 @@ class RequestLimits:
     max_prompt_tokens: int = 16384
     # bytes of a request body (answered 413 as soon as more arrives)
     max_body_bytes: int = 2 * 2**20
+    # seconds a request may hold the model (its prompt read and its answer generated); past
+    # them generation ends as max_tokens ends it (finish_reason "length")
+    request_seconds: float = 120.0
 
 
 class RequestRefused(Exception):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import llama_cpp
@@ -114,6 +115,7 @@ class Llama(llama_cpp.Llama):
         self.on_logits = on_logits
         self.answer_start: int | None = None   # history index where the last answer began
         self._reset_a2sf_at_answer = False
+        self._deadline: float | None = None     # time.monotonic() when generation must end
         policy_object = self.settings.policy_object
         if kwargs.get("draft_model") is not None and policy_object.evicts:
             raise BudgetError("draft models (speculative decoding) are not supported with eviction")
@@ -385,6 +387,8 @@ class Llama(llama_cpp.Llama):
         self._start_answer()
         while True:
             sent = yield token
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                return      # as max_tokens ends it: finish_reason "length"
             try:
                 token = inner.send(sent)  # type: ignore[attr-defined]
             except StopIteration:
@@ -438,6 +442,12 @@ class Llama(llama_cpp.Llama):
         if got != target or k == len(tokens):
             return None     # another text, or nothing new to read: read the prompt again
         return tokens[k:]
+
+    def limit_generation(self, seconds: float | None) -> None:
+        """From now on, generation ends (finish_reason "length", as max_tokens ends it) once
+        `seconds` have passed; None: no limit. pyrcedge serve sets it as each request starts
+        (--request-timeout), so that no request holds the model longer."""
+        self._deadline = None if seconds is None else time.monotonic() + float(seconds)
 
     def create_completion(self, prompt: Any, suffix: str | None = None,
                           max_tokens: int | None = 16, *args: Any, **kwargs: Any) -> Any:
