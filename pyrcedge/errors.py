@@ -25,7 +25,8 @@ class ContextOverflowError(PyrcedgeError, ValueError):
 
 
 class BudgetError(PyrcedgeError, ValueError):
-    """A KV budget or eviction setting that cannot work (too small, malformed, unknown)."""
+    """A KV budget, eviction or context setting that cannot work (too small, malformed,
+    unknown, or beyond what llama.cpp's C types and limits can take)."""
 
 
 class GenerationInputError(PyrcedgeError, ValueError):

@@ -113,6 +113,7 @@ BAD_SETTINGS = [
     ({"kv_budget": 64, "type_v": 4}, "type_v=4 is not a KV cache type"),   # a removed ggml type
     ({"kv_budget": 64, "type_k": 26}, "type_k=26 is not a KV cache type"), # GGML_TYPE_I32
     ({"kv_budget": 64, "type_k": "f16"}, "type_k='f16' is not a KV cache type"),
+    ({"kv_budget": 64, "n_threads": 100_000}, "n_threads must be an integer of at most 512"),
 ]
 
 SETTINGS = """
@@ -121,7 +122,7 @@ from pyrcedge import BudgetError, Llama
 for kw in json.loads(sys.argv[2]):
     t = time.perf_counter()
     try:
-        Llama(sys.argv[1], n_threads=1, **kw)
+        Llama(sys.argv[1], **{"n_threads": 1, **kw})
         print("loaded", flush=True)
     except BudgetError as e:
         print(f"{time.perf_counter() - t:.2f}", e, flush=True)
@@ -144,6 +145,8 @@ def test_budgets_and_cache_types_beyond_llama_cpp_are_budget_errors(default_mode
 def test_command_line_counts_beyond_int32_are_refused(cli):
     done = cli("run", "--prompt", "x", "--n-ctx", str(2**32 + 128), "--max-tokens", "1", timeout=60)
     assert done.returncode == 2 and "must be at most 2147483647" in done.stderr
+    done = cli("run", "--prompt", "x", "--threads", "100000", "--max-tokens", "1", timeout=60)
+    assert done.returncode == 2 and "must be at most 512" in done.stderr
 
 
 def test_valid_cache_types_still_load(default_model):

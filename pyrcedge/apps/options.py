@@ -16,7 +16,7 @@ from ..cache.budget import MAX_CELLS, Budget, parse_bytes
 from ..cache.policies import POLICIES
 from ..errors import ModelLoadError, PyrcedgeError
 from ..llama import Llama
-from ..llama.settings import DEFAULT_PROBE, DEFAULT_RECALL
+from ..llama.settings import DEFAULT_PROBE, DEFAULT_RECALL, MAX_THREADS
 
 
 def positive_int(text: str) -> int:
@@ -38,6 +38,14 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"seconds are a number, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def threads(text: str) -> int:
+    """--threads: 1 to ggml's limit."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} (ggml's limit), got {value}")
     return value
 
 
@@ -74,8 +82,8 @@ def model_options(threads_default: int | None = None) -> argparse.ArgumentParser
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help=f"GGUF path or model name ({', '.join(MODELS)}); "
                                    f"default {DEFAULT_MODEL}")
-    p.add_argument("--threads", type=positive_int,
-                   default=threads_default or os.cpu_count() or 1)
+    p.add_argument("--threads", type=threads,
+                   default=threads_default or min(os.cpu_count() or 1, MAX_THREADS))
     return p
 
 

@@ -39,7 +39,7 @@ from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
 from . import inputs
-from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count
+from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count, check_threads
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -119,6 +119,7 @@ class Llama(llama_cpp.Llama):
         policy_object = self.settings.policy_object
         if kwargs.get("draft_model") is not None and policy_object.evicts:
             raise BudgetError("draft models (speculative decoding) are not supported with eviction")
+        check_threads(kwargs)
         path = os.fspath(model_path)
         check_gguf(path)
         cells, limit = self._budget_cells(path, kv_budget, kwargs)
