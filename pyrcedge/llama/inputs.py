@@ -86,7 +86,7 @@ def check_token_ids(ids: Any, n_vocab: int, what: str) -> None:
 
 def check_logit_bias(bias: Mapping[Any, Any] | None, n_vocab: int) -> None:
     """GenerationInputError unless bias maps token ids (ints or their decimal strings) in
-    [0, n_vocab) to finite numbers."""
+    [0, n_vocab) to finite numbers (anything float() makes one of, as llama_cpp takes it)."""
     if bias is None:
         return
     if not isinstance(bias, Mapping):
@@ -97,7 +97,11 @@ def check_logit_bias(bias: Mapping[Any, Any] | None, n_vocab: int) -> None:
             keys.append(int(k))
         except (TypeError, ValueError):
             raise GenerationInputError(f"logit_bias holds key {k!r}, not a token id") from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        try:
+            finite = math.isfinite(float(v))    # what llama_cpp adds to the logit
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
             raise GenerationInputError(f"logit_bias for token {k} must be a finite number, "
                                        f"got {v!r}")
     check_token_ids(keys, n_vocab, "logit_bias")
