@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=("independent", "conversation"), default="independent")
     ap.add_argument("--prompt-cache", default="0", help="pyrcedge serve --prompt-cache")
     ap.add_argument("--hostile", action="store_true", help="one more client sends hostile requests")
+    ap.add_argument("--serve-args", default="", help="more pyrcedge serve options, one string "
+                    "('--max-tokens 256 --request-timeout 10')")
     args = ap.parse_args()
 
     with socket.socket() as s:
@@ -56,7 +59,7 @@ def main() -> None:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port),
                              "--budget", args.budget, "--threads", str(args.threads),
-                             "--prompt-cache", args.prompt_cache])
+                             "--prompt-cache", args.prompt_cache, *shlex.split(args.serve_args)])
     base = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
         try:
@@ -149,7 +152,7 @@ def main() -> None:
     record = {"command": command(), "machine": machine(), "clients": args.clients,
               "requests_per_client": args.requests, "budget": args.budget,
               "threads": args.threads, "max_tokens": args.max_tokens, "mode": args.mode,
-              "prompt_cache": args.prompt_cache,
+              "prompt_cache": args.prompt_cache, "serve_args": args.serve_args,
               "prompt_tokens_max": max(fed, default=0),
               "answered": len(results) - len(errors), "errors": len(errors),
               "error_samples": errors[:3], "wall_s": round(wall, 1),
@@ -175,7 +178,7 @@ Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores.
 {args.clients} concurrent clients (the official openai client, one thread each), each sending
 {args.requests} chat requests one after the other ({"a system and a user message" if args.mode == "independent" else "the whole conversation so far: it reaches " + str(max(fed, default=0)) + " prompt tokens"};
 every fifth request streams), max_tokens {args.max_tokens}, temperature 0.7, KV budget
-{args.budget} tokens, prompt cache {args.prompt_cache} (`pyrcedge serve --prompt-cache`). The
+{args.budget} tokens, prompt cache {args.prompt_cache} (`pyrcedge serve --prompt-cache`){", serve options `" + args.serve_args + "`" if args.serve_args else ""}. The
 server has one model, so requests queue and run one at a time.
 
 | answered | errors | wall | requests/s | latency p50 | p95 | max | server peak RSS |
