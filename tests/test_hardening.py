@@ -585,3 +585,14 @@ def test_random_json_bodies_never_take_the_server_down(server):
         statuses.append(code)
         assert server[1].poll() is None, body
     assert len(statuses) >= 20 and 200 in statuses and 400 in statuses
+
+
+def test_an_empty_prompt_is_refused_but_continuing_the_history_is_not(default_model):
+    llm = pyrcedge.Llama(str(default_model), kv_budget=64, n_threads=1, verbose=False)
+    with pytest.raises(pyrcedge.GenerationInputError, match="no tokens"):
+        llm.create_completion("", max_tokens=2)
+    with pytest.raises(pyrcedge.GenerationInputError):
+        next(llm.generate([], temp=0.0))
+    llm.eval(llm.tokenize(b"Once upon a time"))
+    assert next(llm.generate([], temp=0.0, reset=False)) >= 0      # continues the history
+    llm.close()

@@ -368,7 +368,9 @@ class Llama(llama_cpp.Llama):
         grammar llama.cpp cannot parse is a GenerationInputError (llama_cpp would crash)."""
         inputs.check_grammar(self._model.vocab, kwargs.get("grammar"))
         tokens = list(tokens)
-        if not tokens:      # llama_cpp asserts (python -O: samples logits never computed)
+        if not tokens and (reset or self.n_tokens == 0):
+            # nothing to read and nothing to continue: llama_cpp asserts (with python -O it
+            # samples logits that were never computed)
             raise GenerationInputError("the prompt has no tokens: there is nothing to continue")
         if reset:
             tokens = self._reuse_prefix(tokens)
