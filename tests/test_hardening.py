@@ -378,6 +378,7 @@ HOSTILE = {
     "max_tokens past the cap": ("/chat/completions", {"messages": HI, "max_tokens": 10**9, "min_tokens": 10**9}, 400, "max_tokens"),
     "a prompt past the cap": ("/completions", {"prompt": "lorem ipsum dolor " * 400}, 400, "prompt"),
     "a body past the cap": ("/completions", {"prompt": "x" * (BODY_CAP + 1)}, 413, None),
+    "a body 20 times the cap": ("/completions", {"prompt": "x" * (20 * BODY_CAP)}, 413, None),
 }
 
 

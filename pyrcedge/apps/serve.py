@@ -37,6 +37,8 @@ from .options import (
 from .serve_limits import CHAT, COMPLETIONS, RequestLimits, RequestRefused, check_request, encode
 
 SERVER_EXTRA = "pip install 'pyrcedge[server]'"
+# a body over the limit is read on up to this many times the limit before the 413 goes out
+DRAIN_FACTOR = 32
 
 
 def create_app(model: str | os.PathLike[str] | None, alias: str | None = None,
@@ -101,12 +103,18 @@ class JSONBodyGuard:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
+            more = message.get("more_body", False)
             if size > self.limits.max_body_bytes:
+                # read the rest (up to a bound) and drop it, so that the client, still sending,
+                # reads the 413 rather than a connection reset
+                while more and size <= DRAIN_FACTOR * self.limits.max_body_bytes:
+                    message = await receive()
+                    size += len(message.get("body", b""))
+                    more = message["type"] != "http.disconnect" and message.get("more_body", False)
                 await _reply(scope, receive, send, 413, invalid_request(
                     f"the request body is larger than this server's limit of "
                     f"{self.limits.max_body_bytes} bytes (pyrcedge serve --max-body)"))
                 return
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
             parsed = json.loads(body)
