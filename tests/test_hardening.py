@@ -151,7 +151,7 @@ def test_command_line_counts_beyond_int32_are_refused(cli):
 
 def test_valid_cache_types_still_load(default_model):
     llm = pyrcedge.Llama(str(default_model), kv_budget=64, n_threads=1, type_k=8, type_v=8,
-                flash_attn=True, verbose=False)
+                         flash_attn=True, verbose=False)
     assert llm.create_completion("Hello", max_tokens=2)["choices"][0]["text"]
     llm.close()
 
@@ -159,7 +159,7 @@ def test_valid_cache_types_still_load(default_model):
 def test_a_byte_budget_sizes_f32_caches_as_f32(default_model):
     # type_k=0 (f32) was sized as f16: the cache came out twice the budget and was refused
     llm = pyrcedge.Llama(str(default_model), kv_budget="4MiB", n_threads=1, type_k=0, type_v=0,
-                verbose=False)
+                         verbose=False)
     assert 0 < llm.kv_stats().allocated_bytes <= 4 * 2**20
     llm.close()
 
@@ -211,6 +211,7 @@ CRAFTED = {
     "float history": (lambda s: s.arrays.__setitem__("history", s.arrays["history"].astype(np.float32)),
                       "history has dtype float32"),
 }
+
 
 @pytest.mark.parametrize("case", list(CRAFTED))
 def test_a_crafted_session_with_a_valid_checksum_is_refused_and_nothing_changes(saved_session, tmp_path, case):
