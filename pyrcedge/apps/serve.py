@@ -195,7 +195,7 @@ def register(sub: Any) -> None:
     srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server on the budgeted cache",
                          parents=[model_options(), budget_options(), max_tokens_option(
                              RequestLimits.max_tokens, help="the most tokens one request may "
-                             "generate, and what a request without max_tokens gets (default "
+                             "generate, and what a chat without max_tokens gets (default "
                              "%(default)s; a request asking for more gets a 400)")])
     srv.add_argument("--alias", help="the model's name in /v1/models (default: the file name)")
     srv.add_argument("--host", default="127.0.0.1")
