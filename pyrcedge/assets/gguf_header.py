@@ -8,11 +8,12 @@ looping on what it claims.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import ModelLoadError
 
@@ -23,6 +24,7 @@ GGUF_VERSIONS = (2, 3)     # what llama.cpp reads (version 1 was refused long ag
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
            11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 FLOAT_TYPES = (6, 12)
 
 
@@ -38,19 +40,21 @@ class Field:
 
 
 class _Reader:
-    def __init__(self, f: BinaryIO, size: int, source: str) -> None:
-        self.f, self.size, self.source = f, size, source
+    """Reads the header out of a memory map of the file: only the pages it touches are read."""
+
+    def __init__(self, buf: Any, source: str) -> None:
+        self.buf, self.pos, self.size, self.source = buf, 0, len(buf), source
+
+    def past_end(self) -> ModelLoadError:
+        return ModelLoadError(f"{self.source}: the GGUF header runs past the end of the file "
+                              "(truncated or damaged)")
 
     def take(self, n: int) -> bytes:
-        if n < 0 or self.f.tell() + n > self.size:
-            raise ModelLoadError(f"{self.source}: the GGUF header runs past the end of the file "
-                                 "(truncated or damaged)")
-        return self.f.read(n)
-
-    def skip(self, n: int) -> None:
-        if n < 0 or self.f.tell() + n > self.size:
-            self.take(n)        # raises
-        self.f.seek(n, os.SEEK_CUR)
+        if n < 0 or self.pos + n > self.size:
+            raise self.past_end()
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
 
     def unpack(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
@@ -58,8 +62,18 @@ class _Reader:
     def string(self) -> bytes:
         return self.take(self.unpack("<Q"))
 
+    def skip_strings(self, n: int) -> None:
+        pos, buf, size, u64 = self.pos, self.buf, self.size, _U64.unpack_from
+        for _ in range(n):
+            if pos + 8 > size:
+                raise self.past_end()
+            pos += 8 + u64(buf, pos)[0]
+        if pos > size:
+            raise self.past_end()
+        self.pos = pos
+
     def value(self, kind: int) -> Field:
-        at = self.f.tell()
+        at = self.pos
         if kind in _SCALAR:
             return Field(kind, self.unpack(_SCALAR[kind]), at)
         if kind == STRING:
@@ -71,8 +85,7 @@ class _Reader:
                 raw = self.take(n * width)
                 return Field(item, struct.unpack(f"<{n}{_SCALAR[item][1]}", raw), at, True)
             if item == STRING:
-                for _ in range(n):
-                    self.skip(self.unpack("<Q"))
+                self.skip_strings(n)
                 return Field(item, n, at, True)
             raise ModelLoadError(f"{self.source}: GGUF array of unsupported type {item}")
         raise ModelLoadError(f"{self.source}: GGUF value of unknown type {kind}")
@@ -83,20 +96,24 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Field]:
     path = Path(path)
     source = str(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            r = _Reader(f, size, source)
             if f.read(4) != GGUF_MAGIC:
                 raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
-            version = r.unpack("<I")
-            if version not in GGUF_VERSIONS:
-                raise ModelLoadError(f"{path}: GGUF version {version} is not supported")
-            r.unpack("<Q")                  # tensor count: llama.cpp checks the tensors
-            n_kv = r.unpack("<Q")
-            fields: dict[str, Field] = {}
-            for _ in range(n_kv):
-                key = r.string().decode("utf-8", "replace")
-                fields[key] = r.value(r.unpack("<I"))
-            return fields
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _read_fields(_Reader(buf, source), source)
     except OSError as e:
         raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from e
+
+
+def _read_fields(r: _Reader, source: str) -> dict[str, Field]:
+    r.take(4)                       # the magic, checked
+    version = r.unpack("<I")
+    if version not in GGUF_VERSIONS:
+        raise ModelLoadError(f"{source}: GGUF version {version} is not supported")
+    r.unpack("<Q")                  # tensor count: llama.cpp checks the tensors
+    n_kv = r.unpack("<Q")
+    fields: dict[str, Field] = {}
+    for _ in range(n_kv):
+        key = r.string().decode("utf-8", "replace")
+        fields[key] = r.value(r.unpack("<I"))
+    return fields
