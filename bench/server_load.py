@@ -8,6 +8,10 @@ percentiles, and the server's peak RSS (sampled every 0.2 s).
 
 --mode independent: every request is a system and a user message; --mode conversation: each
 client holds one conversation and sends all of it with every request (it outgrows the budget).
+--hostile: one more client sends, until the others are done, the requests of issue 16 that held
+the queue or killed the server: no max_tokens with min_tokens 10**9 (generation runs to the
+server's cap), max_tokens = min_tokens = 10**9, a 20 MB prompt, a grammar that does not parse,
+a logit_bias for token 10**9; the report gives what each got.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import shlex
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +49,9 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line for the report (e.g. what else ran)")
     ap.add_argument("--mode", choices=("independent", "conversation"), default="independent")
     ap.add_argument("--prompt-cache", default="0", help="pyrcedge serve --prompt-cache")
+    ap.add_argument("--hostile", action="store_true", help="one more client sends hostile requests")
+    ap.add_argument("--serve-args", default="", help="more pyrcedge serve options, one string "
+                    "('--max-tokens 256 --request-timeout 10')")
     args = ap.parse_args()
 
     with socket.socket() as s:
@@ -50,7 +59,7 @@ def main() -> None:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port),
                              "--budget", args.budget, "--threads", str(args.threads),
-                             "--prompt-cache", args.prompt_cache])
+                             "--prompt-cache", args.prompt_cache, *shlex.split(args.serve_args)])
     base = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
         try:
@@ -100,10 +109,40 @@ def main() -> None:
                 chat += [ask, {"role": "assistant", "content": reply}]
         return out
 
+    done = threading.Event()
+    hostile: list[tuple[str, float, str]] = []
+
+    def hostile_client() -> None:
+        hi = [{"role": "user", "content": "Tell me a long story."}]
+        kinds = [("never-ending", {"messages": hi, "min_tokens": 10**9}),
+                 ("max_tokens 10**9", {"messages": hi, "max_tokens": 10**9, "min_tokens": 10**9}),
+                 ("20 MB prompt", {"messages": [{"role": "user", "content": "word " * 4_000_000}]}),
+                 ("bad grammar", {"messages": hi, "grammar": 'root ::= ( "x" '}),
+                 ("logit_bias 10**9", {"messages": hi, "logit_bias": {"1000000000": 5}})]
+        while not done.is_set():
+            for kind, body in kinds:
+                if done.is_set():
+                    break
+                req = urllib.request.Request(f"{base}/chat/completions", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+                t = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(req, timeout=3600) as r:
+                        got = str(r.status) + " " + json.loads(r.read())["choices"][0]["finish_reason"]
+                except urllib.error.HTTPError as e:
+                    got = str(e.code)
+                except OSError as e:
+                    got = f"error {e}"
+                hostile.append((kind, time.perf_counter() - t, got))
+
     t0 = time.perf_counter()
+    if args.hostile:
+        threading.Thread(target=hostile_client, daemon=True).start()
     with cf.ThreadPoolExecutor(args.clients) as ex:
         results = [x for r in ex.map(one_client, range(args.clients)) for x in r]
     wall = time.perf_counter() - t0
+    done.set()
+    alive = proc.poll() is None
     stop.set()
     proc.terminate()
     proc.wait(timeout=30)
@@ -113,14 +152,20 @@ def main() -> None:
     record = {"command": command(), "machine": machine(), "clients": args.clients,
               "requests_per_client": args.requests, "budget": args.budget,
               "threads": args.threads, "max_tokens": args.max_tokens, "mode": args.mode,
-              "prompt_cache": args.prompt_cache,
+              "prompt_cache": args.prompt_cache, "serve_args": args.serve_args,
               "prompt_tokens_max": max(fed, default=0),
               "answered": len(results) - len(errors), "errors": len(errors),
               "error_samples": errors[:3], "wall_s": round(wall, 1),
               "requests_per_s": round(len(results) / wall, 2),
               "latency_s": {q: round(float(np.percentile(lat, p)), 2)
                             for q, p in (("p50", 50), ("p95", 95), ("max", 100))},
-              "server_peak_rss_mib": round(peak[0] / 2**20, 1)}
+              "server_peak_rss_mib": round(peak[0] / 2**20, 1),
+              "hostile": {kind: {"sent": sum(1 for h in hostile if h[0] == kind),
+                                 "answers": sorted({h[2] for h in hostile if h[0] == kind}),
+                                 "seconds_max": round(max((h[1] for h in hostile if h[0] == kind),
+                                                          default=0.0), 1)}
+                          for kind in dict.fromkeys(h[0] for h in hostile)},
+              "server_alive_at_end": alive}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     L = record["latency_s"]
@@ -133,7 +178,7 @@ Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores.
 {args.clients} concurrent clients (the official openai client, one thread each), each sending
 {args.requests} chat requests one after the other ({"a system and a user message" if args.mode == "independent" else "the whole conversation so far: it reaches " + str(max(fed, default=0)) + " prompt tokens"};
 every fifth request streams), max_tokens {args.max_tokens}, temperature 0.7, KV budget
-{args.budget} tokens, prompt cache {args.prompt_cache} (`pyrcedge serve --prompt-cache`). The
+{args.budget} tokens, prompt cache {args.prompt_cache} (`pyrcedge serve --prompt-cache`){", serve options `" + args.serve_args + "`" if args.serve_args else ""}. The
 server has one model, so requests queue and run one at a time.
 
 | answered | errors | wall | requests/s | latency p50 | p95 | max | server peak RSS |
@@ -142,9 +187,18 @@ server has one model, so requests queue and run one at a time.
 
 Latency includes the wait in the queue behind the other clients' requests (up to
 {args.clients - 1} of them).
+{hostile_table(record["hostile"]) if args.hostile else ""}
 {args.note}
 """)
     print(json.dumps(record))
+
+
+def hostile_table(hostile: dict) -> str:
+    rows = "".join(f"| {k} | {v['sent']} | {', '.join(v['answers'])} | {v['seconds_max']} s |\n"
+                   for k, v in hostile.items())
+    return ("\nMeanwhile one more client sent hostile requests, one after the other, until the "
+            "others were done:\n\n| request | sent | answered | longest |\n|---|---|---|---|\n"
+            + rows)
 
 
 if __name__ == "__main__":

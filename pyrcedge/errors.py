@@ -25,7 +25,13 @@ class ContextOverflowError(PyrcedgeError, ValueError):
 
 
 class BudgetError(PyrcedgeError, ValueError):
-    """A KV budget or eviction setting that cannot work (too small, malformed, unknown)."""
+    """A KV budget, eviction or context setting that cannot work (too small, malformed,
+    unknown, or beyond what llama.cpp's C types and limits can take)."""
+
+
+class GenerationInputError(PyrcedgeError, ValueError):
+    """An argument to a generation call that llama.cpp cannot take: a grammar that does not
+    parse, a token id outside the vocabulary (in logit_bias or a prompt of token ids)."""
 
 
 class PolicyError(PyrcedgeError, RuntimeError):

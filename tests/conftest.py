@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -50,3 +56,29 @@ def cli():
                               text=True, timeout=timeout)
 
     return run
+
+
+@contextlib.contextmanager
+def serving(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`pyrcedge serve ARGS` on a free loopback port: (base URL, process), once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/models", timeout=5).read()
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"the server did not start:\n{proc.stdout.read()}")  # type: ignore[union-attr]
+            time.sleep(0.3)
+    try:
+        yield base, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import openai
 import pytest
+from conftest import serving
 
 BUDGET = 256
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port),
-                             "--budget", str(BUDGET), "--threads", "2", "--alias", "smol"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/models", timeout=5).read()
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"the server did not start:\n{proc.stdout.read()}")
-            time.sleep(0.3)
-    yield base, proc
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving("--budget", str(BUDGET), "--threads", "2", "--alias", "smol") as running:
+        yield running
 
 
 @pytest.fixture

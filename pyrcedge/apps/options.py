@@ -12,17 +12,40 @@ import llama_cpp
 
 from ..assets.gguf import check_gguf, resolve_model
 from ..assets.models import DEFAULT_MODEL, MODELS
-from ..cache.budget import Budget, parse_bytes
+from ..cache.budget import MAX_CELLS, Budget, parse_bytes
 from ..cache.policies import POLICIES
 from ..errors import ModelLoadError, PyrcedgeError
 from ..llama import Llama
-from ..llama.settings import DEFAULT_PROBE, DEFAULT_RECALL
+from ..llama.settings import DEFAULT_PROBE, DEFAULT_RECALL, MAX_THREADS
 
 
 def positive_int(text: str) -> int:
+    """A count for the command line: 1 to 2**31 - 1 (what crosses into llama.cpp's int32 and
+    uint32 parameters, threads and n_ctx among them, without wrapping)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_CELLS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CELLS}, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds are a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def threads(text: str) -> int:
+    """--threads: 1 to ggml's limit."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} (ggml's limit), got {value}")
     return value
 
 
@@ -59,8 +82,8 @@ def model_options(threads_default: int | None = None) -> argparse.ArgumentParser
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help=f"GGUF path or model name ({', '.join(MODELS)}); "
                                    f"default {DEFAULT_MODEL}")
-    p.add_argument("--threads", type=positive_int,
-                   default=threads_default or os.cpu_count() or 1)
+    p.add_argument("--threads", type=threads,
+                   default=threads_default or min(os.cpu_count() or 1, MAX_THREADS))
     return p
 
 

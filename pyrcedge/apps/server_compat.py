@@ -17,6 +17,7 @@ COMPAT_NAMES = (
     ("llama_cpp.server.app", "LlamaProxy"),
     ("llama_cpp.server.app", "create_app"),
     ("llama_cpp.server.model", "LlamaProxy.load_llama_from_model_settings"),
+    ("llama_cpp.server.model", "LlamaProxy.__call__"),
     ("llama_cpp.server.errors", "RouteErrorHandler.error_message_wrapper"),
     ("llama_cpp.server.errors", "ErrorResponse"),
     ("llama_cpp.server.settings", "ServerSettings"),
@@ -25,9 +26,10 @@ COMPAT_NAMES = (
 
 
 @contextlib.contextmanager
-def serving(llm: Any) -> Iterator[None]:
+def serving(llm: Any, on_request: Callable[[], None] | None = None) -> Iterator[None]:
     """While active, llama_cpp.server.app.create_app builds a model proxy that hands out `llm`
-    for every model it is configured with (it loads nothing itself)."""
+    for every model it is configured with (it loads nothing itself). on_request is called each
+    time a request takes the model (llama_cpp.server calls the proxy holding its lock)."""
     import llama_cpp.server.app as app_module
 
     class BudgetedProxy(app_module.LlamaProxy):
@@ -36,6 +38,12 @@ def serving(llm: Any) -> Iterator[None]:
         @staticmethod
         def load_llama_from_model_settings(settings: Any) -> Any:
             return llm
+
+        def __call__(self, model: str | None = None) -> Any:
+            out = super().__call__(model)
+            if on_request is not None:
+                on_request()
+            return out
 
     stock = app_module.LlamaProxy
     app_module.LlamaProxy = BudgetedProxy  # type: ignore[misc]

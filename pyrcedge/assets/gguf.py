@@ -1,18 +1,29 @@
 """Which GGUF file a model argument names, and checks that turn a bad file into a clear error.
 
 llama.cpp validates the file itself and fails cleanly for most damage; the checks here catch
-what it reports poorly (a missing path, a directory, a file of another format) before it runs.
+what it reports poorly (a missing path, a directory, a file of another format) and the
+hyper-parameters its loader asserts on (GGML_ASSERT aborts the whole process: a block count of
+0 or 100000, an epsilon that is NaN or negative) before it runs.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelLoadError
+from .gguf_header import FLOAT_TYPES, STRING, Field, read_metadata
 from .models import MODELS, model_path
 
-GGUF_MAGIC = b"GGUF"
+# llama.cpp's limits (src/llama-hparams.h): more aborts the loader
+MAX_LAYERS = 512
+MAX_EXPERTS = 1024
+# n_ctx_train is an int32 in llama.h
+MAX_CONTEXT_LENGTH = 2**31 - 1
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:
@@ -28,15 +39,91 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
 
 
 def check_gguf(path: str | os.PathLike[str]) -> None:
+    """ModelLoadError unless `path` is a readable GGUF file whose hyper-parameters llama.cpp can
+    load without aborting."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model path does not exist: {path}")
     if not path.is_file():
         raise ModelLoadError(f"model path is not a file: {path}")
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        st = path.stat()
     except OSError as e:
         raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from e
-    if len(head) < 8 or head[:4] != GGUF_MAGIC:
-        raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
+    _check_file(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_file(path: str, size: int, mtime_ns: int) -> None:
+    """check_gguf's reading, once per file version (a command checks, then pyrcedge.Llama)."""
+    check_hyperparameters(read_metadata(path), path)
+
+
+def _ints(field: Field | None) -> tuple[int, ...]:
+    """The integer value(s) of a scalar or per-layer key; () when absent or not an integer
+    (llama.cpp refuses a key of the wrong type itself, cleanly)."""
+    if field is None or field.type in FLOAT_TYPES or field.type == STRING:
+        return ()
+    values = field.value if field.is_array else (field.value,)
+    return tuple(int(v) for v in values)
+
+
+def check_hyperparameters(meta: dict[str, Field], source: str) -> None:
+    """ModelLoadError for the metadata llama.cpp's loader would abort on (GGML_ASSERT in
+    llama_model::load_hparams) or compute with (an epsilon or a rope base that is not a finite
+    number)."""
+
+    def bad(key: str, value: Any, want: str) -> ModelLoadError:
+        return ModelLoadError(f"{source}: GGUF metadata {key} = {value!r} is invalid ({want}); "
+                              "the file is damaged or was not written by a GGUF converter")
+
+    arch_field = meta.get("general.architecture")
+    arch = arch_field.value if arch_field is not None and arch_field.type == STRING else None
+    if arch is None:
+        return      # llama.cpp reports a missing architecture itself
+    for key, f in meta.items():
+        if key.startswith(arch + ".") and f.type in FLOAT_TYPES:
+            values = f.value if f.is_array else (f.value,)
+            if not all(math.isfinite(v) for v in values):
+                raise bad(key, f.value, "a finite number")
+            if key.endswith("epsilon") and min(values, default=0.0) < 0:
+                raise bad(key, f.value, "an epsilon >= 0")
+    k = f"{arch}."
+    layers = _ints(meta.get(k + "block_count"))
+    if layers and not 1 <= layers[0] <= MAX_LAYERS:
+        raise bad(k + "block_count", layers[0], f"1 to {MAX_LAYERS} layers")
+    n_layer = layers[0] if layers else MAX_LAYERS
+    nextn = _ints(meta.get(k + "nextn_predict_layers"))
+    if nextn and not 0 <= nextn[0] <= n_layer:
+        raise bad(k + "nextn_predict_layers", nextn[0], f"at most block_count = {n_layer}")
+    ctx = _ints(meta.get(k + "context_length"))
+    if ctx and not 0 <= ctx[0] <= MAX_CONTEXT_LENGTH:
+        raise bad(k + "context_length", ctx[0], f"at most {MAX_CONTEXT_LENGTH} tokens")
+    base = meta.get(k + "rope.freq_base")
+    if base is not None and base.type in FLOAT_TYPES and not base.is_array and base.value <= 0:
+        raise bad(k + "rope.freq_base", base.value, "a rope base > 0")
+    scaling = meta.get(k + "rope.scaling.type")
+    if scaling is not None and scaling.type == STRING and scaling.value not in ROPE_SCALING_TYPES:
+        raise bad(k + "rope.scaling.type", scaling.value, f"one of {ROPE_SCALING_TYPES}")
+    _check_experts(meta, k, bad)
+
+
+def _check_experts(meta: dict[str, Field], k: str, bad: Any) -> None:
+    """The mixture-of-experts counts llama_model::load_hparams asserts on."""
+    experts = (_ints(meta.get(k + "expert_count")) or (0,))[0]
+    used = max(_ints(meta.get(k + "expert_used_count")) or (0,))
+    groups = (_ints(meta.get(k + "expert_group_count")) or (0,))[0]
+    group_used = (_ints(meta.get(k + "expert_group_used_count")) or (0,))[0]
+    if not 0 <= experts <= MAX_EXPERTS:
+        raise bad(k + "expert_count", experts, f"0 to {MAX_EXPERTS}")
+    if experts == 0:
+        if used or groups:
+            raise bad(k + "expert_used_count", used, "0 without experts")
+        return
+    if not 0 < used <= experts:
+        raise bad(k + "expert_used_count", used, f"1 to expert_count = {experts}")
+    if not 0 <= groups < experts:
+        raise bad(k + "expert_group_count", groups, f"below expert_count = {experts}")
+    if groups > 1 and (experts % groups or not 0 < group_used < groups):
+        raise bad(k + "expert_group_used_count", group_used,
+                  f"expert groups dividing {experts} experts, 1 to {groups - 1} used")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +35,34 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 GGML_TYPE_F16 = 1
+# the KV cache types llama.cpp accepts (common/arg.cpp, kv_cache_types): another ggml type id
+# aborts or crashes it when the cache is created or first written
+KV_CACHE_TYPES = {0: "f32", 1: "f16", 30: "bf16", 8: "q8_0", 2: "q4_0", 3: "q4_1", 20: "iq4_nl",
+                  6: "q5_0", 7: "q5_1"}
+# llama.cpp holds n_ctx in a uint32 and positions in an int32: no cache can use more cells
+MAX_CELLS = 2**31 - 1
+# budgets of more cells are checked against the memory available before anything is allocated
+# (the check loads the model's hyper-parameters: about 0.1 s, nothing beside a cache this big)
+MEMORY_CHECKED_ABOVE = 1 << 16
+
+
+def check_cache_type(value: object, name: str) -> int:
+    """A KV cache type id (type_k, type_v) that llama.cpp supports; F16 for None."""
+    if value is None:
+        return GGML_TYPE_F16
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in KV_CACHE_TYPES:
+        kinds = ", ".join(f"{n} ({t})" for t, n in sorted(KV_CACHE_TYPES.items()))
+        raise BudgetError(f"{name}={value!r} is not a KV cache type llama.cpp supports: give "
+                          f"the ggml type id of one of {kinds}")
+    return int(value)
+
+
+def check_cells(cells: int, what: str) -> int:
+    """`cells` when a KV cache of that many cells can exist in llama.cpp (its C types)."""
+    if cells > MAX_CELLS:
+        raise BudgetError(f"{what} of {cells} cells is more than llama.cpp can address "
+                          f"({MAX_CELLS}: n_ctx is a uint32, positions an int32)")
+    return cells
 
 
 def parse_bytes(text: str) -> int:
@@ -65,7 +94,7 @@ class Budget:
         if isinstance(spec, int):
             if spec < 1:
                 raise BudgetError(f"kv_budget must be at least 1 token, got {spec}")
-            return cls("tokens", spec)
+            return cls("tokens", check_cells(spec, "kv_budget"))
         text = spec.strip()
         if text.isdigit():
             return cls.parse(int(text))
@@ -150,7 +179,22 @@ def available_bytes() -> int:
 
 def cells_for(spec: BudgetLike, shape_of: Callable[[], ModelShape],
               default_cells: int) -> tuple[int, int | None]:
-    """(cells, byte limit or None) for a budget. shape_of() is only called for byte budgets."""
+    """(cells, byte limit or None) for a budget. shape_of() is called for byte budgets and for
+    caches large enough that they may not fit in memory."""
+    cells, limit = _cells_and_limit(spec, shape_of, default_cells)
+    what = "kv_budget" if spec is not None else "n_ctx"
+    check_cells(cells, what)
+    if cells > MEMORY_CHECKED_ABOVE:
+        need, free = cells * shape_of().cell_bytes, available_bytes()
+        if need > free:
+            raise BudgetError(f"{what} of {cells} cells takes {need / 2**30:.1f} GiB of KV cache, "
+                              f"more than the {free / 2**30:.1f} GiB of memory available: give a "
+                              "smaller budget, a size ('256MiB') or 'auto'")
+    return cells, limit
+
+
+def _cells_and_limit(spec: BudgetLike, shape_of: Callable[[], ModelShape],
+                     default_cells: int) -> tuple[int, int | None]:
     if spec is None:
         return default_cells, None
     budget = Budget.parse(spec)

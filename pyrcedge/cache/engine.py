@@ -13,6 +13,7 @@ stream can run past the model's trained context.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -301,6 +302,7 @@ class BudgetedKV:
         if probe is not None and need > 0:
             view.probe = probe(view)
             self.probe_passes += 1
+        shown = copy.copy(view)     # what the answer is checked against, whatever view becomes
         chosen: Any
         try:
             if view.probe is not None and not self.policy.reads_probe:
@@ -313,8 +315,8 @@ class BudgetedKV:
         except Exception as e:  # a user policy's own failure
             raise PolicyError(f"policy {self.policy.name!r} raised {type(e).__name__}: {e}; "
                               "the cache is unchanged") from e
-        rows = self._check_choice(view, chosen, need)
-        self._evict_rows(view, rows, n_history)
+        rows = self._check_choice(shown, chosen, need)
+        self._evict_rows(shown, rows, n_history)
         self.last_check = n_history
 
     def cached_cells(self) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:

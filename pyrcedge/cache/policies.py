@@ -91,8 +91,8 @@ def lowest_first(view: CacheView, scores: npt.ArrayLike, n: int) -> npt.NDArray[
 
 def checked_scores(policy: Policy, view: CacheView) -> npt.NDArray[np.float64]:
     """policy.score(view) as float64, one per cached token, or PolicyError."""
+    raw = policy.score(view)    # what it raises, the engine reports (the cache unchanged)
     try:
-        raw = policy.score(view)
         scores = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise PolicyError(f"policy {policy.name!r}: score() returned something that is not an "

@@ -13,17 +13,21 @@ from ..native import stats as kernel_stats
 
 
 def _frozen(a: npt.ArrayLike, dtype: Any) -> npt.NDArray[Any]:
-    """A read-only copy: a policy that writes into the view cannot change the engine's state."""
+    """A read-only copy: a policy that writes into the view cannot change the engine's state.
+    It is a view of a read-only base, so that `flags.writeable = True` is refused too (numpy
+    lets an array that owns its memory be made writeable again)."""
     out = np.array(a, dtype=dtype)
     out.flags.writeable = False
-    return out
+    return out.view()
 
 
 @dataclass
 class CacheView:
     """The cached tokens of one sequence at an eviction point, in position order.
 
-    Arrays have one entry per cached token and are read-only. Statistics are read from libllama
+    Arrays have one entry per cached token and are read-only; the engine checks a policy's
+    answer against its own copy of the view, so rebinding an attribute changes nothing either.
+    Statistics are read from libllama
     on first use: `stats()` [token, KV head, stat] summed over layers, `layer_stats()` [layer,
     token, KV head, stat]; stat order is pyrcedge.native.stats.STATS (a2sf, count, sum, sumsq,
     max).

@@ -18,19 +18,23 @@ File layout (little-endian)
     MAGIC (16 bytes) | u32 format version | u64 header length | header (JSON, UTF-8) |
     blobs, in the header's order | sha256 of everything before it (32 bytes)
 A file is refused whole, before anything is loaded, when the magic, version, lengths or checksum
-are wrong, or when it was saved for another model, budget or cache type. Files are written to a
-temporary file beside the target, flushed to disk and renamed over it: a crash mid-save leaves
-the previous file intact.
+are wrong, when it was saved for another model, budget or cache type, or when its content is
+inconsistent (features/session_content.py: token ids, cached indices, statistics, bookkeeping).
+Files are written to a locked temporary file beside the target, flushed to disk and renamed
+over it: a crash mid-save leaves the previous file intact, and the next save or load removes
+the temporary file a killed save left.
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import json
 import os
 import struct
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,12 @@ import numpy.typing as npt
 from ..errors import SessionError
 from ..native import stats as kernel_stats
 from .seam import BudgetedModel
+from .session_content import check_content
+
+try:
+    import fcntl
+except ImportError:     # Windows: no locks, the age of a temporary file alone says it is stale
+    fcntl = None  # type: ignore[assignment]
 
 MAGIC = b"PYRCEDGE-SESSION"
 FORMAT_VERSION = 1
@@ -121,28 +131,33 @@ def decode(data: bytes, source: str = "session") -> SessionState:
             raise ValueError(f"{len(body) - at} bytes left over")
         state = SessionState(header=header, kv=kv, arrays=arrays)
         state.n_tokens  # noqa: B018  (checks the key)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise SessionError(f"{source} is malformed: {e}") from e
     return state
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write data to path so that a reader sees the old file or the new one, never a part."""
+    """Write data to path so that a reader sees the old file or the new one, never a part.
+    The temporary file is locked while it is written; one left by a writer that was killed
+    (its lock went with it) is removed by the next save or load of the same path."""
     target = Path(path)
     if target.is_dir():
         raise SessionError(f"cannot save a session to {target}: it is a directory")
+    remove_stale_temporaries(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=_TEMP_SUFFIX,
+                                   dir=target.parent)
     except OSError as e:
         raise SessionError(f"cannot save a session in {target.parent}: {e.strerror}") from e
     try:
+        _lock(fd)
         # mkstemp makes the file private; keep the old file's mode, or the usual 0644
         os.fchmod(fd, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         with os.fdopen(fd, "wb") as f:
             _write_all(f, data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+            os.replace(tmp, target)     # while locked: a cleaner never takes a live file
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
@@ -155,12 +170,58 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(dir_fd)
 
 
+_TEMP_SUFFIX = ".tmp"
+# a temporary file younger than this is never removed: its writer may not have locked it yet
+STALE_AFTER_S = 60.0
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def _lock(fd: int, blocking: bool = True) -> bool:
+    """An exclusive lock on fd (released when the process dies); False if another holds it.
+    Without fcntl (Windows) every lock is taken, and the age alone decides what is stale."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary files that saves of `target` left when they were killed: those
+    no live writer holds locked and older than STALE_AFTER_S. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        candidates = list(target.parent.glob(f"{glob.escape(_temp_prefix(target))}*{_TEMP_SUFFIX}"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue            # gone already, or not ours to read
+        try:
+            if time.time() - os.fstat(fd).st_mtime > STALE_AFTER_S and _lock(fd, blocking=False):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _write_all(f: Any, data: bytes, chunk: int = 1 << 20) -> None:
     for i in range(0, len(data), chunk):
         f.write(data[i : i + chunk])
 
 
 def read(path: str | os.PathLike[str]) -> SessionState:
+    remove_stale_temporaries(Path(path))
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -235,14 +296,16 @@ def restore(llm: BudgetedModel, state: SessionState) -> None:
     h, a = state.header, state.arrays
     n = state.n_tokens
     history = a["history"]
-    if len(history) != n or (n and int(a["cached"][-1]) != n - 1):
-        raise SessionError("the session is inconsistent: its last history token is not cached")
     llm.reset()
     kv.restore_bookkeeping(h["bookkeeping"], a["cached"])
     if n:
         buf = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
         if llama_cpp.llama_state_set_data(llm.ctx, buf, len(state.kv)) != len(state.kv):
             raise SessionError("llama.cpp refused the session's KV cache state")
+        held = np.sort(kernel_stats.used_cells(llm.ctx).pos)
+        if not np.array_equal(held, np.sort(a["cell_pos"])):
+            raise SessionError("the session's KV cache state holds other positions than its "
+                               "bookkeeping lists (a damaged or crafted state)")
         # llama.cpp's state holds no logits: decode the last token again to have them
         llm.decode_last(int(history[-1]), int(kv.position_of(len(kv.cached) - 1)))
         if llm.statistics:
@@ -290,7 +353,12 @@ def load_state(llm: BudgetedModel, state: SessionState) -> None:
     if not isinstance(state, SessionState):
         raise SessionError("pyrcedge.Llama.load_state takes what pyrcedge.Llama.save_state "
                            f"returns, not {type(state).__name__}")
-    check_compatible(state.header, identity(llm), "the session")
+    _load(llm, state, "the session")
+
+
+def _load(llm: BudgetedModel, state: SessionState, source: str) -> None:
+    check_compatible(state.header, identity(llm), source)
+    check_content(llm, state.header, state.arrays, state.kv, source)
     backup = capture(llm)
     try:
         restore(llm, state)
@@ -319,6 +387,5 @@ def load_session(llm: BudgetedModel, path: str | os.PathLike[str]) -> dict[str, 
     metadata saved with it ({} if none). Refused with SessionError, llm unchanged, if the file
     is corrupt, truncated, or was saved for another model, budget or cache type."""
     state = read(path)
-    check_compatible(state.header, identity(llm), f"session file {path}")
-    load_state(llm, state)
+    _load(llm, state, f"session file {path}")
     return dict(state.header.get("metadata") or {})

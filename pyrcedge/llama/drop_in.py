@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import llama_cpp
@@ -27,18 +28,18 @@ import numpy as np
 import numpy.typing as npt
 
 from ..assets.gguf import check_gguf
-from ..cache.budget import GGML_TYPE_F16, BudgetLike, ModelShape, cells_for, model_shape
+from ..cache.budget import BudgetLike, ModelShape, cells_for, check_cache_type, model_shape
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
 from ..cache.policies import Policy
 from ..cache.view import CacheView
-from ..errors import BudgetError, ModelLoadError
+from ..errors import BudgetError, GenerationInputError, ModelLoadError
 from ..features import attribution, explain, probe, recall, session, structure
 from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
-from . import usage
-from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings
+from . import inputs, usage
+from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count, check_threads
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -114,9 +115,11 @@ class Llama(llama_cpp.Llama):
         self.on_logits = on_logits
         self.answer_start: int | None = None   # history index where the last answer began
         self._reset_a2sf_at_answer = False
+        self._deadline: float | None = None     # time.monotonic() when generation must end
         policy_object = self.settings.policy_object
         if kwargs.get("draft_model") is not None and policy_object.evicts:
             raise BudgetError("draft models (speculative decoding) are not supported with eviction")
+        check_threads(kwargs)
         path = os.fspath(model_path)
         check_gguf(path)
         cells, limit = self._budget_cells(path, kv_budget, kwargs)
@@ -159,8 +162,8 @@ class Llama(llama_cpp.Llama):
         """(cells, byte limit) for the budget; pops n_ctx from kwargs."""
         if kv_budget is not None and "n_ctx" in kwargs:
             raise BudgetError("give kv_budget or n_ctx, not both: kv_budget sizes the cache")
-        type_k = kwargs.get("type_k") or GGML_TYPE_F16
-        type_v = kwargs.get("type_v") or GGML_TYPE_F16
+        type_k = check_cache_type(kwargs.get("type_k"), "type_k")
+        type_v = check_cache_type(kwargs.get("type_v"), "type_v")
         flash = bool(kwargs.get("flash_attn", False))
         shape: list[ModelShape] = []
 
@@ -169,7 +172,7 @@ class Llama(llama_cpp.Llama):
                 shape.append(model_shape(path, type_k, type_v, flash))
             return shape[0]
 
-        n_ctx = int(kwargs.pop("n_ctx", DEFAULT_N_CTX))
+        n_ctx = check_count(kwargs.pop("n_ctx", DEFAULT_N_CTX), "n_ctx", 0)
         default = n_ctx if n_ctx > 0 else shape_of().n_ctx_train
         return cells_for(kv_budget, shape_of, default)
 
@@ -360,8 +363,14 @@ class Llama(llama_cpp.Llama):
                  min_p: float = 0.05, typical_p: float = 1.0, temp: float = 0.80,
                  repeat_penalty: float = 1.0, reset: bool = True,
                  **kwargs: Any) -> Iterator[int]:
-        """llama_cpp.Llama.generate, reusing the cached prefix of the history when it can."""
+        """llama_cpp.Llama.generate, reusing the cached prefix of the history when it can. A
+        grammar llama.cpp cannot parse is a GenerationInputError (llama_cpp would crash)."""
+        inputs.check_grammar(self._model.vocab, kwargs.get("grammar"))
         tokens = list(tokens)
+        if not tokens and (reset or self.n_tokens == 0):
+            # nothing to read and nothing to continue: llama_cpp asserts (with python -O it
+            # samples logits that were never computed)
+            raise GenerationInputError("the prompt has no tokens: there is nothing to continue")
         if reset:
             tokens = self._reuse_prefix(tokens)
         inner = super().generate(tokens, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -380,6 +389,8 @@ class Llama(llama_cpp.Llama):
         self._start_answer()
         while True:
             sent = yield token
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                return      # as max_tokens ends it: finish_reason "length"
             try:
                 token = inner.send(sent)  # type: ignore[attr-defined]
             except StopIteration:
@@ -434,12 +445,21 @@ class Llama(llama_cpp.Llama):
             return None     # another text, or nothing new to read: read the prompt again
         return tokens[k:]
 
+    def limit_generation(self, seconds: float | None) -> None:
+        """From now on, generation ends (finish_reason "length", as max_tokens ends it) once
+        `seconds` have passed; None: no limit. pyrcedge serve sets it as each request starts
+        (--request-timeout), so that no request holds the model longer."""
+        self._deadline = None if seconds is None else time.monotonic() + float(seconds)
+
     def create_completion(self, prompt: Any, suffix: str | None = None,
                           max_tokens: int | None = 16, *args: Any, **kwargs: Any) -> Any:
         """llama_cpp.Llama.create_completion. max_tokens None or <= 0 means up to one budget's
-        worth of tokens (llama_cpp.Llama: up to the end of the context)."""
+        worth of tokens (llama_cpp.Llama: up to the end of the context). Token ids outside the
+        vocabulary (a prompt of ids, logit_bias) are a GenerationInputError."""
         if self.policy.evicts and (max_tokens is None or max_tokens <= 0):
             max_tokens = self.kv_budget_cells
+        inputs.check_prompt_tokens(prompt, self._n_vocab)
+        inputs.check_logit_bias(kwargs.get("logit_bias"), self._n_vocab)
         before = usage.counters(self.kv_stats())
         out = super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
         if isinstance(out, dict):

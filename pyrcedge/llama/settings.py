@@ -20,6 +20,20 @@ DEFAULT_PROBE: ProbeLike = "tail"
 DEFAULT_RECALL: RecallLike = None
 
 
+# ggml's thread pool holds at most this many threads (GGML_MAX_N_THREADS): more segfaults
+MAX_THREADS = 512
+
+
+def check_threads(kwargs: dict[str, Any]) -> None:
+    """BudgetError for n_threads / n_threads_batch beyond what ggml can run."""
+    for name in ("n_threads", "n_threads_batch"):
+        n = kwargs.get(name)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                              or n > MAX_THREADS):
+            raise BudgetError(f"{name} must be an integer of at most {MAX_THREADS} (ggml's "
+                              f"limit), got {n!r}")
+
+
 def check_count(n: Any, name: str, low: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:
         raise BudgetError(f"{name} must be an integer >= {low}, got {n!r}")
