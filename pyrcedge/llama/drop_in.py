@@ -230,8 +230,11 @@ class Llama(llama_cpp.Llama):
         i = begin
         while i < stop:
             left = stop - i
-            if read is not None and kv.max_chunk(self.n_tokens) <= read.reserve(i):
-                read = None     # protected tokens leave no room beside the probe: read plainly
+            if read is not None and (kv.max_chunk(self.n_tokens) <= read.reserve(i)
+                                     or read.reserve(i) == 0 and kv.room_without_eviction() < len(read.ids)):
+                # protected tokens leave no room beside the probe, or the probe's own tokens
+                # are being read and an eviction could not decode it on top: read plainly
+                read = None
             reserve = read.reserve(i) if read else 0
             room = kv.room_without_eviction() - reserve
             if min(left, self.n_batch) <= room:
