@@ -7,8 +7,9 @@ import sys
 
 import pexpect
 
+# the recalls part shows once the chat has recalled (recall is on by default)
 STATUS = re.compile(r"\[KV (\d+)/(\d+) cells, [\d.]+/[\d.]+ MiB \| (\d+) evictions \((\d+) tokens\) "
-                    r"\| (\d+) tokens in history \| [\d.]+ tok/s\]")
+                    r"\| (?:\d+ recalls \(\d+ tokens\) \| )?(\d+) tokens in history \| [\d.]+ tok/s\]")
 TURNS = ["Hello! Who are you?", "Tell me about the sea.", "And about mountains?"]
 
 

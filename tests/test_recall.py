@@ -102,11 +102,12 @@ def test_prompts_about_nothing_evicted_recall_nothing(default_model):
     assert llm.kv_stats().recalls == 0
 
 
-def test_recall_is_off_unless_asked(default_model):
-    llm = make(default_model, kv_budget=96, policy="window")
+@pytest.mark.parametrize("kw,recalls", [({}, 1), ({"recall": None}, 0), ({"recall": False}, 0)])
+def test_recall_is_on_unless_turned_off(default_model, kw, recalls):
+    llm = make(default_model, kv_budget=96, policy="window", **kw)
     read_fact_then_prose(llm)
     llm.eval(llm.tokenize(ASK.encode(), add_bos=False))
-    assert llm.kv_stats().recalls == 0
+    assert llm.kv_stats().recalls == recalls
 
 
 def test_a_session_saved_after_a_recall_continues_identically(default_model):

@@ -47,7 +47,7 @@ def chat(llm, turns: int) -> None:
 
 
 def test_a_budgeted_chat_keeps_the_system_prompt_and_the_headers_of_its_turns(default_model):
-    llm = make(default_model, kv_budget=160, chat_structure=True)
+    llm = make(default_model, kv_budget=160, chat_structure=True, recall=None)
     chat(llm, 6)
     kv = llm.kv_cache
     assert kv.evictions > 0
@@ -64,7 +64,7 @@ def test_a_budgeted_chat_keeps_the_system_prompt_and_the_headers_of_its_turns(de
 
 
 def test_chat_structure_is_off_unless_asked(default_model):
-    llm = make(default_model, kv_budget=160)
+    llm = make(default_model, kv_budget=160, recall=None)
     chat(llm, 6)
     kv = llm.kv_cache
     system_turn = set(range(4, 16))        # past the sink: the system prompt's words

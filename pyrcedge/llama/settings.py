@@ -16,8 +16,9 @@ from ..features.recall import Recall, RecallLike, make_recall
 
 # what a Llama reads long prompts with unless told otherwise (docs/probe.md: the measurements)
 DEFAULT_PROBE: ProbeLike = "tail"
-# whether a new prompt reads evicted history it asks about back (docs/recall.md)
-DEFAULT_RECALL: RecallLike = None
+# whether a new prompt reads evicted history it asks about back: on, since it helped wherever
+# it was measured (needles, QA, a fact asked after 8 turns, streaming perplexity: docs/recall.md)
+DEFAULT_RECALL: RecallLike = True
 
 
 # ggml's thread pool holds at most this many threads (GGML_MAX_N_THREADS): more segfaults
