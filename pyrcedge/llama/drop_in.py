@@ -233,8 +233,9 @@ class Llama(llama_cpp.Llama):
         i = begin
         while i < stop:
             left = stop - i
-            if read is not None and (kv.max_chunk(self.n_tokens) <= read.reserve(i)
-                                     or read.reserve(i) == 0 and kv.room_without_eviction() < len(read.ids)):
+            if read is not None and (
+                    kv.max_chunk(self.n_tokens) <= read.reserve(i)
+                    or read.reserve(i) == 0 and kv.room_without_eviction() < len(read.ids)):
                 # protected tokens leave no room beside the probe, or the probe's own tokens
                 # are being read and an eviction could not decode it on top: read plainly
                 read = None
