@@ -464,10 +464,10 @@ class Llama(llama_cpp.Llama):
             max_tokens = self.kv_budget_cells
         inputs.check_prompt_tokens(prompt, self._n_vocab)
         inputs.check_logit_bias(kwargs.get("logit_bias"), self._n_vocab)
-        before = usage.counters(self.kv_stats())
+        before = usage.counters(self.kv_cache)
         out = super().create_completion(prompt, suffix, max_tokens, *args, **kwargs)
         if isinstance(out, dict):
-            kv = usage.kv_usage(before, self.kv_stats())
+            kv = usage.kv_usage(before, self.kv_cache, self.n_tokens)
             out["usage"]["kv_cache"] = kv  # type: ignore[typeddict-unknown-key]
             self.kv_usage_log.remember(out["id"], kv)
             return out
@@ -481,7 +481,7 @@ class Llama(llama_cpp.Llama):
             last = chunk.get("id")
             yield chunk
         if last is not None:
-            self.kv_usage_log.remember(last, usage.kv_usage(before, self.kv_stats()))
+            self.kv_usage_log.remember(last, usage.kv_usage(before, self.kv_cache, self.n_tokens))
 
     def close(self) -> None:
         if hasattr(self, "_stack"):  # __init__ may have failed before llama_cpp set it up

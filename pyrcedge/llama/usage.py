@@ -13,24 +13,26 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from ..cache.engine import KVStats
+from ..cache.engine import BudgetedKV
 
-# KVStats counters that a completion's usage reports as its own share (after minus before)
+# BudgetedKV (and KVStats) counters that a completion's usage reports as its own share (after minus before)
 COUNTERS = ("evictions", "evicted_tokens", "recalls", "recalled_spans", "recalled_tokens")
 # completions whose usage a UsageLog keeps for their readers (a server's few in flight)
 KEPT = 64
 
 
-def counters(stats: KVStats) -> dict[str, int]:
-    return {k: int(getattr(stats, k)) for k in COUNTERS}
+def counters(kv: BudgetedKV) -> dict[str, int]:
+    """The cache's counters now (read off the engine: no statistics are read)."""
+    return {k: int(getattr(kv, k)) for k in COUNTERS}
 
 
-def kv_usage(before: dict[str, int], after: KVStats) -> dict[str, Any]:
+def kv_usage(before: dict[str, int], kv: BudgetedKV, history_tokens: int) -> dict[str, Any]:
     """The usage's `kv_cache` entry: the budget and the cache at the end of the completion, and
     the evictions and recalls it made (`before`: counters() when it started)."""
-    return {"budget_cells": int(after.budget_cells), "cached_tokens": int(after.cells_used),
-            "history_tokens": int(after.history_tokens),
-            **{k: int(getattr(after, k)) - before[k] for k in COUNTERS}}
+    now = counters(kv)
+    return {"budget_cells": int(kv.budget), "cached_tokens": len(kv.cached),
+            "history_tokens": int(history_tokens),
+            **{k: now[k] - before[k] for k in COUNTERS}}
 
 
 class UsageLog:
