@@ -7,9 +7,13 @@ import subprocess
 import sys
 from typing import Any
 
+import numpy as np
+
+from pyrcedge import Probe, Recall
 from pyrcedge.evaluation.speed_report import machine
 
-__all__ = ["command", "config_args", "machine", "run_cli_json", "split_share"]
+__all__ = ["cache_options", "command", "config_args", "machine", "quartiles", "run_cli_json",
+           "split_share"]
 
 # the caches the QA and needle benches compare, by name
 POLICY_ARGS = {"a2sf": ["--policy", "a2sf"], "tova": ["--policy", "tova"],
@@ -36,6 +40,46 @@ def config_args(name: str) -> list[str]:
                          "optionally +probe or +probe=SPEC, then optionally +recall")
     spec = (probe.lstrip("=") or "tail") if _ else "off"
     return POLICY_ARGS[policy] + ["--probe", spec, "--recall", recall]
+
+
+# the same caches as pyrcedge.Llama keywords, for the benches that open Llamas themselves
+POLICY_KW: dict[str, dict[str, Any]] = {
+    "full": {"policy": "full"}, "a2sf": {"policy": "a2sf"}, "tova": {"policy": "tova"},
+    "h2o": {"policy": "h2o"}, "rcstat": {"policy": "rcstat"}, "window": {"policy": "window"},
+    "streamingllm": {"policy": "window", "positions": "compact"},
+    "context-shift": {"policy": "context-shift", "positions": "compact"}}
+
+
+def cache_options(name: str) -> dict[str, Any]:
+    """pyrcedge.Llama keywords of a cache named POLICY followed by any of +probe (the tail
+    probe), +probe=SPEC (a --probe value), +probe{JSON} (pyrcedge.Probe fields, fitted to the
+    budget as the tail probe is), +recall, +recall=TOKENS, +recall{JSON} (pyrcedge.Recall
+    fields) and +structure; the probe and recall are off unless named."""
+    policy, *parts = name.split("+")
+    if policy not in POLICY_KW:
+        raise SystemExit(f"unknown cache {name!r}: a policy of {sorted(POLICY_KW)}")
+    options: dict[str, Any] = {**POLICY_KW[policy], "probe": None, "recall": None}
+    for part in parts:
+        cut = min((k for k in (part.find("{"), part.find("=")) if k >= 0), default=len(part))
+        kind, spec = part[:cut], part[cut:]
+        fields = json.loads(spec) if spec.startswith("{") else None
+        if kind == "probe":
+            options["probe"] = (Probe(**{"fit": True, **fields}) if fields is not None
+                                else spec.lstrip("=") or "tail")
+        elif kind == "recall":
+            options["recall"] = (Recall(**fields) if fields is not None
+                                 else int(spec.lstrip("=")) if spec else True)
+        elif kind == "structure":
+            options["chat_structure"] = True
+        else:
+            raise SystemExit(f"unknown part {part!r} of cache {name!r}")
+    return options
+
+
+def quartiles(x: list[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile) of x."""
+    q = np.percentile(np.asarray(x, dtype=float), [25, 50, 75])
+    return float(q[0]), float(q[1]), float(q[2])
 
 
 def command() -> str:

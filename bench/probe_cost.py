@@ -5,9 +5,9 @@ one process (docs/bench/probe-cost*.md).
     .venv/bin/python bench/probe_cost.py [--model smollm2-135m] [--context-tokens 1024]
         [--n 10] [--rounds 3] [--shares 25% 12.5%] [--threads 1] [CACHE ...]
 
-CACHE is a2sf (no probe, no recall) followed by +probe (the default tail probe) or
-+probe{JSON} (pyrcedge.Probe fields: +probe{"refill":0.5}) and/or +recall; the first CACHE
-is the baseline every other is divided by. Every prompt is read by every cache at every share in each round, the caches'
+CACHE is named as bench/common.py's cache_options reads it: a2sf (no probe, no recall),
+a2sf+probe (the default tail probe), a2sf+probe{"tokens":12}+recall (pyrcedge.Probe fields);
+the first CACHE is the baseline every other is divided by. Every prompt is read by every cache at every share in each round, the caches'
 order rotating from prompt to prompt, so that a drift of the machine's speed falls on all of
 them alike. Only the read is timed (Llama.eval of the whole prompt: what `eval niah` reports as
 prefill), in wall seconds and in the process's CPU seconds (less disturbed by other work on a
@@ -28,32 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import command, machine, split_share  # noqa: E402
+from common import cache_options, command, machine, quartiles, split_share  # noqa: E402
 
-from pyrcedge import Probe  # noqa: E402
 from pyrcedge.cli import build_parser  # noqa: E402
 from pyrcedge.evaluation.cli import _llm_opener, floor_cells, tokenizer  # noqa: E402
 from pyrcedge.evaluation.niah import make_needles  # noqa: E402
-
-
-def cache_options(cache: str) -> dict[str, Any]:
-    """Llama keywords of a cache named POLICY[+probe[{JSON}]][+recall]."""
-    policy, *parts = cache.split("+")
-    options: dict[str, Any] = {"policy": policy, "probe": None, "recall": None}
-    for part in parts:
-        if part == "recall":
-            options["recall"] = True
-        elif part.startswith("probe"):
-            fields = json.loads(part[len("probe"):] or "{}")
-            options["probe"] = Probe(**{"fit": True, **fields}) if fields else "tail"
-        else:
-            raise SystemExit(f"unknown part {part!r} of cache {cache!r}")
-    return options
 
 
 def answer(llm: Any, max_tokens: int = 24) -> str:
@@ -73,11 +56,6 @@ def open_cache(model: str, cache: str, share: str, context_tokens: int, threads:
     for key, value in cache_options(cache).items():
         setattr(args, key, value)
     return _llm_opener(args)(args.budget.of(context_tokens, floor_cells(args)))
-
-
-def quartiles(x: list[float]) -> tuple[float, float, float]:
-    q = np.percentile(np.asarray(x), [25, 50, 75])
-    return float(q[0]), float(q[1]), float(q[2])
 
 
 def main() -> None:

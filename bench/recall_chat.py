@@ -5,10 +5,10 @@ out of the budget, then a question that needs it (docs/bench/recall-chat.md).
         [--budget 25%] [--out recall-chat] CACHE...
 
 CACHE (in this order; full first when the budget is a share): full (a cache that holds the
-whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), POLICY (a2sf,
-window, context-shift) or POLICY+recall[=TOKENS], each optionally followed by +structure
-(chat_structure=True). Every cache answers the same conversations (seed 0) in one process,
-one after another: turn 1 states a fact ("Please remember: my locker number is 4817."), each
+whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), or a cache
+as bench/common.py's cache_options names it (a2sf, context-shift, a2sf+recall,
+a2sf+recall{"relative":0.5}, a2sf+structure...). Every cache answers the same conversations
+(seed 0) in one process, conversation by conversation: turn 1 states a fact ("Please remember: my locker number is 4817."), each
 later turn pastes a passage of the essay haystack (pyrcedge eval niah's) for a one-sentence
 summary, the last asks for the fact. A hit is the fact's key word in the answer. The budget is a
 share of the whole chat's tokens as the full cache read it. Replies are greedy, through
@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import command, machine  # noqa: E402
+from common import cache_options, command, machine, quartiles  # noqa: E402
 
 from pyrcedge import Llama  # noqa: E402
 from pyrcedge.assets.models import model_path  # noqa: E402
@@ -48,8 +48,6 @@ FACTS = [  # (statement, question, key), with {} filled from the choices
     ("my car is painted {}", "What colour is my car?",
      ["teal", "maroon", "lavender", "mustard", "turquoise", "crimson"]),
 ]
-POLICY_KW = {"a2sf": {"policy": "a2sf"}, "window": {"policy": "window"},
-             "context-shift": {"policy": "context-shift", "positions": "compact"}}
 
 
 def conversations(n: int, turns: int, seed: int = 0) -> list[dict]:
@@ -101,55 +99,55 @@ def main() -> None:
     convs = conversations(a.n, a.turns)
     common = dict(n_threads=a.threads, n_threads_batch=a.threads, flash_attn=True, seed=0,
                   verbose=False)
-    results: dict[str, dict] = {}
-    history: list[int] = []
-    full_replies: list[list[str]] = []
     share = Budget.parse(a.budget)
     if share.kind == "share" and a.caches[0] != "full":
         raise SystemExit("a budget that is a share of the history needs full first")
-    for name in a.caches:
-        rows, t0 = [], time.time()
-        for j, conv in enumerate(convs):
+    rows: dict[str, list[dict]] = {name: [] for name in a.caches}
+    # conversation by conversation, every cache in turn: a drift of the machine's speed falls
+    # on all caches alike, and the full cache's history sets the others' budget
+    for conv in convs:
+        history, full_replies = 0, None
+        for name in a.caches:
             if name == "full":
                 llm = Llama(path, kv_budget=8192, policy="full", **common)
             else:
-                base, structure = ((name[:-len("+structure")], True)
-                                   if name.endswith("+structure") else (name, False))
-                policy, _, rec = base.partition("+recall")
-                recall = (int(rec.lstrip("=")) if rec.lstrip("=") else True) if _ else None
-                cells = share.of(history[j] if history else 0, 36).value
-                llm = Llama(path, kv_budget=cells, recall=recall, chat_structure=structure,
-                            **POLICY_KW[policy], **common)
+                cells = share.of(history, 36).value
+                llm = Llama(path, kv_budget=cells, **cache_options(name), **common)
             replies, last_s, per_turn = run_chat(llm, conv, a.reply_tokens)
             reply = replies[-1]
             st = llm.kv_stats()
             if name == "full":
-                history.append(st.history_tokens)
-            if name == "full":
-                full_replies.append(replies)
-            agree = ([f1_score(r, [f]) for r, f in zip(replies[:-1], full_replies[j][:-1])]
-                     if len(full_replies) > j else [])
-            rows.append({"hit": conv["key"].lower() in reply.lower(), "reply": reply,
-                         "replies": replies, "turn_f1_vs_full": agree,
-                         "key": conv["key"], "history": st.history_tokens,
-                         "cells": st.budget_cells, "last_turn_s": last_s,
-                         "turn_s_median": statistics.median(per_turn),
-                         "recalls": st.recalls, "recalled_tokens": st.recalled_tokens,
-                         "evicted": st.evicted_tokens})
+                history, full_replies = st.history_tokens, replies
+            agree = ([f1_score(r, [f]) for r, f in zip(replies[:-1], full_replies[:-1])]
+                     if full_replies is not None else [])
+            rows[name].append({"hit": conv["key"].lower() in reply.lower(), "reply": reply,
+                               "replies": replies, "turn_f1_vs_full": agree,
+                               "key": conv["key"], "history": st.history_tokens,
+                               "cells": st.budget_cells, "last_turn_s": last_s,
+                               "turn_s": per_turn, "turn_s_median": statistics.median(per_turn),
+                               "recalls": st.recalls, "recalled_tokens": st.recalled_tokens,
+                               "evicted": st.evicted_tokens})
             llm.close()
-        hits = sum(r["hit"] for r in rows)
-        results[name] = {"hits": hits, "n": len(rows), "rows": rows,
-                         "last_turn_s_median": statistics.median(r["last_turn_s"] for r in rows),
-                         "turn_s_median": statistics.median(r["turn_s_median"] for r in rows),
-                         "cells_mean": statistics.mean(r["cells"] for r in rows),
-                         "history_mean": statistics.mean(r["history"] for r in rows),
-                         "recalled_tokens_mean": statistics.mean(r["recalled_tokens"] for r in rows),
-                         "turn_f1_vs_full_mean": statistics.mean(
-                             f for r in rows for f in r["turn_f1_vs_full"]) if full_replies else None}
-        print(f"{name}: {hits}/{len(rows)} cells {results[name]['cells_mean']:.0f} history "
-              f"{results[name]['history_mean']:.0f} last turn s {results[name]['last_turn_s_median']:.2f} "
-              f"recalled {results[name]['recalled_tokens_mean']:.1f} wall {time.time() - t0:.0f}s",
-              flush=True)
+        print(f"conversation {len(rows[a.caches[0]])}: " + ", ".join(
+            f"{name} {'hit' if rows[name][-1]['hit'] else 'miss'} {rows[name][-1]['last_turn_s']:.2f}s"
+            for name in a.caches), file=sys.stderr, flush=True)
+    # the first budgeted cache is the baseline of the time ratios (a policy without recall)
+    base = next((name for name in a.caches if name != "full"), a.caches[0])
+    results: dict[str, dict] = {}
+    for name, rs in rows.items():
+        paired = list(zip(rs, rows[base]))
+        results[name] = {
+            "hits": sum(r["hit"] for r in rs), "n": len(rs), "rows": rs,
+            "last_turn_s_median": statistics.median(r["last_turn_s"] for r in rs),
+            "turn_s_median": statistics.median(r["turn_s_median"] for r in rs),
+            "last_turn_ratio": quartiles([r["last_turn_s"] / b["last_turn_s"] for r, b in paired]),
+            "turn_ratio": quartiles([x / y for r, b in paired
+                                     for x, y in zip(r["turn_s"], b["turn_s"])]),
+            "cells_mean": statistics.mean(r["cells"] for r in rs),
+            "history_mean": statistics.mean(r["history"] for r in rs),
+            "recalled_tokens_mean": statistics.mean(r["recalled_tokens"] for r in rs),
+            "turn_f1_vs_full_mean": statistics.mean(
+                f for r in rs for f in r["turn_f1_vs_full"]) if "full" in rows else None}
     if a.out:
         out = REPO / "docs" / "bench" / a.out
         record = {"command": command(), "machine": machine(), "args": vars(a), "results": results}
@@ -165,16 +163,21 @@ def main() -> None:
                  "earlier turn's reply against the full cache's reply to the same messages (how "
                  "far the chat drifts from what the whole history gives), averaged over the "
                  "turns. Seconds: the last turn (the question), and the median turn.", "",
+                 f"Time ratios: to {base} in the same conversation (the question turn; every "
+                 "turn), median (25th-75th percentile).", "",
                  "| cache | hits | / full | reply F1 vs full | cells, mean | history, mean | "
-                 "recalled tokens, mean | last turn s, median | turn s, median |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "recalled tokens, mean | last turn s, median | turn s, median | last turn / "
+                 f"{base} | turn / {base} |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in results.items():
             ratio = r["hits"] / full if full else float("nan")
             f1 = r["turn_f1_vs_full_mean"]
             lines.append(f"| {name} | {r['hits']}/{r['n']} | {ratio:.2f} | "
                          f"{'' if f1 is None else f'{f1:.3f}'} | {r['cells_mean']:.0f} | "
                          f"{r['history_mean']:.0f} | {r['recalled_tokens_mean']:.1f} | "
-                         f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} |")
+                         f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} | "
+                         + " | ".join("{1:.2f} ({0:.2f}-{2:.2f})".format(*r[k])
+                                      for k in ("last_turn_ratio", "turn_ratio")) + " |")
         lines += ["", "Per-conversation replies are in the json.", ""]
         out.with_suffix(".md").write_text("\n".join(lines))
         print("\n".join(lines))

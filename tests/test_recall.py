@@ -177,6 +177,18 @@ def test_choose_returns_the_evicted_tokens_of_the_best_sentences_padded():
     assert recall.choose([(5, 9)], np.array([0.9]), settings, 8, lambda i: i in gone) == []
 
 
+def test_choose_with_relative_recalls_only_the_sentences_near_the_best():
+    gone = set(range(20))
+    spans, scores = [(0, 4), (4, 8), (8, 12)], np.array([6.0, 2.5, 3.5])
+    assert recall.choose(spans, scores, recall.Recall(pad=0, relative=0.5), 20,
+                         lambda i: i in gone) == [(0, 4), (8, 12)]
+    assert recall.choose(spans, scores, recall.Recall(pad=0), 20,
+                         lambda i: i in gone) == [(0, 12)]
+    assert recall.choose([], np.zeros(0), recall.Recall(relative=0.5), 20, lambda i: True) == []
+    with pytest.raises(BudgetError, match="recall relative must be in"):
+        recall.Recall(relative=1.5)
+
+
 def test_bm25_prefers_the_rare_shared_word():
     docs = [["the", "heron", "password"], ["sea", "wind"], ["password", "wind"]]
     s = recall.bm25(docs, ["heron", "password"])

@@ -50,6 +50,9 @@ class Recall:
     pad: tokens of the evicted run on each side of a chosen sentence that come back with it.
     min_prompt: prompts of fewer tokens (a sampled token, a short continuation) recall nothing.
     min_score: sentences scoring less than this (BM25) are not recalled.
+    relative: nor are those scoring less than this share of the best candidate's score: a
+        question about one fact recalls that fact's sentence, not the bound's worth of
+        sentences that share a word with it (0 recalls down to min_score).
     covered: the weight of a prompt's word that the cached history already contains (what the
         cache holds needs no recall; 1 ranks it as any other word).
     """
@@ -59,6 +62,7 @@ class Recall:
     pad: int = 2
     min_prompt: int = 4
     min_score: float = 1.0
+    relative: float = 0.0
     covered: float = 0.25
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class Recall:
                 raise BudgetError(f"recall {name} must be an integer >= {least}, got {v!r}")
         if not math.isfinite(float(self.min_score)) or self.min_score < 0:
             raise BudgetError(f"recall min_score must be a number >= 0, got {self.min_score!r}")
+        if not 0.0 <= float(self.relative) <= 1.0:
+            raise BudgetError(f"recall relative must be in [0, 1], got {self.relative!r}")
 
 
 RecallLike = Recall | bool | int | None
@@ -144,8 +150,11 @@ def choose(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
     tokens on each side, while they fit in `bound` tokens: runs of history indices, in
     order."""
     picked: set[int] = set()
+    if len(scores) == 0:
+        return []
+    least = max(settings.min_score, settings.relative * float(scores.max()))
     for j in np.argsort(-scores, kind="stable"):
-        if scores[j] < settings.min_score:
+        if scores[j] < least:
             break
         a, b = spans[j]
         for _ in range(settings.pad):
