@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--niah-shares", nargs="+", default=["25%"])
     ap.add_argument("--context-tokens", type=int, default=1024)
     ap.add_argument("--niah-max-tokens", type=int, default=24)
-    ap.add_argument("--qa-n", type=int, default=50)
+    ap.add_argument("--qa-n", type=int, default=50, help="SQuAD questions (0: needles only)")
     ap.add_argument("--qa-share", default="25%")
     ap.add_argument("--context-chars", type=int, default=3000)
     ap.add_argument("--qa-max-tokens", type=int, default=32)
@@ -243,7 +243,7 @@ def main() -> None:
     # one part after the other (needles first), pyrcedge then kvpress on its prompts
     ours: dict[str, dict] = {}
     theirs: dict = {}
-    for part in ("niah", "squad"):
+    for part in [p for p in ("niah", "squad") if parts[p]]:
         ours |= pyrcedge_runs(a, cache, part)
         key = "value" if part == "niah" else "id"
         for p, x in zip(parts[part], ours[f"{part}/full"]["examples"]):
@@ -255,7 +255,7 @@ def main() -> None:
 
     det = open_llm(model, 64, policy="full")
     rows: dict[str, dict] = {}
-    for part, prompts in parts.items():
+    for part, prompts in [(k, v) for k, v in parts.items() if v]:
         shares = a.niah_shares if part == "niah" else [a.qa_share]
         names = [f"{part}/full"] + [f"{part}/{k}@{s}" for s in shares for k in PRESSES]
         for name in names:
@@ -276,7 +276,8 @@ def main() -> None:
             rows[f"kvpress/{name}"] = {"examples": per}
     det.close()
     budgets = sorted({ours[f"niah/default@{s}"]["budget_cells"] for s in a.niah_shares}
-                     | {max(x["budget_cells"] for x in ours[f"squad/default@{a.qa_share}"]["examples"])})
+                     | {max(x["budget_cells"] for x in ours[f"squad/default@{a.qa_share}"]["examples"])
+                        for _ in parts["squad"][:1]})
     per_cell = {c: cell_bytes(model, c) for c in budgets}
     record = {"command": command(), "machine": machine(), "model": a.model, "niah_n": a.niah_n,
               "niah_shares": a.niah_shares, "context_tokens": a.context_tokens, "qa_n": a.qa_n,
@@ -317,7 +318,8 @@ def report(rec: dict) -> list[str]:
              "compressed, that layer whole).", ""]
     for s in rec["niah_shares"]:
         lines += niah_table(rec, s, bpc)
-    lines += squad_table(rec, bpc)
+    if rec["qa_n"]:
+        lines += squad_table(rec, bpc)
     lines += ["", "Per-prompt answers, cells and bytes are in the json; pyrcedge's commands in "
               "`pyrcedge.<run>.command`.", ""]
     return lines
