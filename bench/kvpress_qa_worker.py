@@ -25,25 +25,16 @@ Prints one JSON line per (run, prompt).
 """
 
 import json
-import os
 import sys
 import time
 
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from kvpress_model import job_and_model  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
 
 import kvpress  # noqa: E402
 
-hf_logging.set_verbosity_error()
-job = json.loads(sys.stdin.read())
-torch.set_num_threads(job["threads"])
-path = job["gguf"]
-model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                             dtype=torch.float32, attn_implementation="sdpa")
-model.eval()
+job, model = job_and_model("sdpa")
 cfg = model.config
 n_layers = cfg.num_hidden_layers
 head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -8,25 +8,16 @@ Prints one JSON line per run."""
 
 import json
 import math
-import os
 import sys
 import time
 
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from kvpress_model import job_and_model  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
 
 import kvpress  # noqa: E402
 
-hf_logging.set_verbosity_error()
-job = json.loads(sys.stdin.read())
-torch.set_num_threads(job["threads"])
-path = job["gguf"]
-model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                             dtype=torch.float32, attn_implementation="eager")
-model.eval()
+job, model = job_and_model("eager")
 ids = torch.tensor([job["tokens"]])
 n = ids.shape[1]
 
