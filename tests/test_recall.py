@@ -182,7 +182,7 @@ def test_choose_with_relative_recalls_only_the_sentences_near_the_best():
     spans, scores = [(0, 4), (4, 8), (8, 12)], np.array([6.0, 2.5, 3.5])
     assert recall.choose(spans, scores, recall.Recall(pad=0, relative=0.5), 20,
                          lambda i: i in gone) == [(0, 4), (8, 12)]
-    assert recall.choose(spans, scores, recall.Recall(pad=0), 20,
+    assert recall.choose(spans, scores, recall.Recall(pad=0, relative=0.0), 20,
                          lambda i: i in gone) == [(0, 12)]
     assert recall.choose([], np.zeros(0), recall.Recall(relative=0.5), 20, lambda i: True) == []
     with pytest.raises(BudgetError, match="recall relative must be in"):

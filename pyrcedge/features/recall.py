@@ -52,7 +52,8 @@ class Recall:
     min_score: sentences scoring less than this (BM25) are not recalled.
     relative: nor are those scoring less than this share of the best candidate's score: a
         question about one fact recalls that fact's sentence, not the bound's worth of
-        sentences that share a word with it (0 recalls down to min_score).
+        sentences that share a word with it (0 recalls down to min_score; 0.5 measured better
+        on the chat fact and the needles: docs/recall.md).
     covered: the weight of a prompt's word that the cached history already contains (what the
         cache holds needs no recall; 1 ranks it as any other word).
     """
@@ -62,7 +63,7 @@ class Recall:
     pad: int = 2
     min_prompt: int = 4
     min_score: float = 1.0
-    relative: float = 0.0
+    relative: float = 0.5
     covered: float = 0.25
 
     def __post_init__(self) -> None:
