@@ -12,8 +12,9 @@
 //   F16 K/V; alpha 0.9), reps times each:
 //   - prefill: the prompt once untimed, the cache cleared, then the prompt again, timed;
 //   - decode: 2 untimed steps, then 256 steps, timed (tok/s);
-//   for scoring off, on (portable path, every query), and on with a query window (prefill only:
-//   a decode step has one query). Prints the median and the spread ((max-min)/median) of each,
+//   for scoring off, on (every query), and on with a query window (prefill only: a decode step
+//   has one query). Scoring takes the device-fused kernels where the backend has them (ggml-cuda),
+//   the portable graph ops with LLAMA_RCEDGE_DEVICE_FUSED=0 in the environment. Prints the median and the spread ((max-min)/median) of each,
 //   and one markdown row per prompt.
 #include "ggml.h"
 #include "gguf.h"
@@ -238,7 +239,7 @@ int run_bench(int argc, char ** argv) {
         for (const int n_prompt : prompts) {
             const auto toks = make_tokens(n_prompt + N_DECODE + 2, n_vocab);
             result pre[N_VAR], dec[N_VAR];
-            int portable = -1;
+            int portable = -1, fused = -1;
             for (int var = 0; var < N_VAR; ++var) {
                 std::vector<double> vp, vd;
                 for (int rep = 0; rep < reps; ++rep) {
@@ -262,6 +263,7 @@ int run_bench(int argc, char ** argv) {
                         }
                         llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
                         portable = llama_rcedge_scoring_portable(ctx);
+                        fused = llama_rcedge_scoring_device_fused(ctx);
                     }
                     // prefill: once to warm up, then timed on a cleared cache
                     feed(ctx, toks.data(), n_prompt, 512);
@@ -288,8 +290,8 @@ int run_bench(int argc, char ** argv) {
                 fflush(stdout);
             }
             char row[512];
-            snprintf(row, sizeof row, "| %s | %s | %d | %.1f | %.1f | **%.2f** | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.3f |",
-                     label, flash ? "flash" : "soft_max", n_prompt, dec[OFF].med, dec[ON].med, dec[ON].med / dec[OFF].med,
+            snprintf(row, sizeof row, "| %s | %s%s | %d | %.1f | %.1f | **%.2f** | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.3f |",
+                     label, flash ? "flash" : "soft_max", fused == 1 ? "" : ", graph ops", n_prompt, dec[OFF].med, dec[ON].med, dec[ON].med / dec[OFF].med,
                      pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med, pre[ON].med / pre[OFF].med,
                      pre[ON_WINDOW].med / pre[OFF].med,
                      std::max({dec[OFF].spread, dec[ON].spread, pre[OFF].spread, pre[ON].spread, pre[ON_WINDOW].spread}));
