@@ -304,8 +304,22 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
     ggml_tensor * qw = ggml_view_4d(ctx, q, q->ne[0], n_w, q->ne[2], q->ne[3], q->nb[1], q->nb[2], q->nb[3], (n_q - n_w)*q->nb[1]);
 
     // as the soft_max path computes them (llm_graph_context::build_attn_mha)
-    ggml_tensor * kq = ggml_mul_mat(ctx, k, qw);
-    ggml_prec_set_acc(kq, GGML_PREC_F32);
+    ggml_tensor * kq;
+    const int64_t n_rep = q->ne[2] / k->ne[2];
+    if (n_w == 1 && n_rep > 1 && q->ne[3] == 1) {
+        // one query: the n_rep query heads of a KV head as n_rep columns of one product per KV head,
+        // [n_kv, n_rep, n_head_kv], which is [n_kv, 1, n_head] in memory. The same dot products, but
+        // a small matrix product instead of a matrix-vector product broadcast over the heads, for
+        // which ggml-cuda takes a kernel that costs ~19 us more per layer at n_kv <= 512
+        // (docs/bench/gpu-cost.md)
+        ggml_tensor * qg = ggml_view_3d(ctx, q, q->ne[0], n_rep, k->ne[2], q->nb[2], n_rep*q->nb[2], (n_q - 1)*q->nb[1]);
+        kq = ggml_mul_mat(ctx, k, qg);
+        ggml_prec_set_acc(kq, GGML_PREC_F32);
+        kq = ggml_reshape_3d(ctx, kq, kq->ne[0], 1, q->ne[2]);
+    } else {
+        kq = ggml_mul_mat(ctx, k, qw);
+        ggml_prec_set_acc(kq, GGML_PREC_F32);
+    }
     if (softcap != 0.0f) {
         kq = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, kq, 1.0f / softcap)), softcap);
     }
