@@ -4,16 +4,22 @@
 //
 //   rcedge_gpu_bench make OUT.gguf n_layer n_embd n_head n_head_kv n_ff n_vocab
 //   rcedge_gpu_bench run MODEL.gguf LABEL [reps=3] [prompts=256,1024,4000] [window=64]
+//   rcedge_gpu_bench profile MODEL.gguf [prompt=256] [steps=32]
 //
 // make: F16 matrices of N(0, std) values (a 16M-value pool per std, cycled from a random offset:
 //   speed does not depend on the values), F32 norms, an SPM vocabulary of n_vocab filler tokens.
+// profile: where a decode step's time goes, per op and tensor name (digits dropped, so layers
+//   add up), scoring off and on, flash attention on and off: every node is computed on its own and
+//   waited for (the scheduler's eval callback), so each time is one node's launch, kernels and
+//   synchronisation; a poor man's profiler for machines without Nsight (no CUDA graphs either).
 // run: for each context kind (flash attention on, off) and prompt length, fresh contexts
 //   (n_ctx prompt + 256 + 2, rounded up to 256; n_batch = n_ubatch = 512; everything on the GPU;
 //   F16 K/V; alpha 0.9), reps times each:
 //   - prefill: the prompt once untimed, the cache cleared, then the prompt again, timed;
 //   - decode: 2 untimed steps, then 256 steps, timed (tok/s);
-//   for scoring off, on (portable path, every query), and on with a query window (prefill only:
-//   a decode step has one query). Prints the median and the spread ((max-min)/median) of each,
+//   for scoring off, on (every query), and on with a query window (prefill only: a decode step
+//   has one query). Scoring takes the device-fused kernels where the backend has them (ggml-cuda),
+//   the portable graph ops with LLAMA_RCEDGE_DEVICE_FUSED=0 in the environment. Prints the median and the spread ((max-min)/median) of each,
 //   and one markdown row per prompt.
 #include "ggml.h"
 #include "gguf.h"
@@ -22,11 +28,13 @@
 #include "rcedge_device.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -234,13 +242,22 @@ int run_bench(int argc, char ** argv) {
     enum { OFF, ON, ON_WINDOW, N_VAR };
     const char * var_name[N_VAR] = {"off", "on", "on-window"};
     std::vector<std::string> md;
+    // for profiling: RCEDGE_BENCH_FLASH=0/1 keeps one context kind, RCEDGE_BENCH_VARIANT=off/on one variant
+    const char * only_flash = getenv("RCEDGE_BENCH_FLASH");
+    const char * only_var   = getenv("RCEDGE_BENCH_VARIANT");
     for (const bool flash : {true, false}) {
+        if (only_flash != nullptr && atoi(only_flash) != (int) flash) {
+            continue;
+        }
         for (const int n_prompt : prompts) {
             const auto toks = make_tokens(n_prompt + N_DECODE + 2, n_vocab);
             result pre[N_VAR], dec[N_VAR];
-            int portable = -1;
+            int portable = -1, fused = -1;
             for (int var = 0; var < N_VAR; ++var) {
                 std::vector<double> vp, vd;
+                if (only_var != nullptr && strcmp(only_var, var_name[var]) != 0) {
+                    continue;
+                }
                 for (int rep = 0; rep < reps; ++rep) {
                     llama_context_params p = llama_context_default_params();
                     p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
@@ -262,6 +279,7 @@ int run_bench(int argc, char ** argv) {
                         }
                         llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
                         portable = llama_rcedge_scoring_portable(ctx);
+                        fused = llama_rcedge_scoring_device_fused(ctx);
                     }
                     // prefill: once to warm up, then timed on a cleared cache
                     feed(ctx, toks.data(), n_prompt, 512);
@@ -288,8 +306,8 @@ int run_bench(int argc, char ** argv) {
                 fflush(stdout);
             }
             char row[512];
-            snprintf(row, sizeof row, "| %s | %s | %d | %.1f | %.1f | **%.2f** | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.3f |",
-                     label, flash ? "flash" : "soft_max", n_prompt, dec[OFF].med, dec[ON].med, dec[ON].med / dec[OFF].med,
+            snprintf(row, sizeof row, "| %s | %s%s | %d | %.1f | %.1f | **%.2f** | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.3f |",
+                     label, flash ? "flash" : "soft_max", fused == 1 ? "" : ", graph ops", n_prompt, dec[OFF].med, dec[ON].med, dec[ON].med / dec[OFF].med,
                      pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med, pre[ON].med / pre[OFF].med,
                      pre[ON_WINDOW].med / pre[OFF].med,
                      std::max({dec[OFF].spread, dec[ON].spread, pre[OFF].spread, pre[ON].spread, pre[ON_WINDOW].spread}));
@@ -308,12 +326,97 @@ int run_bench(int argc, char ** argv) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// profile
+
+struct node_times {
+    std::map<std::string, std::pair<double, int>> by_key; // seconds, nodes
+    std::chrono::steady_clock::time_point last;
+};
+
+static bool profile_cb(ggml_tensor * t, bool ask, void * user) {
+    if (ask) {
+        return true;
+    }
+    auto * nt = (node_times *) user;
+    const auto now = std::chrono::steady_clock::now();
+    std::string key = std::string(ggml_op_desc(t)) + " ";
+    for (const char * c = t->name; *c; ++c) {
+        if (!isdigit((unsigned char) *c)) {
+            key += *c;
+        }
+    }
+    auto & e = nt->by_key[key];
+    e.first += std::chrono::duration<double>(now - nt->last).count();
+    e.second += 1;
+    nt->last = std::chrono::steady_clock::now();
+    return true;
+}
+
+static int profile(int argc, char ** argv) {
+    const int n_prompt = argc > 3 ? atoi(argv[3]) : 256;
+    const int n_steps  = argc > 4 ? atoi(argv[4]) : 32;
+    llama_backend_init();
+    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 999;
+    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    if (!model) {
+        return 1;
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    const auto toks = make_tokens(n_prompt + n_steps + 2, n_vocab);
+    for (const bool flash : {true, false}) {
+        for (const bool on : {false, true}) {
+            node_times nt;
+            llama_context_params p = llama_context_default_params();
+            p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
+            p.n_batch = 512;
+            p.n_ubatch = 512;
+            p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+            p.no_perf = true;
+            p.cb_eval = profile_cb;
+            p.cb_eval_user_data = &nt;
+            llama_context * ctx = llama_init_from_model(model, p);
+            if (on && llama_rcedge_scoring_enable(ctx, 0.9f) != 0) {
+                return 1;
+            }
+            feed(ctx, toks.data(), n_prompt, 512);
+            feed(ctx, toks.data() + n_prompt, 2, 1);
+            nt.by_key.clear();
+            double total = 0;
+            for (int i = 0; i < n_steps; ++i) {
+                nt.last = std::chrono::steady_clock::now();
+                const auto t0 = nt.last;
+                feed(ctx, toks.data() + n_prompt + 2 + i, 1, 1);
+                total += seconds_since(t0);
+            }
+            std::vector<std::pair<double, std::string>> v;
+            for (const auto & [k, e] : nt.by_key) {
+                v.push_back({e.first, k + " (" + std::to_string(e.second / n_steps) + " nodes)"});
+            }
+            std::sort(v.rbegin(), v.rend());
+            printf("## profile: flash=%d scoring %s, prompt %d: %.1f us per step (nodes one by one)\n", (int) flash,
+                   on ? "on" : "off", n_prompt, 1e6 * total / n_steps);
+            for (size_t i = 0; i < v.size() && i < 14; ++i) {
+                printf("  %8.1f us  %s\n", 1e6 * v[i].first / n_steps, v[i].second.c_str());
+            }
+            llama_free(ctx);
+        }
+    }
+    llama_model_free(model);
+    return 0;
+}
+
 int main(int argc, char ** argv) {
     if (argc >= 2 && strcmp(argv[1], "make") == 0) {
         return make_model(argc, argv);
     }
     if (argc >= 2 && strcmp(argv[1], "run") == 0) {
         return run_bench(argc, argv);
+    }
+    if (argc >= 3 && strcmp(argv[1], "profile") == 0) {
+        return profile(argc, argv);
     }
     fprintf(stderr, "usage: %s make ... | run ...\n", argv[0]);
     return 2;

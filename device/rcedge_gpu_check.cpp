@@ -1,13 +1,17 @@
-// Checks the portable attention-scores path on a GPU backend against the fused CPU kernels, and
-// times decode with scoring on and off (docs/gpu.md).
+// Checks the attention scores on a GPU backend (the device-fused kernels, and the portable graph
+// ops with LLAMA_RCEDGE_DEVICE_FUSED=0) against the fused CPU kernels, and times decode with
+// scoring on and off (docs/gpu.md).
 //
 //   rcedge_gpu_check MODEL.gguf [n_prompt=300] [n_decode=20] [rtol=1e-3] [n_layer_checked=all]
 //
-// 1. The same tokens (a fixed pseudo-random sequence) are evaluated twice: with every layer and
-//    the KV cache on the GPU (scoring takes the portable path), and on the CPU with the cache in
-//    host memory (the fused kernels, soft_max path). Prefill in ubatches of 128, then n_decode
-//    single steps. Every layer's statistics of every used cell are compared: counts exactly, the
-//    rest to rtol of the statistic's scale (as tests/test_portable.py does).
+// 1. The same tokens (a fixed pseudo-random sequence) are evaluated with every layer and the KV
+//    cache on the GPU, and on the CPU with the cache in host memory (the fused kernels, soft_max
+//    path). Prefill in ubatches of 128, then n_decode single steps. Every layer's statistics of
+//    every used cell are compared after the prompt and at the end: counts exactly, the rest to
+//    rtol of the statistic's scale (as tests/test_portable.py does); for both GPU paths, flash
+//    attention on and off, alpha 0 / 0.5 / 1 (and 0.9 with flash attention). The GPU's last
+//    logits must be bit-identical to those of a GPU context without scoring. Then a query window
+//    of 32: the device-fused kernels against the graph ops, both on the GPU.
 // 2. On the GPU: decode tok/s after prompts of several lengths, scoring off (flash attention on,
 //    and off) and on.
 #include "llama.h"
@@ -19,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 static llama_context * make_ctx(llama_model * model, bool flash, int n_ctx, int n_ubatch, bool gpu) {
@@ -70,6 +75,93 @@ static stats read_all(llama_context * ctx) {
     return s;
 }
 
+// Compares statistics a (GPU) with b (the reference), prints a summary, returns the failures:
+// counts exactly, the rest within rtol of the statistic's scale, in layers below n_layer_checked.
+static int compare(const stats & sa, const stats & sb, double rtol, int n_layer_checked, const char * what) {
+    if (sa.cells != sb.cells) {
+        printf("  %s: cells differ\n", what);
+        return 1;
+    }
+    const char * names[5] = {"a2sf", "count", "sum", "sumsq", "max"};
+    double worst[5] = {0, 0, 0, 0, 0};
+    std::vector<double> worst_layer(sa.by_layer.size(), 0.0);
+    long bad = 0, seen = 0, unseen_ok = 0, unseen = 0;
+    for (size_t il = 0; il < sa.by_layer.size(); ++il) {
+        const auto & a = sa.by_layer[il];
+        const auto & b = sb.by_layer[il];
+        for (size_t i = 0; i < a.size(); i += 5) {
+            const double cnt = b[i + 1];
+            if (cnt == 0) {
+                ++unseen;
+                unseen_ok += a[i + 1] == 0 && std::isinf(a[i + 4]) && a[i + 4] < 0 && std::isinf(b[i + 4]);
+                continue;
+            }
+            ++seen;
+            const double rms = std::sqrt(b[i + 3] / cnt);
+            const double scale[5] = {std::fabs(b[i]), 1, std::sqrt(b[i + 3] * cnt), b[i + 3], std::max<double>(std::fabs(b[i + 4]), rms)};
+            for (int k = 0; k < 5; ++k) {
+                const double err = std::fabs((double) a[i + k] - (double) b[i + k]) / std::max(scale[k], 1e-6);
+                worst[k] = std::max(worst[k], err);
+                if (k != 1) {
+                    worst_layer[il] = std::max(worst_layer[il], err);
+                }
+                if ((int) il < n_layer_checked && (k == 1 ? a[i + k] != b[i + k] : err > rtol)) {
+                    ++bad;
+                }
+            }
+        }
+    }
+    printf("  %s: %zu layers x %zu cells, %ld seen (layer, cell, head), %ld unseen (%ld -inf on both); worst:",
+           what, sa.by_layer.size(), sa.cells.size(), seen, unseen, unseen_ok);
+    for (int k = 0; k < 5; ++k) {
+        printf(" %s %.3g", names[k], worst[k]);
+    }
+    printf("; per layer:");
+    for (double w : worst_layer) {
+        printf(" %.3g", w);
+    }
+    const bool ok = bad == 0 && unseen_ok == unseen;
+    printf("; layers < %d outside rtol %.0e: %ld -> %s\n", std::min(n_layer_checked, (int) sa.by_layer.size()), rtol, bad, ok ? "PASS" : "FAIL");
+    return ok ? 0 : 1;
+}
+
+// Feeds toks to a fresh GPU context (scoring on with alpha unless alpha < 0, query window, the
+// device-fused kernels or the graph ops) and returns its statistics after the prompt and at the
+// end, and the last logits.
+struct gpu_run {
+    stats prefill, end;
+    std::vector<float> logits;
+    int portable = -1, fused = -1;
+};
+
+static gpu_run run_gpu(llama_model * model, bool flash, float alpha, bool fused, int window,
+        const std::vector<llama_token> & toks, int n_prompt, int n_vocab) {
+    setenv("LLAMA_RCEDGE_DEVICE_FUSED", fused ? "1" : "0", 1);
+    llama_context * g = make_ctx(model, flash, 1024, 128, true);
+    gpu_run r;
+    if (alpha >= 0.0f) {
+        if (llama_rcedge_scoring_enable(g, alpha) != 0) {
+            fprintf(stderr, "scoring_enable failed\n");
+            exit(1);
+        }
+        llama_rcedge_set_query_window(g, window);
+        r.portable = llama_rcedge_scoring_portable(g);
+        r.fused = llama_rcedge_scoring_device_fused(g);
+    }
+    feed(g, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, 128);
+    if (alpha >= 0.0f) {
+        r.prefill = read_all(g);
+    }
+    feed(g, std::vector<llama_token>(toks.begin() + n_prompt, toks.end()), 0, 1);
+    if (alpha >= 0.0f) {
+        r.end = read_all(g);
+    }
+    const float * lg = llama_get_logits_ith(g, -1);
+    r.logits.assign(lg, lg + n_vocab);
+    llama_free(g);
+    return r;
+}
+
 int main(int argc, char ** argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL [n_prompt n_decode rtol n_layer_checked]\n", argv[0]);
@@ -96,79 +188,63 @@ int main(int argc, char ** argv) {
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(gpu_model));
     const auto toks = make_tokens(n_prompt + n_decode, n_vocab);
 
-    // 1. agreement: GPU (portable) vs CPU (fused)
+    // 1. agreement: GPU (device-fused kernels, and the graph ops) vs CPU (fused kernels, soft_max
+    //    path), after the prompt (prefill ubatches) and at the end (decode steps on top); logits of
+    //    the GPU contexts bit-identical to scoring off
     int fails = 0;
-    const struct { bool flash; float alpha; } runs_1[] = {{true, 0.9f}, {false, 0.0f}, {false, 0.5f}, {false, 1.0f}};
-    for (const auto & run1 : runs_1) {
-        const bool gpu_flash = run1.flash;
-        alpha = run1.alpha;
-        llama_context * g = make_ctx(gpu_model, gpu_flash, 1024, 128, true);
-        llama_context * c = make_ctx(cpu_model, false, 1024, 128, false);
-        if (llama_rcedge_scoring_enable(g, alpha) != 0 || llama_rcedge_scoring_enable(c, alpha) != 0) {
-            fprintf(stderr, "scoring_enable failed\n");
-            return 1;
-        }
-        printf("alpha %.1f, GPU context flash_attn=%d: GPU path portable=%d, CPU path portable=%d\n",
-               alpha, (int) gpu_flash, llama_rcedge_scoring_portable(g), llama_rcedge_scoring_portable(c));
-        feed(g, toks, n_prompt, 128);
-        feed(c, toks, n_prompt, 128);
-        const stats sg = read_all(g), sc = read_all(c);
-        if (sg.cells != sc.cells) {
-            printf("  cells differ\n");
-            ++fails;
-        }
-        const char * names[5] = {"a2sf", "count", "sum", "sumsq", "max"};
-        double worst[5] = {0, 0, 0, 0, 0};
-        std::vector<double> worst_layer(sg.by_layer.size(), 0.0);
-        long bad = 0, seen = 0, unseen_ok = 0, unseen = 0;
-        for (size_t il = 0; il < sg.by_layer.size(); ++il) {
-            const auto & a = sg.by_layer[il];
-            const auto & b = sc.by_layer[il];
-            for (size_t i = 0; i < a.size(); i += 5) {
-                const double cnt = b[i + 1];
-                if (cnt == 0) {
-                    ++unseen;
-                    unseen_ok += a[i + 1] == 0 && std::isinf(a[i + 4]) && a[i + 4] < 0 && std::isinf(b[i + 4]);
+    std::vector<float> logits_off[2];
+    for (const bool flash : {true, false}) {
+        logits_off[flash] = run_gpu(gpu_model, flash, -1.0f, true, 0, toks, n_prompt, n_vocab).logits;
+    }
+    for (const bool fused : {true, false}) {
+        for (const bool flash : {true, false}) {
+            for (const float a : {0.9f, 0.0f, 0.5f, 1.0f}) {
+                if (a == 0.9f && !flash) {
                     continue;
                 }
-                ++seen;
-                const double rms = std::sqrt(b[i + 3] / cnt);
-                const double scale[5] = {std::fabs(b[i]), 1, std::sqrt(b[i + 3] * cnt), b[i + 3], std::max<double>(std::fabs(b[i + 4]), rms)};
-                for (int k = 0; k < 5; ++k) {
-                    const double err = std::fabs((double) a[i + k] - (double) b[i + k]) / std::max(scale[k], 1e-6);
-                    worst[k] = std::max(worst[k], err);
-                    if (k != 1) {
-                        worst_layer[il] = std::max(worst_layer[il], err);
-                    }
-                    if ((int) il < n_layer_checked && (k == 1 ? a[i + k] != b[i + k] : err > rtol)) {
-                        ++bad;
-                    }
+                alpha = a;
+                const gpu_run rg = run_gpu(gpu_model, flash, alpha, fused, 0, toks, n_prompt, n_vocab);
+                llama_context * c = make_ctx(cpu_model, false, 1024, 128, false);
+                if (llama_rcedge_scoring_enable(c, alpha) != 0) {
+                    fprintf(stderr, "scoring_enable failed\n");
+                    return 1;
                 }
+                printf("alpha %.1f, GPU context flash_attn=%d: GPU path portable=%d device_fused=%d, CPU path portable=%d\n",
+                       alpha, (int) flash, rg.portable, rg.fused, llama_rcedge_scoring_portable(c));
+                fails += rg.fused != (int) fused;
+                feed(c, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, 128);
+                const stats pc = read_all(c);
+                feed(c, std::vector<llama_token>(toks.begin() + n_prompt, toks.end()), 0, 1);
+                const stats ec = read_all(c);
+                fails += compare(rg.prefill, pc, rtol, n_layer_checked, "after prefill");
+                fails += compare(rg.end, ec, rtol, n_layer_checked, "after decode ");
+                const float * lc = llama_get_logits_ith(c, -1);
+                double dmax = 0, amax = 0;
+                for (int i = 0; i < n_vocab; ++i) {
+                    dmax = std::max(dmax, (double) std::fabs(rg.logits[i] - lc[i]));
+                    amax = std::max(amax, (double) std::fabs(lc[i]));
+                }
+                const bool same = rg.logits == logits_off[flash];
+                printf("  last logits: max |GPU - CPU| %.3g (max |logit| %.3g); GPU with scoring vs without: %s\n",
+                       dmax, amax, same ? "bit-identical" : "DIFFERENT (FAIL)");
+                fails += !same;
+                llama_free(c);
             }
         }
-        printf("  %zu layers x %zu cells: %ld seen (layer, cell, head) triples, %ld unseen (%ld with -inf max on both)\n",
-               sg.by_layer.size(), sg.cells.size(), seen, unseen, unseen_ok);
-        printf("  worst relative difference GPU vs CPU:");
-        for (int k = 0; k < 5; ++k) {
-            printf(" %s %.3g", names[k], worst[k]);
-        }
-        printf("\n  worst per layer:");
-        for (double w : worst_layer) {
-            printf(" %.3g", w);
-        }
-        printf("\n  values of layers < %d outside rtol %.0e (counts: exact): %ld -> %s\n", std::min(n_layer_checked, (int) sg.by_layer.size()), rtol, bad, bad == 0 && unseen_ok == unseen ? "PASS" : "FAIL");
-        fails += bad > 0 || unseen_ok != unseen;
-        // logits of the last token
-        const float * lg = llama_get_logits_ith(g, -1), * lc = llama_get_logits_ith(c, -1);
-        double dmax = 0, amax = 0;
-        for (int i = 0; i < n_vocab; ++i) {
-            dmax = std::max(dmax, (double) std::fabs(lg[i] - lc[i]));
-            amax = std::max(amax, (double) std::fabs(lc[i]));
-        }
-        printf("  last logits: max |GPU - CPU| %.3g (max |logit| %.3g)\n", dmax, amax);
-        llama_free(g);
-        llama_free(c);
     }
+
+    // the query window: device-fused kernels against the graph ops on the GPU (the same forward
+    // pass, so every layer is held to rtol)
+    for (const bool flash : {true, false}) {
+        const int window = 32;
+        const gpu_run rf = run_gpu(gpu_model, flash, 0.9f, true, window, toks, n_prompt, n_vocab);
+        const gpu_run rp = run_gpu(gpu_model, flash, 0.9f, false, window, toks, n_prompt, n_vocab);
+        printf("query window %d of ubatches of 128, alpha 0.9, flash_attn=%d: device-fused (%d) vs graph ops (%d)\n",
+               window, (int) flash, rf.fused, rp.fused);
+        fails += compare(rf.prefill, rp.prefill, rtol, 1 << 30, "after prefill");
+        fails += compare(rf.end, rp.end, rtol, 1 << 30, "after decode ");
+    }
+    unsetenv("LLAMA_RCEDGE_DEVICE_FUSED");
 
     // 2. decode speed on the GPU
     const int n_steps = 256;
@@ -177,7 +253,7 @@ int main(int argc, char ** argv) {
         return fails == 0 ? 0 : 1;
     }
     printf("decode tok/s on the GPU, %d steps after the prompt (median of 3 runs):\n", n_steps);
-    printf("%8s %14s %14s %14s\n", "prompt", "off, flash", "off, no flash", "on (portable)");
+    printf("%8s %14s %14s %14s\n", "prompt", "off, flash", "off, no flash", "on (flash)");
     for (const int n_ctx_prompt : {256, 1024, 4000 - n_steps}) {
         const auto t = make_tokens(n_ctx_prompt + n_steps, n_vocab);
         double r[3];

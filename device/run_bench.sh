@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# On the GPU machine: builds the trimmed, patched llama.cpp with CUDA (once; the build folder under
-# RCEDGE_BUILD is reused while the machine stays warm), checks the portable path against the CPU
-# kernels on the exact model when it is there, writes the random-weight models of the four shapes
-# of issue 18 (docs/bench/gpu-cost.md) and times them with device/rcedge_gpu_bench.cpp.
+# On the GPU machine: builds the trimmed, patched llama.cpp with CUDA (the build folder under
+# RCEDGE_BUILD is reused while the machine stays warm: only the files that changed are rebuilt),
+# checks the GPU statistics (device-fused kernels and portable graph ops) against the CPU kernels on
+# the exact model when it is there, writes the random-weight models of the four shapes of issue 18
+# (docs/bench/gpu-cost.md) and times them with device/rcedge_gpu_bench.cpp.
 #   device/run_bench.sh [SHAPE...]     SHAPE: smollm2-135m qwen2.5-0.5b llama-3.2-1b llama-3-8b
 #                                      (default: all four); results and logs under $OUT
 #   RCEDGE_BENCH_REPS=3  RCEDGE_BENCH_PROMPTS=256,1024,4000  RCEDGE_BENCH_WINDOW=64
 #   RCEDGE_CHECK_MODEL=device/tiny-llama-exact.gguf (skipped when missing or RCEDGE_CHECK=0)
+#   RCEDGE_BENCH_GRAPH_OPS="SHAPE..."   those shapes timed once more with the portable graph ops
+#                                      (LLAMA_RCEDGE_DEVICE_FUSED=0)
 set -uo pipefail
 OUT=${OUT:-/tmp/rcedge-out}
 mkdir -p "$OUT"
@@ -14,9 +17,14 @@ B=${RCEDGE_BUILD:-$PWD/build/device}
 MODELS=${RCEDGE_MODELS:-/tmp/rcedge-models}
 mkdir -p "$B/src" "$B/lib" "$MODELS"
 LOG=$OUT/gpu-cost.log
-if [ ! -f "$B/src/pyrcedge/CMakeLists.txt" ]; then
-    tar xzf device/llama-cuda-src.tar.gz -C "$B/src"
-fi
+# the tarball's files over the source folder, rewriting only those that differ (make then rebuilds
+# only what depends on them)
+stage=$(mktemp -d)
+tar xzf device/llama-cuda-src.tar.gz -C "$stage"
+(cd "$stage" && find . -type f) | while read -r f; do
+    cmp -s "$stage/$f" "$B/src/$f" || { mkdir -p "$(dirname "$B/src/$f")"; cp "$stage/$f" "$B/src/$f"; }
+done
+rm -rf "$stage"
 t0=$(date +%s)
 cmake -S "$B/src/pyrcedge" -B "$B/cuda" -Wno-dev --log-level=WARNING \
     -DPYRCEDGE_LLAMA_SOURCE_DIR="$B/src/pyrcedge/llama.cpp" -DCMAKE_BUILD_TYPE=Release \
@@ -62,6 +70,13 @@ for name in "$@"; do
     fi
     t0=$(date +%s)
     "$B/rcedge_gpu_bench" run "$m" "$name" "${RCEDGE_BENCH_REPS:-3}" "${RCEDGE_BENCH_PROMPTS:-256,1024,4000}" \
-        "${RCEDGE_BENCH_WINDOW:-64}" 2>&1 | tee "$OUT/bench-$name.log" | tee -a "$LOG"
+        "${RCEDGE_BENCH_WINDOW:-64}" 2>&1 | tee -a "$LOG"
     echo "$name: bench took $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+    case " ${RCEDGE_BENCH_GRAPH_OPS:-} " in
+        *" $name "*)
+            t0=$(date +%s)
+            LLAMA_RCEDGE_DEVICE_FUSED=0 "$B/rcedge_gpu_bench" run "$m" "$name" "${RCEDGE_BENCH_REPS:-3}" \
+                "${RCEDGE_BENCH_PROMPTS:-256,1024,4000}" "${RCEDGE_BENCH_WINDOW:-64}" 2>&1 | tee -a "$LOG"
+            echo "$name (graph ops): bench took $(( $(date +%s) - t0 )) s" | tee -a "$LOG" ;;
+    esac
 done

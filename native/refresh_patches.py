@@ -25,6 +25,8 @@ OWNERS = {
                                                   "src/llama-kv-cache.h", "src/llama-kv-cache.cpp"],
     "0005-llama-context-exact-n-ctx.patch": ["src/llama-context.cpp"],
     "0006-llama-portable-attention-scores.patch": ["src/llama-graph.cpp", "src/llama-context.cpp"],
+    "0007-ggml-attention-scores-rows.patch": ["ggml/include/ggml.h", "ggml/src/ggml.c"],
+    "0008-ggml-cuda-fused-attention-scores.patch": ["ggml/src/ggml-cuda/"],
 }
 
 

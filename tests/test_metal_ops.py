@@ -45,8 +45,10 @@ OPS: dict[str, tuple[str, ...]] = {
     "ggml_mul_mat": ("GGML_OP_MUL_MAT",),
     "ggml_soft_max_ext": ("GGML_OP_SOFT_MAX",),
     "ggml_transpose": ("GGML_OP_TRANSPOSE",),
+    "ggml_view_3d": ("GGML_OP_VIEW",),
     "ggml_view_4d": ("GGML_OP_VIEW",),
     "ggml_reshape_2d": ("GGML_OP_RESHAPE",),
+    "ggml_reshape_3d": ("GGML_OP_RESHAPE",),
     "ggml_reshape_4d": ("GGML_OP_RESHAPE",),
     "ggml_soft_max_add_sinks": (),
     "ggml_prec_set_acc": (),
@@ -55,6 +57,10 @@ OPS: dict[str, tuple[str, ...]] = {
     "ggml_are_same_shape": (),
     "ggml_is_contiguous": (),
 }
+
+# Calls made only where the statistics live in CUDA memory (rc.device_fused: a soft_max that carries
+# them, for ggml-cuda's kernels of patch 0008); a Metal context never takes that branch.
+DEVICE_FUSED_ONLY = {"ggml_attn_set_scores", "ggml_attn_set_scores_rows"}
 
 
 def _graph_calls() -> set[str]:
@@ -76,8 +82,22 @@ def _supports_op_source() -> str:
 
 
 def test_every_ggml_call_of_the_portable_graph_is_known():
-    unknown = _graph_calls() - set(OPS)
+    unknown = _graph_calls() - set(OPS) - DEVICE_FUSED_ONLY
     assert not unknown, f"add these to OPS (and check ggml-metal accepts them): {sorted(unknown)}"
+
+
+def test_device_fused_scores_are_for_cuda_buffers_only():
+    # the graph attaches scores to a soft_max only on the device-fused branch, which the library
+    # chooses only for device memory of ggml-cuda (rcedge_device_fused_ok in rcedge-api.cpp)
+    graph = (REPO / "native" / "src" / "rcedge-graph.cpp").read_text()
+    fused = graph[graph.index("static void rcedge_fused("):]
+    fused = fused[:fused.index("\n}\n")]
+    outside = graph.replace(fused, "")
+    assert not any(f"{name}(" in outside for name in DEVICE_FUSED_ONLY)
+    api = (REPO / "native" / "src" / "rcedge-api.cpp").read_text()
+    ok = api[api.index("static bool rcedge_device_fused_ok("):]
+    ok = ok[:ok.index("\n}\n")]
+    assert '"CUDA"' in ok and "!ggml_backend_buft_is_host(buft)" in ok
 
 
 def test_metal_has_a_case_for_every_op_the_portable_graph_makes():

@@ -109,6 +109,12 @@ extern "C" {
     // negative code (LLAMA_RCEDGE_ERR_SCORING_OFF while scoring is off).
     LLAMA_API int32_t llama_rcedge_scoring_portable(const struct llama_context * ctx);
 
+    // 1 when the portable path's statistics are updated by the GPU backend's own kernels (ggml-cuda:
+    // a soft_max that carries them) instead of standard graph ops, 0 otherwise, or a negative code.
+    // The default where the statistics live in CUDA device memory; LLAMA_RCEDGE_DEVICE_FUSED=0 in
+    // the environment at llama_rcedge_scoring_enable keeps the graph ops.
+    LLAMA_API int32_t llama_rcedge_scoring_device_fused(const struct llama_context * ctx);
+
     // Turn scoring off and free the statistics. The graph is then exactly the stock one.
     LLAMA_API int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);
 

@@ -47,6 +47,10 @@ struct llama_rcedge_layer_scores {
     // patch 0006: the graph updates the statistics with standard ggml ops (statistics off the
     // host, or the portable path forced) instead of the CPU backend's fused kernels
     bool portable = false;
+    // portable path on a backend with fused kernels for it (ggml-cuda; patches 0007 and 0008): the
+    // statistics come from soft_max nodes of their own that carry them (ggml_attn_set_scores)
+    // instead of graph ops; the cells are cleared and the layout chosen as on the portable path
+    bool device_fused = false;
     // portable path: statistics from the last query_window queries of the ubatch (0: all;
     // llama_rcedge_set_query_window)
     int32_t query_window = 0;

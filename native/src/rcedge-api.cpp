@@ -135,6 +135,9 @@ struct llama_rcedge_scores {
     // false: the CPU backend's fused kernels update the statistics (host memory only);
     // true: standard ggml ops in the graph do (native/src/rcedge-graph.cpp), on any backend
     bool portable = false;
+    // portable path, with the statistics in soft_max nodes that the backend's kernels update
+    // (ggml-cuda) instead of graph ops
+    bool device_fused = false;
     // portable path: statistics from the last query_window queries of a ubatch (0: all)
     int32_t query_window = 0;
     // portable path: what the layers of the graph being built share (rcedge-graph.cpp)
@@ -224,6 +227,7 @@ llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, 
     res.scores   = ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
     res.alpha    = rcedge->alpha;
     res.portable = rcedge->portable;
+    res.device_fused = rcedge->device_fused;
     res.query_window = rcedge->query_window;
     res.shared   = &rcedge->graph_shared;
     res.first    = il == rcedge->first_layer;
@@ -274,6 +278,17 @@ static bool rcedge_portable_requested() {
     return rcedge_force_portable || (env != nullptr && env[0] != '\0' && strcmp(env, "0") != 0);
 }
 
+// Whether a portable-path cache whose statistics live in buft may use the backend's fused kernels:
+// ggml-cuda's soft_max (patch 0008) in device memory, unless LLAMA_RCEDGE_DEVICE_FUSED=0 asks for
+// the graph ops (what every other backend runs).
+static bool rcedge_device_fused_ok(ggml_backend_buffer_type_t buft) {
+    const char * env = getenv("LLAMA_RCEDGE_DEVICE_FUSED");
+    if (env != nullptr && strcmp(env, "0") == 0) {
+        return false;
+    }
+    return !ggml_backend_buft_is_host(buft) && strncmp(ggml_backend_buft_name(buft), "CUDA", 4) == 0;
+}
+
 static int32_t rcedge_query_window_default() {
     const char * env = getenv("LLAMA_RCEDGE_QUERY_WINDOW");
     return env != nullptr ? std::max(0, atoi(env)) : 0;
@@ -321,6 +336,10 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
     sc->alpha = alpha;
     sc->portable = !cpu_cache || rcedge_portable_requested();
     sc->query_window = rcedge_query_window_default();
+    sc->device_fused = sc->portable && !cpu_cache;
+    for (const auto & [buft, ils] : by_buft) {
+        sc->device_fused = sc->device_fused && rcedge_device_fused_ok(buft);
+    }
     if (sc->portable && (kv->get_n_stream() != 1 || ggml_is_quantized(kv->type_v()))) {
         // one stream is what the graph ops are written for; a quantised V cache exists only with
         // flash attention, which the portable path now keeps, but that pairing is not tested yet
@@ -422,6 +441,15 @@ int32_t llama_rcedge_scoring_portable(const llama_context * ctx) {
         return status;
     }
     return sc->portable ? 1 : 0;
+}
+
+int32_t llama_rcedge_scoring_device_fused(const llama_context * ctx) {
+    int32_t status;
+    const llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    return sc->device_fused ? 1 : 0;
 }
 
 int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {

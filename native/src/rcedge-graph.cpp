@@ -20,6 +20,13 @@
 // by the last layer from a stack of every layer's q.k. A prefill ubatch is bound by passes over
 // [n_kv, n_queries, n_head] tensors: each layer updates its own, with one pool per statistic, and
 // the statistics can be limited to the last queries of a ubatch (llama_rcedge_set_query_window).
+//
+// Where the backend has kernels for it (ggml-cuda, patches 0007 and 0008; rc.device_fused), the
+// statistics ops are replaced by one soft_max of their own that carries the statistics
+// (ggml_attn_set_scores): the backend updates them while it computes it, in two kernels, reading
+// the logits twice instead of a dozen times. The rest is shared with the graph ops: the cells
+// cleared by set_rows, the logits of flash-attention contexts from a q.k of their own, and in
+// decode one such soft_max for all layers over the stack of their q.k.
 #include "llama-rcedge-impl.h"
 
 #include "ggml.h"
@@ -208,6 +215,19 @@ static void rcedge_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_
     ggml_build_forward_expand(gf, ggml_cpy(ctx, mx, old(4, 1)));
 }
 
+// Device-fused: a soft_max of the statistics' own carries them; the backend updates them in its
+// kernels (ggml_attn_set_scores). Its output is never read, so the backend need not write it.
+// Rows before n_skip give no statistics, and n_before queries before the first row count in the
+// A2SF decay (a query window: llama_rcedge_set_query_window).
+static void rcedge_fused(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * scores, float alpha, ggml_tensor * kq,
+        ggml_tensor * kq_mask, float kq_scale, ggml_tensor * sinks, int64_t n_skip, int64_t n_before) {
+    ggml_tensor * p = ggml_soft_max_ext(ctx, kq, kq_mask, kq_scale, 0.0f);
+    ggml_soft_max_add_sinks(p, sinks);
+    ggml_attn_set_scores(p, scores, alpha);
+    ggml_attn_set_scores_rows(p, (int32_t) n_skip, (int32_t) n_before, true);
+    ggml_build_forward_expand(gf, p);
+}
+
 // Decode (one query) with all layers' statistics in one tensor: this layer's q.k goes into a stack
 // [n_kv, 1, n_head, n_layer], and the last layer updates the statistics of every layer at once,
 // its layers taken as more KV heads: a few kernels per decode step instead of a few per layer.
@@ -233,6 +253,7 @@ static void rcedge_add(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_
         }
         st = ggml_set_inplace(ctx, st, x, st->nb[1], st->nb[2], st->nb[3], rc.slot*st->nb[3]);
     };
+    GGML_ASSERT(!rc.device_fused || p == nullptr);
     stack(sh.stack_kq, kq);
     if (p != nullptr) {
         stack(sh.stack_p, p);
@@ -245,6 +266,10 @@ static void rcedge_add(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_
                               rc.all->nb[1], rc.all->nb[2], rc.all->nb[3]*n_layer, 0);
     auto heads = [&](ggml_tensor * st) { return ggml_reshape_4d(ctx, st, n_kv, 1, n_head*n_layer, 1); };
     ggml_tensor * kq_all = heads(sh.stack_kq);
+    if (rc.device_fused) {
+        rcedge_fused(ctx, gf, all.scores, rc.alpha, kq_all, kq_mask, kq_scale, nullptr, 0, 0);
+        return;
+    }
     ggml_tensor * p_all  = p != nullptr ? heads(sh.stack_p) : ggml_soft_max_ext(ctx, kq_all, kq_mask, kq_scale, 0.0f);
     rcedge_accumulate(ctx, gf, all, kq_all, p_all, kq_mask, n_q, kq_scale);
 }
@@ -261,6 +286,12 @@ void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const l
     float max_bias = 0.0f;
     memcpy(&max_bias, (const float *) kq_soft_max->op_params + 1, sizeof(float));
     const bool plain = kq_soft_max->op == GGML_OP_SOFT_MAX && kq_soft_max->src[2] == nullptr && max_bias == 0.0f;
+    if (rc.device_fused && (!rcedge_batched(rc, n_q) || !plain)) {
+        // a soft_max of the statistics' own beside the model's: kq then has two readers, so
+        // neither runs in place, and the model's probabilities are computed exactly as without
+        rcedge_fused(ctx, gf, rc.scores, rc.alpha, kq, kq_mask, kq_scale, kq_soft_max->src[2], n_q - n_w, 0);
+        return;
+    }
     rcedge_add(ctx, gf, rc, rows(kq), plain && rcedge_batched(rc, n_q) ? nullptr : rows(kq_soft_max), kq_mask, n_q, kq_scale);
 }
 
@@ -273,8 +304,22 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
     ggml_tensor * qw = ggml_view_4d(ctx, q, q->ne[0], n_w, q->ne[2], q->ne[3], q->nb[1], q->nb[2], q->nb[3], (n_q - n_w)*q->nb[1]);
 
     // as the soft_max path computes them (llm_graph_context::build_attn_mha)
-    ggml_tensor * kq = ggml_mul_mat(ctx, k, qw);
-    ggml_prec_set_acc(kq, GGML_PREC_F32);
+    ggml_tensor * kq;
+    const int64_t n_rep = q->ne[2] / k->ne[2];
+    if (n_w == 1 && n_rep > 1 && q->ne[3] == 1) {
+        // one query: the n_rep query heads of a KV head as n_rep columns of one product per KV head,
+        // [n_kv, n_rep, n_head_kv], which is [n_kv, 1, n_head] in memory. The same dot products, but
+        // a small matrix product instead of a matrix-vector product broadcast over the heads, for
+        // which ggml-cuda takes a kernel that costs ~19 us more per layer at n_kv <= 512
+        // (docs/bench/gpu-cost.md)
+        ggml_tensor * qg = ggml_view_3d(ctx, q, q->ne[0], n_rep, k->ne[2], q->nb[2], n_rep*q->nb[2], (n_q - 1)*q->nb[1]);
+        kq = ggml_mul_mat(ctx, k, qg);
+        ggml_prec_set_acc(kq, GGML_PREC_F32);
+        kq = ggml_reshape_3d(ctx, kq, kq->ne[0], 1, q->ne[2]);
+    } else {
+        kq = ggml_mul_mat(ctx, k, qw);
+        ggml_prec_set_acc(kq, GGML_PREC_F32);
+    }
     if (softcap != 0.0f) {
         kq = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, kq, 1.0f / softcap)), softcap);
     }
@@ -284,6 +329,11 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
     }
     ggml_tensor * m = ggml_view_4d(ctx, kq_mask, kq_mask->ne[0], n_w, kq_mask->ne[2], kq_mask->ne[3],
                                    kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], (n_q - n_w)*kq_mask->nb[1]);
+    if (rc.device_fused) {
+        GGML_ASSERT(max_bias == 0.0f && "device-fused scores: no ALiBi");
+        rcedge_fused(ctx, gf, rc.scores, rc.alpha, kq, m, kq_scale, sinks, 0, n_q - n_w);
+        return;
+    }
     ggml_tensor * p = ggml_soft_max_ext(ctx, kq, m, kq_scale, max_bias);
     ggml_soft_max_add_sinks(p, sinks);
 

@@ -33,6 +33,7 @@ int64_t llama_rcedge_kv_bytes(const struct llama_context * ctx);
 int32_t llama_rcedge_scoring_enable(struct llama_context * ctx, float alpha);
 int32_t llama_rcedge_set_force_portable(int32_t force);
 int32_t llama_rcedge_scoring_portable(const struct llama_context * ctx);
+int32_t llama_rcedge_scoring_device_fused(const struct llama_context * ctx);
 int32_t llama_rcedge_scoring_disable(struct llama_context * ctx);
 int32_t llama_rcedge_scoring_enabled(const struct llama_context * ctx);
 int32_t llama_rcedge_set_alpha(struct llama_context * ctx, float alpha);
