@@ -47,7 +47,7 @@ def _mode(config_settings: dict[str, Any] | None) -> str:
     return str(mode)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _requirement(mode: str) -> str:
     build = _build_module()
     try:
