@@ -35,7 +35,7 @@ make_venv .venv
 stamp=.venv/.pyrcedge-installed
 want=$(cat pyproject.toml native/requirements.txt <(ls dist) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --config-settings llama-cpp-python=version -e '.[server,test]'
+  .venv/bin/python -m pip install --quiet --config-settings llama-cpp-python=version -e '.[server,eval,test]'
   echo "$want" > "$stamp"
 fi
 
