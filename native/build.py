@@ -390,6 +390,10 @@ def pyrcedge_wheel(cache: Path, python: str, key: str) -> Path:
         (whl,) = Path(tmp).glob("pyrcedge-*.whl")
         out_dir.mkdir(exist_ok=True)
         os.replace(whl, out_dir / whl.name)
+    older = sorted((d for d in out_dir.parent.iterdir() if d.is_dir() and d != out_dir),
+                   key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in older[KEEP_LIB_DIRS - 1:]:
+        shutil.rmtree(d, ignore_errors=True)
     return out_dir / whl.name
 
 
