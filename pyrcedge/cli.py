@@ -36,10 +36,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"pyrcedge {metadata.version('pyrcedge')}")
     print(f"llama-cpp-python {info['llama_cpp_python']}")
     print(f"libllama: {info['libllama']}")
-    if info["patched"]:
-        print(f"patched: yes (pyrcedge native API {info['native_api']})")
-    else:
-        print("patched: no (stock llama.cpp: scoring and budgets are unavailable)")
+    # a stock libllama never gets here: `import pyrcedge` refuses it (NativeLibraryError)
+    print(f"patched: yes (pyrcedge native API {info['native_api']})")
     if build:
         patches = ", ".join(build.get("patches", [])) or "none"
         print(f"native build key: {build.get('key')} ({build.get('variant')}; patches: {patches})")

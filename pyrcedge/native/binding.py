@@ -68,20 +68,14 @@ def llama_cpp_python_version() -> str:
         return "unknown (llama_cpp imported from outside an installed distribution)"
 
 
-def _handle() -> tuple[Any, bool]:
+@functools.lru_cache(maxsize=1)
+def lib() -> Any:
+    """The cffi library object; raises NativeLibraryError for a libllama without our API
+    (`import pyrcedge` calls it, so a stock libllama stops the import)."""
     handle = ffi.dlopen(libllama_path())
     try:
         _ = handle.llama_rcedge_version
     except AttributeError:
-        return handle, False
-    return handle, True
-
-
-@functools.lru_cache(maxsize=1)
-def lib() -> Any:
-    """The cffi library object; raises NativeLibraryError for a libllama without our API."""
-    handle, patched = _handle()
-    if not patched:
         raise NativeLibraryError(
             f"{libllama_path()} (llama-cpp-python {llama_cpp_python_version()}) is a stock "
             "libllama: it lacks pyrcedge's patches (no llama_rcedge_version). pyrcedge needs "
@@ -93,17 +87,15 @@ def lib() -> Any:
 
 
 def build_info() -> dict[str, Any]:
-    """What `pyrcedge info` tells about the loaded libllama: its path, whether it carries our
-    patches (and the native API version), and the marker native/build.py left beside it."""
+    """What `pyrcedge info` tells about the loaded (patched) libllama: its path, the native API
+    version, the llama-cpp-python version and the marker native/build.py left beside it."""
     path = libllama_path()
-    _, patched = _handle()
-    marker = Path(path).parent / BUILD_MARKER
     try:
-        build = json.loads(marker.read_text())
+        build = json.loads((Path(path).parent / BUILD_MARKER).read_text())
     except (OSError, ValueError):
         build = {}
-    return {"libllama": path, "llama_cpp_python": llama_cpp_python_version(), "patched": patched,
-            "native_api": version() if patched else None, "build": build}
+    return {"libllama": path, "llama_cpp_python": llama_cpp_python_version(),
+            "native_api": version(), "build": build}
 
 
 def version() -> str:
