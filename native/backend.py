@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -88,6 +89,9 @@ def prepare_metadata_for_build_editable(metadata_directory, config_settings=None
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     _prepare(config_settings)
+    # setuptools packs build/lib as it finds it: a module deleted from pyrcedge/ since the last
+    # build would still be in the wheel
+    shutil.rmtree(REQUIREMENT_FILE.parent / "lib", ignore_errors=True)
     return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
