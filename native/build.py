@@ -17,16 +17,22 @@ Steps, each cached under the cache folder (PYRCEDGE_CACHE, else $XDG_CACHE_HOME/
 4. lib/KEY/  the installed libraries, KEY = hash of sdist + patches + our sources + flags +
              compiler + CPU. When lib/KEY exists, steps 2-3 are skipped: a second setup takes
              seconds.
-5. wheels/   llama-cpp-python's Python package, built with LLAMA_BUILD=OFF (no C++ compiled).
+5. wheels/   llama-cpp-python's Python package, built with LLAMA_BUILD=OFF (no C++ compiled),
+             and from it wheels/KEY/: the same package with lib/KEY in its llama_cpp/lib,
+             version 0.3.36+rcedge.KEY (stock: +stock.KEY), so pip and a user can tell it from
+             the stock llama-cpp-python.
+6. wheels/pyrcedge/HASH/  pyrcedge's own wheel (with --dist), HASH covering its files and KEY.
 
-Finally the wheel is installed into the venv and lib/KEY is copied into its llama_cpp/lib, which
-is where llama_cpp loads libllama from: `import llama_cpp` then uses our build with no
-environment variable. docs/build.md says why it is done this way.
+Finally the KEY wheel is installed into the venv: its llama_cpp/lib is where llama_cpp loads
+libllama from, so `import llama_cpp` uses our build with no environment variable. With --dist
+both wheels are also copied there, for `pip install --find-links DIST pyrcedge` anywhere.
+docs/build.md says why it is done this way.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -39,6 +45,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -51,10 +58,18 @@ REPO = Path(__file__).resolve().parent.parent
 NATIVE = REPO / "native"
 # What of the repository goes into the build (copied beside the llama.cpp tree).
 BUILD_INPUTS = ("CMakeLists.txt", "native/include", "native/src")
+# What pyrcedge's own wheel is made of (native/backend.py builds it).
+PYRCEDGE_WHEEL_INPUTS = ("pyrcedge", "pyproject.toml", "README.md", "LICENSE", "native/backend.py")
 # Flags shared by the patched and the stock build.
 BASE_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release",)
 MARKER = "pyrcedge-build.json"
 KEEP_LIB_DIRS = 4
+# What the wheel's llama_cpp/lib holds, one real file per name (a wheel has no symbolic links):
+# the names llama_cpp opens by path (libllama.so in llama_cpp.py, libggml.so in _ggml.py) and
+# the sonames the libraries ask the loader for (DT_NEEDED, found beside them through $ORIGIN).
+# Every other name would be a second copy of a library already mapped: a process that opened it
+# would hold two ggml-base instances. Open a library by its soname to get the one loaded.
+WHEEL_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
 
 
 class BuildError(RuntimeError):
@@ -255,6 +270,7 @@ def prune_libs(cache: Path, keep: Path) -> None:
                   key=lambda d: d.stat().st_mtime, reverse=True)
     for d in dirs[KEEP_LIB_DIRS - 1:]:
         shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(cache / "wheels" / d.name, ignore_errors=True)
 
 
 def python_wheel(cache: Path, sdist: Path, python: str) -> Path:
@@ -273,54 +289,163 @@ def python_wheel(cache: Path, sdist: Path, python: str) -> Path:
         return wheels / whl.name
 
 
-def venv_lib_dir(python: str) -> Path:
+def local_version(lib: Path) -> str:
+    """The version of the llama-cpp-python wheel carrying lib/KEY: a PEP 440 local label."""
+    info = json.loads((lib / MARKER).read_text())
+    label = "rcedge" if info["variant"] == "patched" else "stock"
+    return f"{LLAMA_CPP_PYTHON_VERSION}+{label}.{info['key']}"
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def native_wheel(cache: Path, base: Path, lib: Path) -> Path:
+    """llama-cpp-python's Python-only wheel with lib/KEY in its llama_cpp/lib, as version
+    0.3.36+rcedge.KEY: the wheel itself (one file per name in WHEEL_LIBS), cached in wheels/KEY."""
+    version = local_version(lib)
+    out_dir = cache / "wheels" / lib.name
+    old_info = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.dist-info/"
+    new_info = f"llama_cpp_python-{version}.dist-info/"
+    out = out_dir / (base.name.replace(f"-{LLAMA_CPP_PYTHON_VERSION}-", f"-{version}-"))
+    if out.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes] = {}
+    with zipfile.ZipFile(base) as z:
+        for name in z.namelist():
+            if name.startswith("llama_cpp/lib/") or name == old_info + "RECORD":
+                continue
+            data = z.read(name)
+            if name == old_info + "METADATA":
+                data = data.replace(f"\nVersion: {LLAMA_CPP_PYTHON_VERSION}\n".encode(),
+                                    f"\nVersion: {version}\n".encode(), 1)
+            files[name.replace(old_info, new_info, 1)] = data
+    for name in WHEEL_LIBS:
+        src = lib / "lib" / name
+        if not src.exists():
+            raise BuildError(f"{src} missing from build {lib.name}: remove {lib} and run again")
+        files[f"llama_cpp/lib/{name}"] = src.read_bytes()  # follows the symbolic link
+    files[f"llama_cpp/lib/{MARKER}"] = (lib / MARKER).read_bytes()
+    record = [_record_line(n, d) for n, d in files.items()] + [f"{new_info}RECORD,,"]
+    files[new_info + "RECORD"] = ("\n".join(record) + "\n").encode()
+    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".part", delete=False) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, data)
+    os.replace(tmp.name, out)
+    log(f"wheel {out.name}")
+    return out
+
+
+def installed_marker(python: str) -> Path:
     out = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
                          check=True, capture_output=True, text=True).stdout.strip()
-    return Path(out) / "llama_cpp" / "lib"
+    return Path(out) / "llama_cpp" / "lib" / MARKER
 
 
 def install_into_venv(python: str, wheel: Path, lib: Path) -> None:
-    target = venv_lib_dir(python)
-    marker = target / MARKER
+    """pip-install the KEY wheel, unless the environment already holds build KEY."""
+    marker = installed_marker(python)
     if marker.exists() and marker.read_text() == (lib / MARKER).read_text():
-        log(f"{target} already holds build {lib.name}")
+        log(f"{marker.parent} already holds build {lib.name}")
         return
+    # The version differs from any other build's and from stock, so pip replaces what is there.
+    # Files it did not install (libraries copied in by hand, or by an older setup) go first: a
+    # leftover symbolic link would have pip write the new library through it.
+    if marker.parent.exists():
+        shutil.rmtree(marker.parent)
     run([python, "-m", "pip", "install", "--quiet", str(wheel)])
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for f in (lib / "lib").iterdir():
-        if f.is_symlink():
-            os.symlink(os.readlink(f), target / f.name)
-        elif f.is_file():
-            shutil.copy2(f, target / f.name)
-    shutil.copy2(lib / MARKER, marker)
-    log(f"installed build {lib.name} into {target}")
+    log(f"installed llama-cpp-python {local_version(lib)} into {marker.parent}")
+
+
+def source_hash(key: str) -> str:
+    """What pyrcedge's wheel is built from: its tracked-looking files and the native KEY it pins."""
+    h = hashlib.sha256(key.encode())
+    for rel in PYRCEDGE_WHEEL_INPUTS:
+        p = REPO / rel
+        paths = sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts) \
+            if p.is_dir() else [p]
+        for f in paths:
+            h.update(os.path.relpath(f, REPO).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def pyrcedge_wheel(cache: Path, python: str, key: str) -> Path:
+    """pyrcedge's wheel, through the project's own build backend (native/backend.py), pinning
+    llama-cpp-python to the KEY wheel's version; cached in wheels/pyrcedge/HASH."""
+    out_dir = cache / "wheels" / "pyrcedge" / source_hash(key)
+    found = sorted(out_dir.glob("pyrcedge-*.whl"))
+    if found:
+        return found[0]
+    log("building pyrcedge's wheel")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp,
+             "--config-settings", "llama-cpp-python=version", str(REPO)])
+        (whl,) = Path(tmp).glob("pyrcedge-*.whl")
+        out_dir.mkdir(exist_ok=True)
+        os.replace(whl, out_dir / whl.name)
+    older = sorted((d for d in out_dir.parent.iterdir() if d.is_dir() and d != out_dir),
+                   key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in older[KEEP_LIB_DIRS - 1:]:
+        shutil.rmtree(d, ignore_errors=True)
+    return out_dir / whl.name
+
+
+def copy_to_dist(dist: Path, wheels: list[Path]) -> None:
+    """dist/ holds exactly these wheels of both projects (older builds' wheels removed)."""
+    dist.mkdir(parents=True, exist_ok=True)
+    for old in [*dist.glob("llama_cpp_python-*.whl"), *dist.glob("pyrcedge-*.whl")]:
+        if old.name not in {w.name for w in wheels}:
+            old.unlink()
+    for w in wheels:
+        if not (dist / w.name).exists() or sha256_file(dist / w.name) != sha256_file(w):
+            shutil.copyfile(w, dist / w.name)
+    log(f"wheels in {dist}: {', '.join(w.name for w in wheels)}")
+
+
+def native_build(python: str, stock: bool = False) -> tuple[Path, Path]:
+    """The cached build and its llama-cpp-python wheel: (lib/KEY, wheels/KEY/*.whl), building
+    what is missing. The one build path: native/backend.py calls it too."""
+    cache = cache_root()
+    with locked(cache):
+        sdist = fetch_sdist(cache, python)
+        folder, key = build_key(stock)
+        lib = cache / "lib" / key
+        if (lib / MARKER).exists():
+            log(f"cached build {key} ({'stock' if stock else 'patched'})")
+        else:
+            log(f"building {'stock' if stock else 'patched'} llama.cpp, key {key}")
+            src = prepare_source(cache, sdist, folder, stock)
+            lib = build_and_install(cache, src, folder, key, stock)
+        os.utime(lib)
+        prune_libs(cache, lib)
+        return lib, native_wheel(cache, python_wheel(cache, sdist, python), lib)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--venv", required=True, type=Path, help="virtual environment to install into")
     ap.add_argument("--stock", action="store_true", help="unpatched llama.cpp, same flags")
+    ap.add_argument("--dist", type=Path,
+                    help="also leave the llama-cpp-python and pyrcedge wheels in this folder")
     args = ap.parse_args(argv)
+    if args.dist and args.stock:
+        ap.error("--dist makes the patched wheels; it does not go with --stock")
     python = str(args.venv / "bin" / "python")
     if not Path(python).exists():
         raise BuildError(f"{python} not found: create the environment first (python3 -m venv {args.venv})")
-    cache = cache_root()
     t0 = time.monotonic()
-    with locked(cache):
-        sdist = fetch_sdist(cache, python)
-        folder, key = build_key(args.stock)
-        lib = cache / "lib" / key
-        if (lib / MARKER).exists():
-            log(f"cached build {key} ({'stock' if args.stock else 'patched'})")
-        else:
-            log(f"building {'stock' if args.stock else 'patched'} llama.cpp, key {key}")
-            src = prepare_source(cache, sdist, folder, args.stock)
-            lib = build_and_install(cache, src, folder, key, args.stock)
-        os.utime(lib)
-        prune_libs(cache, lib)
-        install_into_venv(python, python_wheel(cache, sdist, python), lib)
+    lib, wheel = native_build(python, args.stock)
+    install_into_venv(python, wheel, lib)
+    if args.dist:
+        # outside the lock: the backend pip runs for pyrcedge's wheel takes it (native_build)
+        copy_to_dist(args.dist, [wheel, pyrcedge_wheel(cache_root(), python, lib.name)])
     log(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 

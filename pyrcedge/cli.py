@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 from typing import Any
 
 import llama_cpp
@@ -30,8 +31,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(f"pyrcedge native API {_native.version()}")
-    print(f"libllama: {_native.libllama_path()}")
+    info = _native.build_info()
+    build = info["build"]
+    print(f"pyrcedge {metadata.version('pyrcedge')}")
+    print(f"llama-cpp-python {info['llama_cpp_python']}")
+    print(f"libllama: {info['libllama']}")
+    # a stock libllama never gets here: `import pyrcedge` refuses it (NativeLibraryError)
+    print(f"patched: yes (pyrcedge native API {info['native_api']})")
+    if build:
+        patches = ", ".join(build.get("patches", [])) or "none"
+        print(f"native build key: {build.get('key')} ({build.get('variant')}; patches: {patches})")
+    else:
+        print("native build key: unknown (no pyrcedge-build.json beside libllama)")
     print(llama_cpp.llama_print_system_info().decode())
     return 0
 
@@ -47,6 +58,7 @@ def _register_installation(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyrcedge", description="Bounded-memory KV cache for llama.cpp")
+    ap.add_argument("--version", action="version", version=f"pyrcedge {metadata.version('pyrcedge')}")
     sub = ap.add_subparsers(dest="command", required=True)
     for module in (run, explain, chat, serve):
         module.register(sub)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets pyrcedge up from a fresh clone, idempotently:
 #   .venv        llama-cpp-python 0.3.36 on the patched llama.cpp, pyrcedge (editable), pytest
+#   dist/        the wheels for any other environment: llama-cpp-python 0.3.36+rcedge.KEY (the
+#                one .venv holds) and pyrcedge; pip install --find-links dist pyrcedge
 #   models/files the default model, SmolLM2-135M-Instruct Q4_1 (sha256 checked)
 # With --stock, also .venv-stock: llama-cpp-python on stock llama.cpp from the same sdist and
 # flags, for side-by-side comparisons and tests.
@@ -26,13 +28,14 @@ make_venv() {
 }
 
 make_venv .venv
-.venv/bin/python native/build.py --venv .venv
+.venv/bin/python native/build.py --venv .venv --dist dist
 
-# pyrcedge itself; skipped when pyproject.toml has not changed since the last install
+# pyrcedge itself, depending on the llama-cpp-python wheel just installed; skipped when neither
+# pyproject.toml nor that wheel (the native build key) changed since the last install
 stamp=.venv/.pyrcedge-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml native/requirements.txt <(ls dist) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[server,test]'
+  .venv/bin/python -m pip install --quiet --config-settings llama-cpp-python=version -e '.[server,eval,test]'
   echo "$want" > "$stamp"
 fi
 

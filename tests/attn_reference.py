@@ -47,11 +47,11 @@ _ELEM_BYTES = {GGML_TYPE_F32: 4, GGML_TYPE_F16: 2}
 
 
 def _ggml() -> object:
-    from pathlib import Path
+    import llama_cpp.llama_cpp  # noqa: F401  (maps libllama, and ggml-base with it)
 
-    import llama_cpp.llama_cpp as lc
-
-    return _ffi.dlopen(str(Path(lc._lib._name).parent / "libggml-base.so"))
+    # by its soname: the loader hands back the ggml-base libllama mapped, whichever file names
+    # the environment has (the wheel has no unversioned libggml-base.so)
+    return _ffi.dlopen("libggml-base.so.0")
 
 
 def _extent(tensor) -> int:

@@ -59,13 +59,15 @@ def cli():
 
 
 @contextlib.contextmanager
-def serving(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`pyrcedge serve ARGS` on a free loopback port: (base URL, process), once it answers."""
+def serving(*args: str, python: str | Path = sys.executable,
+            cwd: Path | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`pyrcedge serve ARGS` (by `python`, default this one) on a free loopback port:
+    (base URL, process), once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "pyrcedge", "serve", "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(python), "-m", "pyrcedge", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while True:

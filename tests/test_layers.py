@@ -97,7 +97,7 @@ def test_no_import_cycle():
 def test_function_level_imports_are_optional_dependencies_only():
     """A function-level import only for an optional dependency (the server and eval extras, a
     terminal's readline) or in a worker that runs in another environment."""
-    allowed = {"fastapi", "starlette", "uvicorn", "llama_cpp.server", "matplotlib", "readline",
+    allowed = {"fastapi", "starlette", "uvicorn", "llama_cpp.server", "matplotlib", "rdata", "readline",
                "pyrcedge", "llama_cpp"}
     workers = {"pyrcedge.evaluation.speed_worker"}
     found = []

@@ -77,3 +77,16 @@ def test_unreachable_index_is_a_clear_error(monkeypatch, tmp_path):
 def test_unknown_model_name():
     with pytest.raises(ModelFetchError, match="unknown model"):
         models.fetch("no-such-model")
+
+
+def test_cache_folder_is_native_builds(monkeypatch, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("native_build", Path(models.__file__).parents[2] / "native" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    monkeypatch.delenv("PYRCEDGE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.cache_dir() == build.cache_root() == tmp_path / "xdg" / "pyrcedge"
+    monkeypatch.setenv("PYRCEDGE_CACHE", str(tmp_path / "mine"))
+    assert models.cache_dir() == build.cache_root() == tmp_path / "mine"

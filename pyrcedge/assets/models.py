@@ -65,14 +65,22 @@ MODELS: dict[str, ModelSource] = {m.name: m for m in (SMOLLM2_135M, QWEN25_CODER
 DEFAULT_MODEL = SMOLLM2_135M.name
 
 
+def cache_dir() -> Path:
+    """pyrcedge's cache folder, as native/build.py finds it: PYRCEDGE_CACHE, else
+    $XDG_CACHE_HOME/pyrcedge, else ~/.cache/pyrcedge."""
+    if os.environ.get("PYRCEDGE_CACHE"):
+        return Path(os.environ["PYRCEDGE_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyrcedge"
+
+
 def models_dir() -> Path:
-    """PYRCEDGE_MODELS, else models/files in a source checkout, else ~/.cache/pyrcedge/models."""
+    """PYRCEDGE_MODELS, else models/files in a source checkout, else cache_dir()/models."""
     if os.environ.get("PYRCEDGE_MODELS"):
         return Path(os.environ["PYRCEDGE_MODELS"]).expanduser()
     checkout = Path(__file__).resolve().parents[2] / "models"
     if checkout.is_dir():
         return checkout / "files"
-    return Path.home() / ".cache" / "pyrcedge" / "models"
+    return cache_dir() / "models"
 
 
 def model_path(name: str = DEFAULT_MODEL) -> Path:

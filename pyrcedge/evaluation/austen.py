@@ -1,8 +1,8 @@
 """The six Austen novels (public domain), from Debian's r-cran-janeaustenr package.
 
 `apt-get download` fetches the pinned .deb into a temporary folder (no root needed, nothing is
-installed), its sha256 is checked, and the package's R lazy-load database is read in plain
-Python (pyrcedge.evaluation.rdata). Each novel is written as UTF-8 text, one line of the
+installed), its sha256 is checked, and the package's R lazy-load database is read
+(pyrcedge.evaluation.rdata, with the rdata package). Each novel is written as UTF-8 text, one line of the
 original per line, to data/files/austen/<name>.txt; nothing is committed.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..assets.datasets import data_dir
 from ..errors import DataFetchError
-from .rdata import RVector, read_lazyload
+from .rdata import read_lazyload
 
 PACKAGE = "r-cran-janeaustenr"
 VERSION = "1.0.0-1"
@@ -70,10 +70,10 @@ def novels_from_deb(deb: bytes) -> dict[str, str]:
         objects = read_lazyload(read("Rdata.rdx"), read("Rdata.rdb"))
     out = {}
     for name in NOVELS:
-        obj = objects.get(name)
-        if not isinstance(obj, RVector):
+        lines = objects.get(name)
+        if lines is None or not all(line is None or isinstance(line, str) for line in lines):
             raise DataFetchError(f"the package's data has no character vector {name!r}")
-        out[name] = "\n".join(line or "" for line in obj.values) + "\n"
+        out[name] = "\n".join(line or "" for line in lines) + "\n"
     return out
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import llama_cpp.llama_cpp as lc
@@ -49,25 +52,51 @@ int32_t llama_rcedge_set_scores( struct llama_context * ctx, int32_t il, const i
 ffi = FFI()
 ffi.cdef(CDEF)
 
+# what native/build.py writes beside the libraries: the build key, variant and patch series
+BUILD_MARKER = "pyrcedge-build.json"
+
 
 def libllama_path() -> str:
     """Path of the libllama that llama_cpp loaded."""
     return str(lc._lib._name)
 
 
+def llama_cpp_python_version() -> str:
+    """The installed llama-cpp-python's version: 0.3.36+rcedge.KEY for pyrcedge's build."""
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return "unknown (llama_cpp imported from outside an installed distribution)"
+
+
 @functools.lru_cache(maxsize=1)
 def lib() -> Any:
-    """The cffi library object; raises NativeLibraryError for a libllama without our API."""
-    path = libllama_path()
-    handle = ffi.dlopen(path)
+    """The cffi library object; raises NativeLibraryError for a libllama without our API
+    (`import pyrcedge` calls it, so a stock libllama stops the import)."""
+    handle = ffi.dlopen(libllama_path())
     try:
         _ = handle.llama_rcedge_version
     except AttributeError:
         raise NativeLibraryError(
-            f"{path} is not a pyrcedge build of libllama (no llama_rcedge_version): "
-            "install with scripts/setup.sh, which puts the patched libraries in llama_cpp/lib"
+            f"{libllama_path()} (llama-cpp-python {llama_cpp_python_version()}) is a stock "
+            "libllama: it lacks pyrcedge's patches (no llama_rcedge_version). pyrcedge needs "
+            "llama-cpp-python 0.3.36+rcedge.KEY, built by pyrcedge: in a pyrcedge clone run "
+            "scripts/setup.sh, then in this environment `pip install --no-index --no-deps "
+            "--force-reinstall --find-links CLONE/dist llama-cpp-python` (docs/build.md)"
         ) from None
     return handle
+
+
+def build_info() -> dict[str, Any]:
+    """What `pyrcedge info` tells about the loaded (patched) libllama: its path, the native API
+    version, the llama-cpp-python version and the marker native/build.py left beside it."""
+    path = libllama_path()
+    try:
+        build = json.loads((Path(path).parent / BUILD_MARKER).read_text())
+    except (OSError, ValueError):
+        build = {}
+    return {"libllama": path, "llama_cpp_python": llama_cpp_python_version(),
+            "native_api": version(), "build": build}
 
 
 def version() -> str:
