@@ -27,6 +27,7 @@ OWNERS = {
     "0006-llama-portable-attention-scores.patch": ["src/llama-graph.cpp", "src/llama-context.cpp"],
     "0007-ggml-attention-scores-rows.patch": ["ggml/include/ggml.h", "ggml/src/ggml.c"],
     "0008-ggml-cuda-fused-attention-scores.patch": ["ggml/src/ggml-cuda/"],
+    "0009-llama-keep-probe-queries.patch": ["src/llama-graph.cpp"],
 }
 
 

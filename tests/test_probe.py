@@ -74,6 +74,61 @@ def test_the_probe_restores_the_statistics_and_removes_its_cells(default_model):
     assert scores.sum() <= bound * 1.001
 
 
+def kept_and_decoded(llm, question, extra=b""):
+    """(the kept queries' max logits moved to where the probe is decoded again, that decode's
+    max statistic, the kept queries' max logits where they were kept) over the cells cached
+    before the probe was kept; `extra` is read between keeping and decoding again."""
+    cells, _ = llm.kv_cache.cached_cells()
+    kv = llm.kv_cache
+    first = kv.next_pos()
+    probe.probe_stats(llm.ctx, kv.mem, cells, question, first, llm._batch, llm._ctx.decode, 0.9,
+                      attention=False, keep=True)
+    assert scoring.probe_n_kept(llm.ctx) == len(question)
+    if extra:
+        llm.eval(llm.tokenize(extra, add_bos=False))
+    again = kv.next_pos()
+    decoded, _ = probe.probe_stats(llm.ctx, kv.mem, cells, question, again, llm._batch,
+                                   llm._ctx.decode, 0.9, attention=False)
+    kept = scoring.probe_max(llm.ctx, cells, again - first)
+    return kept, decoded[..., scoring.MAX], scoring.probe_max(llm.ctx, cells, 0)
+
+
+def test_kept_probe_queries_give_what_decoding_the_probe_gives(default_model):
+    llm = make(default_model, kv_budget=256, policy="a2sf", alpha=0.9)
+    llm.eval(llm.tokenize((PROSE * 2).encode()))
+    question = llm.tokenize(QUESTION.encode(), add_bos=False)
+    kept, decoded, _ = kept_and_decoded(llm, question)
+    # the same queries at the same positions: the logits the fused kernels took (F16 K)
+    np.testing.assert_allclose(kept, decoded, atol=0.02 * np.abs(decoded).max())
+    # queries moved by RoPE: the first layer's queries depend on their tokens and positions
+    # only, so after more text is read they are exactly the decoded probe's, 23 positions on
+    kept, decoded, unmoved = kept_and_decoded(llm, question,
+                                              extra=b" The gulls were loud that night.")
+    np.testing.assert_allclose(kept[0], decoded[0], atol=0.02 * np.abs(decoded[0]).max())
+    assert np.abs(unmoved[0] - decoded[0]).max() > 10 * np.abs(kept[0] - decoded[0]).max()
+    scoring.probe_capture(llm.ctx, -1)
+    with pytest.raises(pyrcedge.ScoringError, match="no question probe's queries"):
+        scoring.probe_max(llm.ctx, [0], 0)
+
+
+def test_a_probed_read_reusing_kept_queries_decodes_the_probe_less(default_model):
+    prompt = (PROSE * 12 + QUESTION).encode()
+    every = make(default_model, kv_budget=96, probe=probe.Probe(tokens=32))
+    reuse = make(default_model, kv_budget=96, probe=probe.Probe(tokens=32, reuse=3))
+    seen = watch_decodes(reuse)
+    for llm in (every, reuse):
+        llm.eval(llm.tokenize(prompt))
+    a, b = every.kv_stats(), reuse.kv_stats()
+    assert a.probe_passes == b.probe_passes > 4
+    assert a.probe_tokens == 32 * a.probe_passes
+    # one pass in four decodes the probe; the others score against its kept queries
+    assert b.probe_tokens == 32 * -(-b.probe_passes // 4)
+    assert max(seen) <= 96 and b.history_tokens == a.history_tokens
+    assert scoring.scoring_enabled(reuse.ctx)        # a2sf keeps its statistics ...
+    with pytest.raises(pyrcedge.ScoringError, match="no question probe's queries"):
+        scoring.probe_max(reuse.ctx, [0], 0)         # ... but the read freed the queries
+
+
 def test_a_probe_turns_the_statistics_on_for_the_read_only(default_model):
     llm = make(default_model, kv_budget=96, policy="window", probe=32)
     assert not scoring.scoring_enabled(llm.ctx)
@@ -150,6 +205,7 @@ def test_bad_probes_are_refused_before_the_model_loads(default_model, spec, matc
 @pytest.mark.parametrize("kw,match", [
     ({"pool_before": -1}, "pool_before"), ({"heads": "mean"}, "heads"),
     ({"refill": 1.0}, "refill"), ({"tokens": 0}, "tokens"), ({"score": "max"}, "score"),
+    ({"reuse": -1}, "reuse"),
 ])
 def test_bad_probe_settings(kw, match):
     with pytest.raises(BudgetError, match=match):

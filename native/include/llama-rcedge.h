@@ -92,6 +92,8 @@ extern "C" {
         LLAMA_RCEDGE_ERR_HEADS          = -10, // layers differ in KV heads (no reduction over layers)
         LLAMA_RCEDGE_ERR_PORTABLE       = -11, // the portable path cannot serve this cache
                                                // (several streams, or a quantised V cache)
+        LLAMA_RCEDGE_ERR_NO_QUERIES     = -12, // no question probe's queries are kept
+        LLAMA_RCEDGE_ERR_K_TYPE         = -13, // K is stored quantised (kept queries not scored)
     };
 
     // Turn scoring on with forgetting factor alpha in [0, 1] (1: H2O, 0: newest query only).
@@ -177,6 +179,41 @@ extern "C" {
                              int32_t     n_cells,
                          const float   * in,
                               size_t     n_in);
+
+    //
+    // pyrcedge: question probes
+    //
+    // Reading a prompt longer than the budget, pyrcedge evicts by the logits that the prompt's
+    // question (a probe) gives the cached cells (pyrcedge/features/probe.py). Decoding the probe
+    // again before every eviction costs a forward pass of its tokens each time; instead its queries
+    // can be kept from one decode, and later the cells scored against them from the keys the cache
+    // holds (q.k only). The queries are those of the context they were decoded in.
+
+    // Keep, from the next decode on, every layer's queries (after RoPE, as attention takes them) of
+    // the last n_max tokens of each ubatch, replacing those kept before (n_max > 0); stop keeping,
+    // holding on to what was kept (n_max = 0); or stop and free them (n_max < 0). Needs scoring on:
+    // they live beside the statistics, in a buffer of the KV cache's type (n_layer x n_max x n_head
+    // x n_embd_head floats), and go with them. Starting and stopping change the graph (the next
+    // decode builds it anew; while keeping it has one copy per layer more).
+    LLAMA_API int32_t llama_rcedge_probe_capture(struct llama_context * ctx, int32_t n_max);
+
+    // Queries kept by the last decode while keeping (0 before one), or a negative code.
+    LLAMA_API int32_t llama_rcedge_probe_n_kept(const struct llama_context * ctx);
+
+    // For every layer, cell and KV head: the largest logit f = q.k*kq_scale (soft-capped as attention
+    // does; no mask or ALiBi bias) that a kept query of the head's GQA group gives the cell, with the
+    // queries moved `shift` positions later than where they were decoded (the model's RoPE rotation
+    // by shift; 0 leaves them). This is the max statistic a decode of the probe at those positions
+    // would give the cells, had its queries been the same. out[il][i][g], so n_out must be at least
+    // n_layer*n_cells*n_head_kv; -INFINITY for layers without KV. LLAMA_RCEDGE_ERR_NO_QUERIES before
+    // any is kept; LLAMA_RCEDGE_ERR_K_TYPE for a quantised K cache (which may be stored rotated).
+    LLAMA_API int32_t llama_rcedge_probe_max(
+            const struct llama_context * ctx,
+                       const int32_t   * cells,
+                             int32_t     n_cells,
+                             int32_t     shift,
+                               float   * out,
+                              size_t     n_out);
 
 #ifdef __cplusplus
 }

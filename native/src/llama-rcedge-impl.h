@@ -4,8 +4,12 @@
 // defines it includes this header, so the compiler checks the two against each other.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
+class  llama_kv_cache;
+struct llama_context;
 struct ggml_cgraph;
 struct ggml_context;
 struct ggml_tensor;
@@ -13,6 +17,14 @@ struct ggml_tensor;
 // Attention statistics kept beside one KV cache (defined in rcedge-api.cpp; nullptr while
 // scoring is off).
 struct llama_rcedge_scores;
+
+// One layer's kept queries of a question probe (rcedge-probe.cpp; llama_rcedge_probe_capture in
+// llama-rcedge.h), while capture is on.
+struct llama_rcedge_probe_layer {
+    ggml_tensor * q = nullptr;  // [n_embd_head_k, n_head, n_max] F32, in a buffer of the cache's type
+    float   kq_scale = 0.0f;    // the attention's logit scale, as the graph was built with
+    int32_t n = 0;              // queries the last graph kept: the last n of its ubatch
+};
 
 // The portable path's tensors that every layer of one graph shares (the mask's visibility, the
 // per-query weights, the cleared values), built once by the first layer (rcedge-graph.cpp).
@@ -63,6 +75,9 @@ struct llama_rcedge_layer_scores {
     // last layer), else nullptr; slot: this layer's index in it
     ggml_tensor * all = nullptr;
     int32_t slot = 0;
+    // while a question probe's queries are being kept (llama_rcedge_probe_capture): this layer's
+    // store for them, else nullptr
+    llama_rcedge_probe_layer * probe = nullptr;
 };
 
 //
@@ -91,3 +106,18 @@ void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const l
 void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
         ggml_tensor * q, ggml_tensor * k, ggml_tensor * kq_mask, ggml_tensor * sinks,
         float kq_scale, float softcap, float max_bias);
+
+//
+// question probes' queries (rcedge-probe.cpp; patch 0009)
+//
+
+// Copies the last queries of the ubatch (q as attention takes it, [n_embd_head, n_head, n_tokens])
+// into rc.probe's store, recording kq_scale; returns the copy node for the graph to compute.
+ggml_tensor * llama_rcedge_graph_keep_queries(ggml_context * ctx, const llama_rcedge_layer_scores & rc,
+        ggml_tensor * q, float kq_scale);
+
+// For llama_rcedge_probe_max (llama-rcedge.h): every layer's largest logit of the kept queries on
+// each cell, out[il][i][g], from `layers` (indexed by model layer) and the keys kv holds.
+int32_t llama_rcedge_probe_max_logits(const llama_context * lctx, const llama_kv_cache & kv,
+        const std::vector<llama_rcedge_probe_layer> & layers, const int32_t * cells, int32_t n_cells,
+        int32_t shift, float * out, size_t n_out);

@@ -149,6 +149,12 @@ struct llama_rcedge_scores {
     std::vector<ggml_context_ptr>        ctxs;
     std::vector<ggml_backend_buffer_ptr> bufs;
     std::vector<ggml_tensor *> by_layer; // model layer id -> tensor, nullptr for layers without KV
+    // a question probe's kept queries (llama_rcedge_probe_capture; rcedge-probe.cpp), by model layer
+    // id; empty while none are kept
+    std::vector<llama_rcedge_probe_layer> probe;
+    bool                    probe_capturing = false; // the graph copies the queries into `probe`
+    ggml_context_ptr        probe_ctx;
+    ggml_backend_buffer_ptr probe_buf;
 };
 
 // statistic k of a cell, in a tensor's data or a host copy of it (base)
@@ -234,6 +240,9 @@ llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, 
     res.last     = il == rcedge->last_layer;
     res.all      = rcedge->all;
     res.slot     = rcedge->slot[il];
+    if (rcedge->probe_capturing && (size_t) il < rcedge->probe.size() && rcedge->probe[il].q != nullptr) {
+        res.probe = &rcedge->probe[il];
+    }
     return res;
 }
 
@@ -647,4 +656,91 @@ int32_t llama_rcedge_set_scores(llama_context * ctx, int32_t il, const int32_t *
     }
     rcedge_host_data_commit(t, base);
     return LLAMA_RCEDGE_OK;
+}
+
+//
+// question probes (the computation: rcedge-probe.cpp)
+//
+
+int32_t llama_rcedge_probe_capture(llama_context * ctx, int32_t n_max) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    llama_kv_cache * kv = rcedge_kv_cache(ctx);
+    if (sc->probe_capturing != (n_max > 0)) {
+        kv->rcedge_epoch++; // the copies are nodes of the graph
+    }
+    sc->probe_capturing = n_max > 0;
+    const bool fits = !sc->probe.empty() && n_max > 0 && std::all_of(sc->probe.begin(), sc->probe.end(),
+            [n_max](const llama_rcedge_probe_layer & pl) { return pl.q == nullptr || pl.q->ne[2] == n_max; });
+    if (n_max == 0 || fits) {
+        return LLAMA_RCEDGE_OK; // stop keeping (what was kept stays), or keep into the same store
+    }
+    sc->probe.clear();
+    sc->probe_buf.reset();
+    sc->probe_ctx.reset();
+    if (n_max < 0) {
+        return LLAMA_RCEDGE_OK;
+    }
+    const llama_hparams & hparams = llama_get_model(ctx)->hparams;
+    ggml_init_params params = {
+        /*.mem_size   =*/ (sc->by_layer.size() + 1)*ggml_tensor_overhead(),
+        /*.mem_buffer =*/ nullptr,
+        /*.no_alloc   =*/ true,
+    };
+    ggml_context_ptr tctx(ggml_init(params));
+    std::vector<llama_rcedge_probe_layer> layers(sc->by_layer.size());
+    ggml_backend_buffer_type_t buft = nullptr;
+    for (size_t il = 0; tctx && il < layers.size(); ++il) {
+        const ggml_tensor * t = sc->by_layer[il];
+        if (t == nullptr) {
+            continue;
+        }
+        // beside the layer's statistics: where the graph computes its attention
+        buft = buft != nullptr ? buft : ggml_backend_buffer_get_type(t->buffer);
+        layers[il].q = ggml_new_tensor_3d(tctx.get(), GGML_TYPE_F32, hparams.n_embd_head_k((uint32_t) il),
+                                          hparams.n_head((uint32_t) il), n_max);
+        ggml_format_name(layers[il].q, "rcedge_probe_q_l%zu", il);
+    }
+    ggml_backend_buffer_ptr buf(tctx && buft ? ggml_backend_alloc_ctx_tensors_from_buft(tctx.get(), buft) : nullptr);
+    if (!buf) {
+        sc->probe_capturing = false;
+        return LLAMA_RCEDGE_ERR_ALLOC;
+    }
+    sc->probe = std::move(layers);
+    sc->probe_ctx = std::move(tctx);
+    sc->probe_buf = std::move(buf);
+    return LLAMA_RCEDGE_OK;
+}
+
+int32_t llama_rcedge_probe_n_kept(const llama_context * ctx) {
+    int32_t status;
+    const llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    int32_t n = -1;
+    for (const llama_rcedge_probe_layer & pl : sc->probe) {
+        if (pl.q != nullptr) {
+            n = n < 0 ? pl.n : std::min(n, pl.n);
+        }
+    }
+    return std::max(n, 0);
+}
+
+int32_t llama_rcedge_probe_max(const llama_context * ctx, const int32_t * cells, int32_t n_cells, int32_t shift, float * out, size_t n_out) {
+    int32_t status;
+    const llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    if (n_cells < 0 || (n_cells > 0 && (cells == nullptr || out == nullptr))) {
+        return LLAMA_RCEDGE_ERR_NULL;
+    }
+    if (sc->probe.empty()) {
+        return LLAMA_RCEDGE_ERR_NO_QUERIES;
+    }
+    return llama_rcedge_probe_max_logits(ctx, *rcedge_kv_cache(ctx), sc->probe, cells, n_cells, shift, out, n_out);
 }

@@ -9,6 +9,12 @@ cell is the score eviction goes by; then the probe's cells are removed and the s
 policy keeps are put back as they were. The probe's cells count inside the budget: while a
 probed prompt is read, the engine keeps room for them (docs/probe.md).
 
+A pass need not decode the probe: with `reuse`, the probe's queries are kept from the pass that
+decoded it (llama_rcedge_probe_capture), and up to `reuse` later passes score the cells against
+them from the keys the cache holds (llama_rcedge_probe_max: q.k only, with the queries moved by
+RoPE to where the probe would sit now), which is what a decode gives for the max statistic that
+relmax reads, but for queries that have not seen the cells read since they were kept.
+
 What a cell scores is read from what the kernels already keep (nothing is added to them): the
 statistics are reset before the probe, so that afterwards they describe the probe's queries
 alone, and saved beforehand, when they describe the queries that read the document. The default
@@ -28,7 +34,7 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BudgetError
+from ..errors import BudgetError, ScoringError
 from ..native import stats as kernel_stats
 
 # InfiniPot's "catalyst" prompt: a generic question for a document read before its questions
@@ -54,6 +60,9 @@ class Probe:
     heads: how the score aggregates over KV heads ("max" or "sum"); layers are summed.
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
         larger evictions mean fewer probe passes).
+    reuse: how many passes after one that decodes the probe score the cells against the queries
+        that decode kept instead of decoding it again (0: every pass decodes it). relmax only; a
+        quantised K cache decodes every pass.
     min_prompt: prompts shorter than this many tokens are read without a probe.
     fit: shorten a tail probe to what the budget leaves room for (off below MIN_FIT tokens)
         instead of refusing the budget: what probe="tail", the default, does.
@@ -66,6 +75,7 @@ class Probe:
     pool_after: int = 2
     heads: str = "max"
     refill: float = 0.25
+    reuse: int = 0
     min_prompt: int = 64
     fit: bool = False
 
@@ -74,7 +84,7 @@ class Probe:
             raise BudgetError(f"probe tokens must be an integer >= 1, got {self.tokens!r}")
         if self.text is not None and not self.text.strip():
             raise BudgetError("the probe text is empty")
-        for name in ("pool_before", "pool_after"):
+        for name in ("pool_before", "pool_after", "reuse"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BudgetError(f"probe {name} must be an integer >= 0, got {v!r}")
@@ -152,26 +162,42 @@ def cell_scores(probe_stats: npt.NDArray[np.float32], document_stats: npt.NDArra
 
 def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequence[int],
                 first_pos: int, batch: Any, decode: Any, alpha: float, attention: bool = True,
-                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+                keep: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(the probe's statistics, the document's) for `cells`, [layer, cell, KV head, stat]: the
     probe decoded at positions first_pos.. with fresh statistics, then its cells removed and
     the cells' statistics restored as they were. With attention, a2sf is the probe's summed
     attention (alpha 1 while it runs); without, only its logit moments are fresh (changing
-    alpha rebuilds the graph, which relmax does not need)."""
+    alpha rebuilds the graph, which relmax does not need). keep: the decode keeps the probe's
+    queries (for kept_probe_stats)."""
     saved = kernel_stats.read_layers(ctx, cells)
     if attention:
         kernel_stats.set_alpha(ctx, 1.0)
     kernel_stats.reset_stats(ctx, a2sf=attention, moments=True)
+    if keep:
+        kernel_stats.probe_capture(ctx, len(probe))
     try:
         batch.set_batch(batch=list(probe), n_past=first_pos, logits_all=False)
         decode(batch)
         got = kernel_stats.read_layers(ctx, cells)
     finally:
+        if keep:
+            kernel_stats.probe_capture(ctx, 0)
         llama_cpp.llama_memory_seq_rm(mem, 0, first_pos, -1)
         kernel_stats.write_layers(ctx, cells, saved)
         if attention:
             kernel_stats.set_alpha(ctx, alpha)
     return got, saved
+
+
+def kept_probe_stats(ctx: Any, cells: npt.NDArray[np.int32], shift: int,
+                     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """What probe_stats returns for relmax, from the queries an earlier decode kept, moved
+    `shift` positions later, without decoding: the document's statistics, and as the probe's
+    the same with the max statistic replaced by the kept queries' largest logits."""
+    document = kernel_stats.read_layers(ctx, cells)
+    got = document.copy()
+    got[..., kernel_stats.MAX] = kernel_stats.probe_max(ctx, cells, shift)
+    return got, document
 
 
 @dataclass
@@ -185,6 +211,38 @@ class ProbedRead:
     ids: list[int]
     tail_start: int          # index in the read's tokens where the probe's own tokens begin
     settings: Probe
+    kept_pos: int | None = None   # where the kept queries were decoded (None: none kept)
+    reused: int = 0               # passes since the probe was last decoded
+    decode_only: bool = False     # the kept queries cannot be scored here: decode every pass
+
+    def stats(self, ctx: Any, mem: Any, cells: npt.NDArray[np.int32], first_pos: int, batch: Any,
+              decode: Any, alpha: float) -> tuple[npt.NDArray[np.float32],
+                                                  npt.NDArray[np.float32], int]:
+        """One pass's (probe statistics, document statistics, probe tokens decoded), the probe
+        sitting at first_pos: from the kept queries while settings.reuse allows, else decoded."""
+        s = self.settings
+        relmax = s.score == "relmax"
+        keep = relmax and s.reuse > 0 and not self.decode_only
+        if keep and self.kept_pos is not None and self.reused < s.reuse:
+            try:
+                got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos)
+            except ScoringError:
+                keep, self.decode_only = False, True    # a quantised K cache
+                self.close(ctx)
+            else:
+                self.reused += 1
+                return got, document, 0
+        got, document = probe_stats(ctx, mem, cells, self.ids, first_pos, batch, decode, alpha,
+                                    attention=not relmax, keep=keep)
+        if keep:
+            self.kept_pos, self.reused = first_pos, 0
+        return got, document, len(self.ids)
+
+    def close(self, ctx: Any) -> None:
+        """Free the kept queries, at the end of the read."""
+        if self.kept_pos is not None:
+            kernel_stats.probe_capture(ctx, -1)
+            self.kept_pos = None
 
     def reserve(self, i: int) -> int:
         """Cells to keep free while reading from index i of the prompt."""

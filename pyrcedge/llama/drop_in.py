@@ -202,14 +202,17 @@ class Llama(llama_cpp.Llama):
             # a full cache (an earlier turn filled it) first makes room for the probe
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         if self.statistics:
-            self._read_probed(tokens, read)
+            try:
+                self._read_probed(tokens, read)
+            finally:
+                read.close(self.ctx)
             return
         # the probe reads the document queries' logit moments: on for this read only
         kernel_stats.enable_scoring(self.ctx, alpha=self.policy.alpha)
         try:
             self._read_probed(tokens, read)
         finally:
-            kernel_stats.disable_scoring(self.ctx)
+            kernel_stats.disable_scoring(self.ctx)     # frees the probe's kept queries too
 
     def _read_probed(self, tokens: list[int], read: probe.ProbedRead) -> None:
         """Read a prompt that does not fit with its probe. With recall on and the question at
@@ -352,11 +355,10 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
 
         def score(view: CacheView) -> Any:
-            kv.probe_tokens += len(read.ids)
             s = read.settings
-            got, document = probe.probe_stats(self.ctx, kv.mem, view.cells, read.ids,
-                                              kv.next_pos(), self._batch, self._ctx.decode,
-                                              self.policy.alpha, attention=s.score == "attention")
+            got, document, decoded = read.stats(self.ctx, kv.mem, view.cells, kv.next_pos(),
+                                                self._batch, self._ctx.decode, self.policy.alpha)
+            kv.probe_tokens += decoded
             return probe.pooled(probe.cell_scores(got, document, s), kv.cached, s.pool_before,
                                 s.pool_after)
 

@@ -47,6 +47,9 @@ int32_t llama_rcedge_n_head_kv(const struct llama_context * ctx, int32_t il);
 int32_t llama_rcedge_get_cells( const struct llama_context * ctx, int32_t * cells, llama_pos * pos, llama_seq_id * seq, int32_t n_max);
 int32_t llama_rcedge_get_scores( const struct llama_context * ctx, int32_t il, const int32_t * cells, int32_t n_cells, float * out, size_t n_out);
 int32_t llama_rcedge_set_scores( struct llama_context * ctx, int32_t il, const int32_t * cells, int32_t n_cells, const float * in, size_t n_in);
+int32_t llama_rcedge_probe_capture(struct llama_context * ctx, int32_t n_max);
+int32_t llama_rcedge_probe_n_kept(const struct llama_context * ctx);
+int32_t llama_rcedge_probe_max( const struct llama_context * ctx, const int32_t * cells, int32_t n_cells, int32_t shift, float * out, size_t n_out);
 """
 
 ffi = FFI()

@@ -39,6 +39,8 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
     -9: (ScoringError, "could not allocate the statistics"),
     -10: (ScoringError, "layers differ in KV heads: read them one layer at a time"),
     -11: (NativeLibraryError, "the portable scoring path cannot serve this KV cache (several streams, or a quantised V cache)"),
+    -12: (ScoringError, "no question probe's queries are kept: call probe_capture and decode first"),
+    -13: (ScoringError, "kept probe queries are not scored against a quantised K cache"),
 }
 
 
@@ -191,3 +193,30 @@ def write_layers(ctx: Any, cells: npt.ArrayLike, values: npt.ArrayLike) -> None:
                                 f"{n_layer(ctx)} layers, got shape {vals.shape}")
     for il in range(len(vals)):
         write_scores(ctx, il, cells, vals[il])
+
+
+def probe_capture(ctx: Any, n_max: int) -> None:
+    """Keep each layer's queries of the last n_max tokens of every following decode (n_max > 0,
+    replacing those kept), stop keeping but hold on to them (0), or free them (< 0)."""
+    _check(_native.lib().llama_rcedge_probe_capture(_native.context_ptr(ctx), int(n_max)),
+           "probe_capture")
+
+
+def probe_n_kept(ctx: Any) -> int:
+    """How many queries the last decode kept (0 before one)."""
+    return _check(_native.lib().llama_rcedge_probe_n_kept(_native.context_ptr(ctx)), "probe_n_kept")
+
+
+def probe_max(ctx: Any, cells: npt.ArrayLike, shift: int = 0) -> npt.NDArray[np.float32]:
+    """[layer, cell, KV head]: the largest logit a kept query gives each cell (what the max
+    statistic would hold after decoding the probe again `shift` positions later, its queries
+    unchanged; native/include/llama-rcedge.h)."""
+    idx = np.ascontiguousarray(cells, dtype=np.int32)
+    if idx.ndim != 1:
+        raise ScoringInputError("cells must be a one-dimensional list of cell indices")
+    out = np.empty((n_layer(ctx), len(idx), n_head_kv(ctx, 0)), np.float32)
+    code = _native.lib().llama_rcedge_probe_max(
+        _native.context_ptr(ctx), _native.ffi.from_buffer("int32_t[]", idx) if len(idx) else _native.ffi.NULL,
+        len(idx), int(shift), _native.ffi.from_buffer("float[]", out) if len(idx) else _native.ffi.NULL, out.size)
+    _check(code, "probe_max")
+    return out
