@@ -41,7 +41,9 @@ def test_a_probed_read_never_exceeds_the_budget(default_model, positions):
     llm.eval(prompt)
     st = llm.kv_stats()
     assert max(seen) <= 96
-    assert st.probe_passes > 0 and st.probe_tokens == 32 * st.probe_passes
+    # some passes decode the probe, the others score against its kept queries
+    assert st.probe_passes > 0 and st.probe_tokens % 32 == 0
+    assert 0 < st.probe_tokens < 32 * st.probe_passes
     # the probe's cells are gone: the cache holds exactly the tokens the engine tracks
     assert _native.kv_cells_used(llm.ctx) == st.cells_used == len(st.positions)
     # the question (the prompt's tail) was read for real and is cached
@@ -113,7 +115,7 @@ def test_kept_probe_queries_give_what_decoding_the_probe_gives(default_model):
 
 def test_a_probed_read_reusing_kept_queries_decodes_the_probe_less(default_model):
     prompt = (PROSE * 12 + QUESTION).encode()
-    every = make(default_model, kv_budget=96, probe=probe.Probe(tokens=32))
+    every = make(default_model, kv_budget=96, probe=probe.Probe(tokens=32, reuse=0))
     reuse = make(default_model, kv_budget=96, probe=probe.Probe(tokens=32, reuse=3))
     seen = watch_decodes(reuse)
     for llm in (every, reuse):
@@ -184,7 +186,8 @@ def test_a_catalyst_probe_reads_a_document_with_no_question(default_model):
     llm.eval(llm.tokenize((PROSE * 10).encode()))
     st = llm.kv_stats()
     n = len(llm.tokenize(probe.CATALYST.encode(), add_bos=False, special=True))
-    assert st.probe_passes > 0 and st.probe_tokens == n * st.probe_passes
+    assert st.probe_passes > 0 and st.probe_tokens % n == 0
+    assert 0 < st.probe_tokens < n * st.probe_passes
     assert st.history_tokens == len(llm.tokenize((PROSE * 10).encode()))
 
 
@@ -217,7 +220,8 @@ def test_the_cli_reads_with_a_probe_and_reports_it(cli):
                "--probe", "32", "--threads", "2", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(done.stdout.strip().splitlines()[-1])
-    assert record["probe_passes"] > 0 and record["probe_tokens"] == 32 * record["probe_passes"]
+    assert record["probe_passes"] > 0 and record["probe_tokens"] % 32 == 0
+    assert 0 < record["probe_tokens"] < 32 * record["probe_passes"]
     off = cli("run", "--prompt", PROSE * 10 + QUESTION, "--max-tokens", "8", "--budget", "96",
               "--probe", "off", "--threads", "2", "--json")
     assert off.returncode == 0, off.stderr[-2000:]

@@ -43,6 +43,13 @@ HEAD_REDUCTIONS = ("sum", "max")
 SCORES = ("relmax", "attention")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
+# Probe.reuse=None: passes between decodes of the probe while reading a prompt of at most
+# READ_LIGHT times the budget, and a longer one (SmolLM2-135M, 1k needles, 10 prompts: reuse 3
+# kept every needle at 25% for 1.15x a2sf's time, but 0.6 of them at 12.5%, where reuse 1
+# kept all for 1.50x; docs/bench/probe-cost-smollm-1k-reuse.md)
+READ_LIGHT = 4
+REUSE_LIGHT = 3
+REUSE_TIGHT = 1
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,10 @@ class Probe:
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
         larger evictions mean fewer probe passes).
     reuse: how many passes after one that decodes the probe score the cells against the queries
-        that decode kept instead of decoding it again (0: every pass decodes it). relmax only; a
-        quantised K cache decodes every pass.
+        that decode kept instead of decoding it again (0: every pass decodes it). None (the
+        default): REUSE_LIGHT for a prompt at most READ_LIGHT times the budget, else
+        REUSE_TIGHT (measured: docs/probe.md). relmax only; a quantised K cache decodes every
+        pass.
     min_prompt: prompts shorter than this many tokens are read without a probe.
     fit: shorten a tail probe to what the budget leaves room for (off below MIN_FIT tokens)
         instead of refusing the budget: what probe="tail", the default, does.
@@ -75,7 +84,7 @@ class Probe:
     pool_after: int = 2
     heads: str = "max"
     refill: float = 0.25
-    reuse: int = 0
+    reuse: int | None = None
     min_prompt: int = 64
     fit: bool = False
 
@@ -86,6 +95,8 @@ class Probe:
             raise BudgetError("the probe text is empty")
         for name in ("pool_before", "pool_after", "reuse"):
             v = getattr(self, name)
+            if v is None and name == "reuse":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BudgetError(f"probe {name} must be an integer >= 0, got {v!r}")
         if self.score not in SCORES:
@@ -211,19 +222,29 @@ class ProbedRead:
     ids: list[int]
     tail_start: int          # index in the read's tokens where the probe's own tokens begin
     settings: Probe
+    reuse: int = 0                # passes that score against kept queries between decodes
     kept_pos: int | None = None   # where the kept queries were decoded (None: none kept)
     reused: int = 0               # passes since the probe was last decoded
     decode_only: bool = False     # the kept queries cannot be scored here: decode every pass
+
+    def scores(self, ctx: Any, mem: Any, cells: npt.NDArray[np.int32],
+               history: npt.NDArray[np.int64], first_pos: int, batch: Any, decode: Any,
+               alpha: float) -> tuple[npt.NDArray[np.float64], int]:
+        """(one pooled score per cell, probe tokens decoded) for a pass with the probe at
+        first_pos; history: the cells' history indices."""
+        s = self.settings
+        got, document, decoded = self.stats(ctx, mem, cells, first_pos, batch, decode, alpha)
+        return pooled(cell_scores(got, document, s), history, s.pool_before, s.pool_after), decoded
 
     def stats(self, ctx: Any, mem: Any, cells: npt.NDArray[np.int32], first_pos: int, batch: Any,
               decode: Any, alpha: float) -> tuple[npt.NDArray[np.float32],
                                                   npt.NDArray[np.float32], int]:
         """One pass's (probe statistics, document statistics, probe tokens decoded), the probe
-        sitting at first_pos: from the kept queries while settings.reuse allows, else decoded."""
+        sitting at first_pos: from the kept queries while `reuse` allows, else decoded."""
         s = self.settings
         relmax = s.score == "relmax"
-        keep = relmax and s.reuse > 0 and not self.decode_only
-        if keep and self.kept_pos is not None and self.reused < s.reuse:
+        keep = relmax and self.reuse > 0 and not self.decode_only
+        if keep and self.kept_pos is not None and self.reused < self.reuse:
             try:
                 got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos)
             except ScoringError:
@@ -253,14 +274,22 @@ class ProbedRead:
         return self.tail_start - i if i < self.tail_start else None
 
 
+def reuse_for(settings: Probe, n_prompt: int, budget: int) -> int:
+    """The passes between decodes of the probe for reading n_prompt tokens in `budget` cells."""
+    if settings.reuse is not None:
+        return settings.reuse
+    return REUSE_LIGHT if n_prompt <= READ_LIGHT * budget else REUSE_TIGHT
+
+
 def plan(settings: Probe, tokens: Sequence[int], room: int,
-         text_ids: Sequence[int] | None) -> ProbedRead | None:
-    """The probe for reading `tokens`, or None when the read needs no probe (it is short, or
-    it fits in the `room` left)."""
+         text_ids: Sequence[int] | None, budget: int) -> ProbedRead | None:
+    """The probe for reading `tokens` into `budget` cells, or None when the read needs no
+    probe (it is short, or it fits in the `room` left)."""
     n = len(tokens)
     if n < settings.min_prompt or n <= room:
         return None
+    reuse = reuse_for(settings, n, budget)
     if settings.text is not None:
-        return ProbedRead(ids=list(text_ids or ()), tail_start=n, settings=settings)
+        return ProbedRead(ids=list(text_ids or ()), tail_start=n, settings=settings, reuse=reuse)
     p = min(settings.tokens, n)
-    return ProbedRead(ids=list(tokens[n - p:]), tail_start=n - p, settings=settings)
+    return ProbedRead(ids=list(tokens[n - p:]), tail_start=n - p, settings=settings, reuse=reuse)

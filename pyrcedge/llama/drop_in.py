@@ -346,7 +346,8 @@ class Llama(llama_cpp.Llama):
         if settings is None or not self.policy.evicts:
             return None
         kv = self.kv_cache
-        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids)
+        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids,
+                          kv.budget)
 
     def _probe_scorer(self, read: probe.ProbedRead) -> Callable[[Any], Any]:
         """cells -> the attention the probe pays them, pooled, for an eviction while reading.
@@ -355,12 +356,10 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
 
         def score(view: CacheView) -> Any:
-            s = read.settings
-            got, document, decoded = read.stats(self.ctx, kv.mem, view.cells, kv.next_pos(),
-                                                self._batch, self._ctx.decode, self.policy.alpha)
+            scores, decoded = read.scores(self.ctx, kv.mem, view.cells, kv.cached, kv.next_pos(),
+                                          self._batch, self._ctx.decode, self.policy.alpha)
             kv.probe_tokens += decoded
-            return probe.pooled(probe.cell_scores(got, document, s), kv.cached, s.pool_before,
-                                s.pool_after)
+            return scores
 
         return score
 
