@@ -44,10 +44,11 @@ SCORES = ("relmax", "attention")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
 # Probe.reuse=None: passes between decodes of the probe while reading a prompt of at most
-# READ_LIGHT times the budget, and a longer one (SmolLM2-135M, 1k needles, 10 prompts: reuse 3
-# kept every needle at 25% for 1.15x a2sf's time, but 0.6 of them at 12.5%, where reuse 1
-# kept all for 1.50x; docs/bench/probe-cost-smollm-1k-reuse.md)
-READ_LIGHT = 4
+# READ_LIGHT times the budget, and a longer one (SmolLM2-135M, 1k needles of ~1,100 tokens, 10
+# prompts: reuse 3 kept every needle at 25% of 1,024 (4.3 budgets) for 1.15x a2sf's time, but
+# 0.6 of them at 12.5% (8.6 budgets), where reuse 1 kept all for 1.50x;
+# docs/bench/probe-cost-smollm-1k-reuse.md)
+READ_LIGHT = 6
 REUSE_LIGHT = 3
 REUSE_TIGHT = 1
 
