@@ -43,14 +43,13 @@ HEAD_REDUCTIONS = ("sum", "max")
 SCORES = ("relmax", "attention")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
-# Probe.reuse=None: passes between decodes of the probe while reading a prompt of at most
-# READ_LIGHT times the budget, and a longer one (SmolLM2-135M, 1k needles of ~1,100 tokens, 10
-# prompts: reuse 3 kept every needle at 25% of 1,024 (4.3 budgets) for 1.15x a2sf's time, but
-# 0.6 of them at 12.5% (8.6 budgets), where reuse 1 kept all for 1.50x;
-# docs/bench/probe-cost-smollm-1k-reuse.md)
-READ_LIGHT = 6
-REUSE_LIGHT = 3
-REUSE_TIGHT = 1
+# Probe.reuse's default: one pass on the kept queries between two that decode the probe. 1k
+# needles, 10 prompts per cell (docs/bench/probe-cost-*-1k-reuse.md): every needle kept on
+# SmolLM2-135M and Qwen2.5-0.5B at 25% and 12.5% of the haystack (40 of 40), for 1.23x / 1.50x
+# (SmolLM2) and 1.38x / 1.70x (Qwen) a2sf's read, against 1.41x / 1.86x and 1.56x / 2.10x
+# decoding it every pass; three passes between decodes kept 35 of 40 (SmolLM2 0.6 at 12.5%,
+# Qwen 0.9 at 25%) for 1.15x / 1.33x and 1.28x / 1.49x.
+DEFAULT_REUSE = 1
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,9 @@ class Probe:
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
         larger evictions mean fewer probe passes).
     reuse: how many passes after one that decodes the probe score the cells against the queries
-        that decode kept instead of decoding it again (0: every pass decodes it). None (the
-        default): REUSE_LIGHT for a prompt at most READ_LIGHT times the budget, else
-        REUSE_TIGHT (measured: docs/probe.md). relmax only; a quantised K cache decodes every
-        pass.
+        that decode kept instead of decoding it again (0: every pass decodes it; the default
+        DEFAULT_REUSE is measured: docs/probe.md). relmax only; a quantised K cache decodes
+        every pass.
     min_prompt: prompts shorter than this many tokens are read without a probe.
     fit: shorten a tail probe to what the budget leaves room for (off below MIN_FIT tokens)
         instead of refusing the budget: what probe="tail", the default, does.
@@ -85,7 +83,7 @@ class Probe:
     pool_after: int = 2
     heads: str = "max"
     refill: float = 0.25
-    reuse: int | None = None
+    reuse: int = DEFAULT_REUSE
     min_prompt: int = 64
     fit: bool = False
 
@@ -96,8 +94,6 @@ class Probe:
             raise BudgetError("the probe text is empty")
         for name in ("pool_before", "pool_after", "reuse"):
             v = getattr(self, name)
-            if v is None and name == "reuse":
-                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BudgetError(f"probe {name} must be an integer >= 0, got {v!r}")
         if self.score not in SCORES:
@@ -223,7 +219,6 @@ class ProbedRead:
     ids: list[int]
     tail_start: int          # index in the read's tokens where the probe's own tokens begin
     settings: Probe
-    reuse: int = 0                # passes that score against kept queries between decodes
     kept_pos: int | None = None   # where the kept queries were decoded (None: none kept)
     reused: int = 0               # passes since the probe was last decoded
     decode_only: bool = False     # the kept queries cannot be scored here: decode every pass
@@ -244,8 +239,8 @@ class ProbedRead:
         sitting at first_pos: from the kept queries while `reuse` allows, else decoded."""
         s = self.settings
         relmax = s.score == "relmax"
-        keep = relmax and self.reuse > 0 and not self.decode_only
-        if keep and self.kept_pos is not None and self.reused < self.reuse:
+        keep = relmax and s.reuse > 0 and not self.decode_only
+        if keep and self.kept_pos is not None and self.reused < s.reuse:
             try:
                 got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos)
             except ScoringError:
@@ -275,22 +270,14 @@ class ProbedRead:
         return self.tail_start - i if i < self.tail_start else None
 
 
-def reuse_for(settings: Probe, n_prompt: int, budget: int) -> int:
-    """The passes between decodes of the probe for reading n_prompt tokens in `budget` cells."""
-    if settings.reuse is not None:
-        return settings.reuse
-    return REUSE_LIGHT if n_prompt <= READ_LIGHT * budget else REUSE_TIGHT
-
-
 def plan(settings: Probe, tokens: Sequence[int], room: int,
-         text_ids: Sequence[int] | None, budget: int) -> ProbedRead | None:
-    """The probe for reading `tokens` into `budget` cells, or None when the read needs no
-    probe (it is short, or it fits in the `room` left)."""
+         text_ids: Sequence[int] | None) -> ProbedRead | None:
+    """The probe for reading `tokens`, or None when the read needs no probe (it is short, or
+    it fits in the `room` left)."""
     n = len(tokens)
     if n < settings.min_prompt or n <= room:
         return None
-    reuse = reuse_for(settings, n, budget)
     if settings.text is not None:
-        return ProbedRead(ids=list(text_ids or ()), tail_start=n, settings=settings, reuse=reuse)
+        return ProbedRead(ids=list(text_ids or ()), tail_start=n, settings=settings)
     p = min(settings.tokens, n)
-    return ProbedRead(ids=list(tokens[n - p:]), tail_start=n - p, settings=settings, reuse=reuse)
+    return ProbedRead(ids=list(tokens[n - p:]), tail_start=n - p, settings=settings)

@@ -346,8 +346,7 @@ class Llama(llama_cpp.Llama):
         if settings is None or not self.policy.evicts:
             return None
         kv = self.kv_cache
-        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids,
-                          kv.budget)
+        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids)
 
     def _probe_scorer(self, read: probe.ProbedRead) -> Callable[[Any], Any]:
         """cells -> the attention the probe pays them, pooled, for an eviction while reading.
