@@ -200,8 +200,19 @@ int main(int argc, char ** argv) {
     //    the GPU contexts bit-identical to scoring off
     int fails = 0;
     std::vector<float> logits_off[2];
+    auto max_diff = [](const std::vector<float> & a, const std::vector<float> & b) {
+        double d = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+            d = std::max(d, (double) std::fabs(a[i] - b[i]));
+        }
+        return d;
+    };
     for (const bool flash : {true, false}) {
         logits_off[flash] = run_gpu(gpu_model, flash, -1.0f, true, 0, toks, n_prompt, n_vocab).logits;
+        // the forward pass itself repeats bit for bit (else "unchanged by scoring" means nothing)
+        const auto again = run_gpu(gpu_model, flash, -1.0f, true, 0, toks, n_prompt, n_vocab).logits;
+        printf("flash_attn=%d, scoring off twice: last logits %s (max |diff| %.3g)\n", (int) flash,
+               again == logits_off[flash] ? "bit-identical" : "DIFFERENT", max_diff(again, logits_off[flash]));
     }
     for (const bool fused : {true, false}) {
         for (const bool flash : {true, false}) {
@@ -251,7 +262,11 @@ int main(int argc, char ** argv) {
             const gpu_run rp = run_gpu(gpu_model, flash, 0.9f, false, window, toks, n_prompt, n_vocab);
             printf("query window %d (0: every query) of ubatches of %d, alpha 0.9, flash_attn=%d: device-fused (%d) vs graph ops (%d)\n",
                    window, n_ubatch, (int) flash, rf.fused, rp.fused);
+            printf("  last logits vs scoring off: device-fused %s (max |diff| %.3g), graph ops %s (max |diff| %.3g)\n",
+                   rf.logits == logits_off[flash] ? "bit-identical" : "DIFFERENT (FAIL)", max_diff(rf.logits, logits_off[flash]),
+                   rp.logits == logits_off[flash] ? "bit-identical" : "DIFFERENT (FAIL)", max_diff(rp.logits, logits_off[flash]));
             fails += rf.logits != logits_off[flash];
+            fails += rp.logits != logits_off[flash];
             fails += compare(rf.prefill, rp.prefill, rtol, 1 << 30, "after prefill");
             fails += compare(rf.end, rp.end, rtol, 1 << 30, "after decode ");
         }

@@ -79,6 +79,9 @@ for name in "$@"; do
         # of 512 (the row kernel's warp-per-row case and the split statistics kernel)
         echo "== RCEDGE_CHECK_GPU_ONLY=1 rcedge_gpu_check $m 1000 20 1e-3 1000 512" | tee -a "$LOG"
         RCEDGE_CHECK_GPU_ONLY=1 RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$m" 1000 20 1e-3 1000 512 2>&1 | tee -a "$LOG"
+        # the same with ggml-cuda's op fusion off: do the logits then repeat bit for bit?
+        echo "== GGML_CUDA_DISABLE_FUSION=1 RCEDGE_CHECK_GPU_ONLY=1 rcedge_gpu_check $m 1000 20 1e-3 1000 512" | tee -a "$LOG"
+        GGML_CUDA_DISABLE_FUSION=1 RCEDGE_CHECK_GPU_ONLY=1 RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$m" 1000 20 1e-3 1000 512 2>&1 | grep -v "^  after" | tee -a "$LOG"
         checked_shape=1
     fi
     case " ${RCEDGE_PREFILL_PROFILE:-} " in
