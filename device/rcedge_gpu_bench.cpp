@@ -223,6 +223,19 @@ static const int N_DECODE = 256;
 enum { OFF, ON, ON_WINDOW, N_VAR };
 static const char * VAR_NAME[N_VAR] = {"off", "on", "on-window"};
 
+// the backends, and the model with every layer on the GPU (only errors logged); nullptr on failure
+static llama_model * load_gpu_model(const char * path) {
+    llama_backend_init();
+    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 999;
+    llama_model * model = llama_model_load_from_file(path, mp);
+    if (!model) {
+        fprintf(stderr, "could not load %s\n", path);
+    }
+    return model;
+}
+
 static llama_context * bench_ctx(llama_model * model, bool flash, int n_prompt, int var, int window, float alpha) {
     llama_context_params p = llama_context_default_params();
     p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
@@ -276,14 +289,9 @@ int run_bench(int argc, char ** argv) {
     const int prefill_reps = pr_env ? atoi(pr_env) : 9;
     const float alpha = 0.9f;
 
-    llama_backend_init();
-    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
-    llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 999;
     const auto tl = std::chrono::steady_clock::now();
-    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    llama_model * model = load_gpu_model(argv[2]);
     if (!model) {
-        fprintf(stderr, "could not load %s\n", argv[2]);
         return 1;
     }
     printf("## %s (%s): loaded in %.1f s; alpha %.1f, window %d for the prefill variant;\n"
@@ -409,14 +417,40 @@ static bool profile_cb(ggml_tensor * t, bool ask, void * user) {
     return true;
 }
 
+// a context of n_prompt + N_DECODE + 2 cells (rounded up to 256) whose nodes are computed one by one
+// and timed into nt
+static llama_context * profiled_ctx(llama_model * model, int n_prompt, bool flash, node_times & nt) {
+    llama_context_params p = llama_context_default_params();
+    p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
+    p.n_batch = 512;
+    p.n_ubatch = 512;
+    p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    p.no_perf = true;
+    p.cb_eval = profile_cb;
+    p.cb_eval_user_data = &nt;
+    return llama_init_from_model(model, p);
+}
+
+// the n slowest keys of nt, their time and node count divided by `per` (steps, ubatches); returns
+// the time of all nodes
+static double print_slowest(const node_times & nt, int per, size_t n) {
+    std::vector<std::pair<double, std::string>> v;
+    double sum = 0;
+    for (const auto & [k, e] : nt.by_key) {
+        v.push_back({e.first, k + " (" + std::to_string(e.second / per) + " nodes)"});
+        sum += e.first;
+    }
+    std::sort(v.rbegin(), v.rend());
+    for (size_t i = 0; i < v.size() && i < n; ++i) {
+        printf("  %9.1f us  %s\n", 1e6 * v[i].first / per, v[i].second.c_str());
+    }
+    return sum;
+}
+
 static int profile(int argc, char ** argv) {
     const int n_prompt = argc > 3 ? atoi(argv[3]) : 256;
     const int n_steps  = argc > 4 ? atoi(argv[4]) : 32;
-    llama_backend_init();
-    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
-    llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 999;
-    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    llama_model * model = load_gpu_model(argv[2]);
     if (!model) {
         return 1;
     }
@@ -425,15 +459,7 @@ static int profile(int argc, char ** argv) {
     for (const bool flash : {true, false}) {
         for (const bool on : {false, true}) {
             node_times nt;
-            llama_context_params p = llama_context_default_params();
-            p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
-            p.n_batch = 512;
-            p.n_ubatch = 512;
-            p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-            p.no_perf = true;
-            p.cb_eval = profile_cb;
-            p.cb_eval_user_data = &nt;
-            llama_context * ctx = llama_init_from_model(model, p);
+            llama_context * ctx = profiled_ctx(model, n_prompt, flash, nt);
             if (on && llama_rcedge_scoring_enable(ctx, 0.9f) != 0) {
                 return 1;
             }
@@ -447,16 +473,9 @@ static int profile(int argc, char ** argv) {
                 feed(ctx, toks.data() + n_prompt + 2 + i, 1, 1);
                 total += seconds_since(t0);
             }
-            std::vector<std::pair<double, std::string>> v;
-            for (const auto & [k, e] : nt.by_key) {
-                v.push_back({e.first, k + " (" + std::to_string(e.second / n_steps) + " nodes)"});
-            }
-            std::sort(v.rbegin(), v.rend());
             printf("## profile: flash=%d scoring %s, prompt %d: %.1f us per step (nodes one by one)\n", (int) flash,
                    on ? "on" : "off", n_prompt, 1e6 * total / n_steps);
-            for (size_t i = 0; i < v.size() && i < 14; ++i) {
-                printf("  %8.1f us  %s\n", 1e6 * v[i].first / n_steps, v[i].second.c_str());
-            }
+            print_slowest(nt, n_steps, 14);
             llama_free(ctx);
         }
     }
@@ -469,11 +488,7 @@ static int profile(int argc, char ** argv) {
 static int prefill_profile(int argc, char ** argv) {
     const int n_prompt = argc > 3 ? atoi(argv[3]) : 4000;
     const int window   = argc > 4 ? atoi(argv[4]) : 64;
-    llama_backend_init();
-    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
-    llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 999;
-    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    llama_model * model = load_gpu_model(argv[2]);
     if (!model) {
         return 1;
     }
@@ -483,15 +498,7 @@ static int prefill_profile(int argc, char ** argv) {
     for (const bool flash : {true, false}) {
         for (int var = 0; var < N_VAR; ++var) {
             node_times nt;
-            llama_context_params p = llama_context_default_params();
-            p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
-            p.n_batch = 512;
-            p.n_ubatch = 512;
-            p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-            p.no_perf = true;
-            p.cb_eval = profile_cb;
-            p.cb_eval_user_data = &nt;
-            llama_context * ctx = llama_init_from_model(model, p);
+            llama_context * ctx = profiled_ctx(model, n_prompt, flash, nt);
             if (var != OFF) {
                 if (llama_rcedge_scoring_enable(ctx, 0.9f) != 0) {
                     return 1;
@@ -505,18 +512,10 @@ static int prefill_profile(int argc, char ** argv) {
             const auto t0 = nt.last;
             feed(ctx, toks.data(), n_prompt, 512);
             const double total = seconds_since(t0);
-            std::vector<std::pair<double, std::string>> v;
-            double sum = 0;
-            for (const auto & [k, e] : nt.by_key) {
-                v.push_back({e.first, k + " (" + std::to_string(e.second) + " nodes)"});
-                sum += e.first;
-            }
-            std::sort(v.rbegin(), v.rend());
-            printf("## prefill profile: flash=%d scoring %s, prompt %d (%d ubatches): %.1f us per ubatch, %.1f in nodes (one by one)\n",
-                   (int) flash, VAR_NAME[var], n_prompt, n_ub, 1e6 * total / n_ub, 1e6 * sum / n_ub);
-            for (size_t i = 0; i < v.size() && i < 16; ++i) {
-                printf("  %9.1f us  %s\n", 1e6 * v[i].first / n_ub, v[i].second.c_str());
-            }
+            printf("## prefill profile: flash=%d scoring %s, prompt %d (%d ubatches): %.1f us per ubatch (nodes one by one)\n",
+                   (int) flash, VAR_NAME[var], n_prompt, n_ub, 1e6 * total / n_ub);
+            const double sum = print_slowest(nt, n_ub, 16);
+            printf("  %9.1f us  all nodes\n", 1e6 * sum / n_ub);
             llama_free(ctx);
         }
     }
