@@ -5,6 +5,7 @@
 //   rcedge_gpu_bench make OUT.gguf n_layer n_embd n_head n_head_kv n_ff n_vocab
 //   rcedge_gpu_bench run MODEL.gguf LABEL [reps=3] [prompts=256,1024,4000] [window=64]
 //   rcedge_gpu_bench profile MODEL.gguf [prompt=256] [steps=32]
+//   rcedge_gpu_bench prefill-profile MODEL.gguf [prompt=4000] [window=64]
 //
 // make: F16 matrices of N(0, std) values (a 16M-value pool per std, cycled from a random offset:
 //   speed does not depend on the values), F32 norms, an SPM vocabulary of n_vocab filler tokens.
@@ -12,15 +13,20 @@
 //   add up), scoring off and on, flash attention on and off: every node is computed on its own and
 //   waited for (the scheduler's eval callback), so each time is one node's launch, kernels and
 //   synchronisation; a poor man's profiler for machines without Nsight (no CUDA graphs either).
-// run: for each context kind (flash attention on, off) and prompt length, fresh contexts
+// prefill-profile: the same for a prefill (the prompt in ubatches of 512 into a cleared cache), scoring
+//   off, on, and on with the query window.
+// run: for each context kind (flash attention on, off) and prompt length, one context per variant
 //   (n_ctx prompt + 256 + 2, rounded up to 256; n_batch = n_ubatch = 512; everything on the GPU;
-//   F16 K/V; alpha 0.9), reps times each:
-//   - prefill: the prompt once untimed, the cache cleared, then the prompt again, timed;
-//   - decode: 2 untimed steps, then 256 steps, timed (tok/s);
-//   for scoring off, on (every query), and on with a query window (prefill only: a decode step
-//   has one query). Scoring takes the device-fused kernels where the backend has them (ggml-cuda),
-//   the portable graph ops with LLAMA_RCEDGE_DEVICE_FUSED=0 in the environment. Prints the median and the spread ((max-min)/median) of each,
-//   and one markdown row per prompt.
+//   F16 K/V; alpha 0.9): scoring off, on (every query), and on with a query window (prefill only:
+//   a decode step has one query), the variants interleaved sample by sample, in a rotating order:
+//   - prefill (RCEDGE_BENCH_PREFILL_REPS samples, default 9, after one warm-up): the prompt into a
+//     cleared cache, repeated until a sample holds at least 2048 tokens (8 prefills of a 256-token
+//     prompt), the prefills timed and summed (tok/s);
+//   - decode (reps samples, off and on): the prompt, 2 untimed steps, then 256 steps, timed (tok/s).
+//   Scoring takes the device-fused kernels where the backend has them (ggml-cuda), the portable
+//   graph ops with LLAMA_RCEDGE_DEVICE_FUSED=0 in the environment. Prints the median and spread
+//   ((max-min)/median) of each speed, the median [min, max] of the paired on/off ratios of the
+//   samples, and one markdown row per prompt.
 #include "ggml.h"
 #include "gguf.h"
 #include "llama.h"
@@ -195,20 +201,76 @@ static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-struct result { double med = 0, spread = 0; };
+struct result { double med = 0, lo = 0, hi = 0, spread = 0; };
 
+// median, min, max and spread ((max - min) / median) of a set of samples
 static result summarize(std::vector<double> v) {
     result r;
     if (v.empty()) {
         return r;
     }
     std::sort(v.begin(), v.end());
-    r.med = v[v.size() / 2];
-    r.spread = (v.back() - v.front()) / r.med;
+    const size_t n = v.size();
+    r.med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    r.lo = v.front();
+    r.hi = v.back();
+    r.spread = (r.hi - r.lo) / r.med;
     return r;
 }
 
 static const int N_DECODE = 256;
+
+enum { OFF, ON, ON_WINDOW, N_VAR };
+static const char * VAR_NAME[N_VAR] = {"off", "on", "on-window"};
+
+// the backends, and the model with every layer on the GPU (only errors logged); nullptr on failure
+static llama_model * load_gpu_model(const char * path) {
+    llama_backend_init();
+    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 999;
+    llama_model * model = llama_model_load_from_file(path, mp);
+    if (!model) {
+        fprintf(stderr, "could not load %s\n", path);
+    }
+    return model;
+}
+
+static llama_context * bench_ctx(llama_model * model, bool flash, int n_prompt, int var, int window, float alpha) {
+    llama_context_params p = llama_context_default_params();
+    p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
+    p.n_batch = 512;
+    p.n_ubatch = 512;
+    p.n_threads = 8;
+    p.n_threads_batch = 8;
+    p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    p.no_perf = true;
+    llama_context * ctx = llama_init_from_model(model, p);
+    if (!ctx) {
+        fprintf(stderr, "no context\n");
+        exit(1);
+    }
+    if (var != OFF) {
+        if (llama_rcedge_scoring_enable(ctx, alpha) != 0) {
+            fprintf(stderr, "scoring_enable failed\n");
+            exit(1);
+        }
+        llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
+        if (llama_rcedge_scoring_portable(ctx) != 1) {
+            printf("WARNING: scoring did not take the portable path\n");
+        }
+    }
+    return ctx;
+}
+
+// seconds of one prefill of the prompt into a cleared cache (the clearing not timed)
+static double time_prefill(llama_context * ctx, const std::vector<llama_token> & toks, int n_prompt) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    llama_synchronize(ctx);
+    const auto t0 = std::chrono::steady_clock::now();
+    feed(ctx, toks.data(), n_prompt, 512);
+    return seconds_since(t0);
+}
 
 int run_bench(int argc, char ** argv) {
     if (argc < 4) {
@@ -223,102 +285,104 @@ int run_bench(int argc, char ** argv) {
         s = strchr(s, ',') ? strchr(s, ',') + 1 : s + strlen(s);
     }
     const int window = argc > 6 ? atoi(argv[6]) : 64;
+    const char * pr_env = getenv("RCEDGE_BENCH_PREFILL_REPS");
+    const int prefill_reps = pr_env ? atoi(pr_env) : 9;
     const float alpha = 0.9f;
 
-    llama_backend_init();
-    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
-    llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 999;
     const auto tl = std::chrono::steady_clock::now();
-    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    llama_model * model = load_gpu_model(argv[2]);
     if (!model) {
-        fprintf(stderr, "could not load %s\n", argv[2]);
         return 1;
     }
-    printf("## %s (%s): loaded in %.1f s; %d reps, alpha %.1f, window %d for the prefill variant\n",
-           label, argv[2], seconds_since(tl), reps, alpha, window);
+    printf("## %s (%s): loaded in %.1f s; alpha %.1f, window %d for the prefill variant;\n"
+           "## prefill: %d interleaved samples per variant, each >= 2048 tokens (prefills of the prompt into a\n"
+           "## cleared cache, summed); decode: %d interleaved samples of %d steps after the prompt\n",
+           label, argv[2], seconds_since(tl), alpha, window, prefill_reps, reps, N_DECODE);
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
 
-    enum { OFF, ON, ON_WINDOW, N_VAR };
-    const char * var_name[N_VAR] = {"off", "on", "on-window"};
     std::vector<std::string> md;
-    // for profiling: RCEDGE_BENCH_FLASH=0/1 keeps one context kind, RCEDGE_BENCH_VARIANT=off/on one variant
+    // for profiling: RCEDGE_BENCH_FLASH=0/1 keeps one context kind
     const char * only_flash = getenv("RCEDGE_BENCH_FLASH");
-    const char * only_var   = getenv("RCEDGE_BENCH_VARIANT");
+    int fused = -1;
     for (const bool flash : {true, false}) {
         if (only_flash != nullptr && atoi(only_flash) != (int) flash) {
             continue;
         }
         for (const int n_prompt : prompts) {
             const auto toks = make_tokens(n_prompt + N_DECODE + 2, n_vocab);
-            result pre[N_VAR], dec[N_VAR];
-            int portable = -1, fused = -1;
+            llama_context * ctx[N_VAR];
             for (int var = 0; var < N_VAR; ++var) {
-                std::vector<double> vp, vd;
-                if (only_var != nullptr && strcmp(only_var, var_name[var]) != 0) {
-                    continue;
+                ctx[var] = bench_ctx(model, flash, n_prompt, var, window, alpha);
+                feed(ctx[var], toks.data(), n_prompt, 512); // warm-up
+            }
+            fused = llama_rcedge_scoring_device_fused(ctx[ON]);
+            // prefill: the variants interleaved, each sample at least 2048 tokens of prompt
+            const int inner = std::max(1, (2048 + n_prompt - 1) / n_prompt);
+            std::vector<double> vp[N_VAR], rp[N_VAR];
+            for (int rep = 0; rep < prefill_reps; ++rep) {
+                double tps[N_VAR];
+                for (int k = 0; k < N_VAR; ++k) {
+                    const int var = (rep + k) % N_VAR; // a different order each sample
+                    double t = 0;
+                    for (int i = 0; i < inner; ++i) {
+                        t += time_prefill(ctx[var], toks, n_prompt);
+                    }
+                    tps[var] = inner * n_prompt / t;
                 }
-                for (int rep = 0; rep < reps; ++rep) {
-                    llama_context_params p = llama_context_default_params();
-                    p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
-                    p.n_batch = 512;
-                    p.n_ubatch = 512;
-                    p.n_threads = 8;
-                    p.n_threads_batch = 8;
-                    p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-                    p.no_perf = true;
-                    llama_context * ctx = llama_init_from_model(model, p);
-                    if (!ctx) {
-                        fprintf(stderr, "no context\n");
-                        return 1;
-                    }
-                    if (var != OFF) {
-                        if (llama_rcedge_scoring_enable(ctx, alpha) != 0) {
-                            fprintf(stderr, "scoring_enable failed\n");
-                            return 1;
-                        }
-                        llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
-                        portable = llama_rcedge_scoring_portable(ctx);
-                        fused = llama_rcedge_scoring_device_fused(ctx);
-                    }
-                    // prefill: once to warm up, then timed on a cleared cache
-                    feed(ctx, toks.data(), n_prompt, 512);
-                    llama_memory_clear(llama_get_memory(ctx), true);
-                    auto t0 = std::chrono::steady_clock::now();
-                    feed(ctx, toks.data(), n_prompt, 512);
-                    vp.push_back(n_prompt / seconds_since(t0));
-                    if (var != ON_WINDOW) {
-                        feed(ctx, toks.data() + n_prompt, 2, 1);
-                        t0 = std::chrono::steady_clock::now();
-                        feed(ctx, toks.data() + n_prompt + 2, N_DECODE, 1);
-                        vd.push_back(N_DECODE / seconds_since(t0));
-                    }
-                    llama_free(ctx);
+                for (int var = 0; var < N_VAR; ++var) {
+                    vp[var].push_back(tps[var]);
+                    rp[var].push_back(tps[var] / tps[OFF]);
                 }
-                pre[var] = summarize(vp);
-                dec[var] = summarize(vd);
+            }
+            // decode: off and on interleaved, after the prompt
+            std::vector<double> vd[N_VAR], rd;
+            for (int rep = 0; rep < reps; ++rep) {
+                double tps[2];
+                for (int k = 0; k < 2; ++k) {
+                    const int var = (rep + k) % 2;
+                    time_prefill(ctx[var], toks, n_prompt);
+                    feed(ctx[var], toks.data() + n_prompt, 2, 1);
+                    const auto t0 = std::chrono::steady_clock::now();
+                    feed(ctx[var], toks.data() + n_prompt + 2, N_DECODE, 1);
+                    tps[var] = N_DECODE / seconds_since(t0);
+                }
+                vd[OFF].push_back(tps[OFF]);
+                vd[ON].push_back(tps[ON]);
+                rd.push_back(tps[ON] / tps[OFF]);
+            }
+            for (int var = 0; var < N_VAR; ++var) {
+                llama_free(ctx[var]);
+            }
+            result pre[N_VAR], rpre[N_VAR], dec[2];
+            for (int var = 0; var < N_VAR; ++var) {
+                pre[var] = summarize(vp[var]);
+                rpre[var] = summarize(rp[var]);
                 printf("%s flash=%d prompt=%d %-9s prefill %9.1f tok/s (spread %.3f)", label, (int) flash, n_prompt,
-                       var_name[var], pre[var].med, pre[var].spread);
+                       VAR_NAME[var], pre[var].med, pre[var].spread);
+                if (var != OFF) {
+                    printf("  on/off %.3f [%.3f, %.3f]", rpre[var].med, rpre[var].lo, rpre[var].hi);
+                }
                 if (var != ON_WINDOW) {
+                    dec[var] = summarize(vd[var]);
                     printf("  decode %8.1f tok/s (spread %.3f)", dec[var].med, dec[var].spread);
                 }
                 printf("\n");
-                fflush(stdout);
             }
-            char row[512];
-            snprintf(row, sizeof row, "| %s | %s%s | %d | %.1f | %.1f | **%.2f** | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.3f |",
-                     label, flash ? "flash" : "soft_max", fused == 1 ? "" : ", graph ops", n_prompt, dec[OFF].med, dec[ON].med, dec[ON].med / dec[OFF].med,
-                     pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med, pre[ON].med / pre[OFF].med,
-                     pre[ON_WINDOW].med / pre[OFF].med,
-                     std::max({dec[OFF].spread, dec[ON].spread, pre[OFF].spread, pre[ON].spread, pre[ON_WINDOW].spread}));
+            const result rdec = summarize(rd);
+            printf("%s flash=%d prompt=%d decode on/off %.3f [%.3f, %.3f]\n", label, (int) flash, n_prompt,
+                   rdec.med, rdec.lo, rdec.hi);
+            fflush(stdout);
+            char row[640];
+            snprintf(row, sizeof row, "| %s | %s%s | %d | %.1f | %.1f | **%.2f** [%.2f, %.2f] | %.0f | %.0f | %.0f | **%.2f** [%.2f, %.2f] | **%.2f** [%.2f, %.2f] |",
+                     label, flash ? "flash" : "soft_max", fused == 1 ? "" : ", graph ops", n_prompt, dec[OFF].med, dec[ON].med,
+                     rdec.med, rdec.lo, rdec.hi, pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med,
+                     rpre[ON].med, rpre[ON].lo, rpre[ON].hi, rpre[ON_WINDOW].med, rpre[ON_WINDOW].lo, rpre[ON_WINDOW].hi);
             md.push_back(row);
-            if (portable != 1) {
-                printf("WARNING: scoring did not take the portable path (%d)\n", portable);
-            }
         }
     }
-    printf("\n| model | context | prompt | decode off | decode on | on/off | prefill off | prefill on | prefill on, window %d | on/off | window on/off | worst spread |\n", window);
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("\non/off: the median of the paired ratios [min, max] over the interleaved samples\n");
+    printf("| model | context | prompt | decode off | decode on | on/off | prefill off | prefill on | prefill on, window %d | on/off | window on/off |\n", window);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto & r : md) {
         printf("%s\n", r.c_str());
     }
@@ -353,14 +417,40 @@ static bool profile_cb(ggml_tensor * t, bool ask, void * user) {
     return true;
 }
 
+// a context of n_prompt + N_DECODE + 2 cells (rounded up to 256) whose nodes are computed one by one
+// and timed into nt
+static llama_context * profiled_ctx(llama_model * model, int n_prompt, bool flash, node_times & nt) {
+    llama_context_params p = llama_context_default_params();
+    p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
+    p.n_batch = 512;
+    p.n_ubatch = 512;
+    p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    p.no_perf = true;
+    p.cb_eval = profile_cb;
+    p.cb_eval_user_data = &nt;
+    return llama_init_from_model(model, p);
+}
+
+// the n slowest keys of nt, their time and node count divided by `per` (steps, ubatches); returns
+// the time of all nodes
+static double print_slowest(const node_times & nt, int per, size_t n) {
+    std::vector<std::pair<double, std::string>> v;
+    double sum = 0;
+    for (const auto & [k, e] : nt.by_key) {
+        v.push_back({e.first, k + " (" + std::to_string(e.second / per) + " nodes)"});
+        sum += e.first;
+    }
+    std::sort(v.rbegin(), v.rend());
+    for (size_t i = 0; i < v.size() && i < n; ++i) {
+        printf("  %9.1f us  %s\n", 1e6 * v[i].first / per, v[i].second.c_str());
+    }
+    return sum;
+}
+
 static int profile(int argc, char ** argv) {
     const int n_prompt = argc > 3 ? atoi(argv[3]) : 256;
     const int n_steps  = argc > 4 ? atoi(argv[4]) : 32;
-    llama_backend_init();
-    llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
-    llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 999;
-    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    llama_model * model = load_gpu_model(argv[2]);
     if (!model) {
         return 1;
     }
@@ -369,15 +459,7 @@ static int profile(int argc, char ** argv) {
     for (const bool flash : {true, false}) {
         for (const bool on : {false, true}) {
             node_times nt;
-            llama_context_params p = llama_context_default_params();
-            p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
-            p.n_batch = 512;
-            p.n_ubatch = 512;
-            p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-            p.no_perf = true;
-            p.cb_eval = profile_cb;
-            p.cb_eval_user_data = &nt;
-            llama_context * ctx = llama_init_from_model(model, p);
+            llama_context * ctx = profiled_ctx(model, n_prompt, flash, nt);
             if (on && llama_rcedge_scoring_enable(ctx, 0.9f) != 0) {
                 return 1;
             }
@@ -391,16 +473,49 @@ static int profile(int argc, char ** argv) {
                 feed(ctx, toks.data() + n_prompt + 2 + i, 1, 1);
                 total += seconds_since(t0);
             }
-            std::vector<std::pair<double, std::string>> v;
-            for (const auto & [k, e] : nt.by_key) {
-                v.push_back({e.first, k + " (" + std::to_string(e.second / n_steps) + " nodes)"});
-            }
-            std::sort(v.rbegin(), v.rend());
             printf("## profile: flash=%d scoring %s, prompt %d: %.1f us per step (nodes one by one)\n", (int) flash,
                    on ? "on" : "off", n_prompt, 1e6 * total / n_steps);
-            for (size_t i = 0; i < v.size() && i < 14; ++i) {
-                printf("  %8.1f us  %s\n", 1e6 * v[i].first / n_steps, v[i].second.c_str());
+            print_slowest(nt, n_steps, 14);
+            llama_free(ctx);
+        }
+    }
+    llama_model_free(model);
+    return 0;
+}
+
+// Where a prefill's time goes: the prompt in ubatches of 512 into a cleared cache, node by node
+// (as profile), for scoring off, on (every query) and on with the query window.
+static int prefill_profile(int argc, char ** argv) {
+    const int n_prompt = argc > 3 ? atoi(argv[3]) : 4000;
+    const int window   = argc > 4 ? atoi(argv[4]) : 64;
+    llama_model * model = load_gpu_model(argv[2]);
+    if (!model) {
+        return 1;
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    const auto toks = make_tokens(n_prompt, n_vocab);
+    const int n_ub = (n_prompt + 511) / 512;
+    for (const bool flash : {true, false}) {
+        for (int var = 0; var < N_VAR; ++var) {
+            node_times nt;
+            llama_context * ctx = profiled_ctx(model, n_prompt, flash, nt);
+            if (var != OFF) {
+                if (llama_rcedge_scoring_enable(ctx, 0.9f) != 0) {
+                    return 1;
+                }
+                llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
             }
+            feed(ctx, toks.data(), n_prompt, 512);
+            llama_memory_clear(llama_get_memory(ctx), true);
+            nt.by_key.clear();
+            nt.last = std::chrono::steady_clock::now();
+            const auto t0 = nt.last;
+            feed(ctx, toks.data(), n_prompt, 512);
+            const double total = seconds_since(t0);
+            printf("## prefill profile: flash=%d scoring %s, prompt %d (%d ubatches): %.1f us per ubatch (nodes one by one)\n",
+                   (int) flash, VAR_NAME[var], n_prompt, n_ub, 1e6 * total / n_ub);
+            const double sum = print_slowest(nt, n_ub, 16);
+            printf("  %9.1f us  all nodes\n", 1e6 * sum / n_ub);
             llama_free(ctx);
         }
     }
@@ -417,6 +532,9 @@ int main(int argc, char ** argv) {
     }
     if (argc >= 3 && strcmp(argv[1], "profile") == 0) {
         return profile(argc, argv);
+    }
+    if (argc >= 3 && strcmp(argv[1], "prefill-profile") == 0) {
+        return prefill_profile(argc, argv);
     }
     fprintf(stderr, "usage: %s make ... | run ...\n", argv[0]);
     return 2;

@@ -14,6 +14,7 @@
 //    of 32: the device-fused kernels against the graph ops, both on the GPU.
 // 2. On the GPU: decode tok/s after prompts of several lengths, scoring off (flash attention on,
 //    and off) and on.
+#include "ggml.h"
 #include "llama.h"
 #include "llama-rcedge.h"
 #include "rcedge_device.h"
@@ -134,10 +135,12 @@ struct gpu_run {
     int portable = -1, fused = -1;
 };
 
+static int n_ubatch = 128;
+
 static gpu_run run_gpu(llama_model * model, bool flash, float alpha, bool fused, int window,
         const std::vector<llama_token> & toks, int n_prompt, int n_vocab) {
     setenv("LLAMA_RCEDGE_DEVICE_FUSED", fused ? "1" : "0", 1);
-    llama_context * g = make_ctx(model, flash, 1024, 128, true);
+    llama_context * g = make_ctx(model, flash, (int) GGML_PAD(toks.size(), 256), n_ubatch, true);
     gpu_run r;
     if (alpha >= 0.0f) {
         if (llama_rcedge_scoring_enable(g, alpha) != 0) {
@@ -148,7 +151,7 @@ static gpu_run run_gpu(llama_model * model, bool flash, float alpha, bool fused,
         r.portable = llama_rcedge_scoring_portable(g);
         r.fused = llama_rcedge_scoring_device_fused(g);
     }
-    feed(g, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, 128);
+    feed(g, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, n_ubatch);
     if (alpha >= 0.0f) {
         r.prefill = read_all(g);
     }
@@ -164,7 +167,7 @@ static gpu_run run_gpu(llama_model * model, bool flash, float alpha, bool fused,
 
 int main(int argc, char ** argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL [n_prompt n_decode rtol n_layer_checked]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL [n_prompt n_decode rtol n_layer_checked n_ubatch]\n", argv[0]);
         return 2;
     }
     const int n_prompt = argc > 2 ? atoi(argv[2]) : 300;
@@ -172,6 +175,10 @@ int main(int argc, char ** argv) {
     const double rtol = argc > 4 ? atof(argv[4]) : 1e-3;
     // layers held to rtol (the rest are reported): where both backends see the same inputs
     const int n_layer_checked = argc > 5 ? atoi(argv[5]) : 1 << 30;
+    n_ubatch = argc > 6 ? atoi(argv[6]) : 128;
+    // RCEDGE_CHECK_GPU_ONLY=1: only the device-fused kernels against the graph ops (no CPU model:
+    // for the bench's larger shapes)
+    const bool gpu_only = getenv("RCEDGE_CHECK_GPU_ONLY") != nullptr;
     float alpha = 0.9f;
     llama_backend_init();
     llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
@@ -193,18 +200,32 @@ int main(int argc, char ** argv) {
     //    the GPU contexts bit-identical to scoring off
     int fails = 0;
     std::vector<float> logits_off[2];
+    auto max_diff = [](const std::vector<float> & a, const std::vector<float> & b) {
+        double d = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+            d = std::max(d, (double) std::fabs(a[i] - b[i]));
+        }
+        return d;
+    };
     for (const bool flash : {true, false}) {
         logits_off[flash] = run_gpu(gpu_model, flash, -1.0f, true, 0, toks, n_prompt, n_vocab).logits;
+        // the forward pass itself repeats bit for bit (else "unchanged by scoring" means nothing)
+        const auto again = run_gpu(gpu_model, flash, -1.0f, true, 0, toks, n_prompt, n_vocab).logits;
+        printf("flash_attn=%d, scoring off twice: last logits %s (max |diff| %.3g)\n", (int) flash,
+               again == logits_off[flash] ? "bit-identical" : "DIFFERENT", max_diff(again, logits_off[flash]));
     }
     for (const bool fused : {true, false}) {
         for (const bool flash : {true, false}) {
             for (const float a : {0.9f, 0.0f, 0.5f, 1.0f}) {
+                if (gpu_only) {
+                    break;
+                }
                 if (a == 0.9f && !flash) {
                     continue;
                 }
                 alpha = a;
                 const gpu_run rg = run_gpu(gpu_model, flash, alpha, fused, 0, toks, n_prompt, n_vocab);
-                llama_context * c = make_ctx(cpu_model, false, 1024, 128, false);
+                llama_context * c = make_ctx(cpu_model, false, (int) GGML_PAD(toks.size(), 256), n_ubatch, false);
                 if (llama_rcedge_scoring_enable(c, alpha) != 0) {
                     fprintf(stderr, "scoring_enable failed\n");
                     return 1;
@@ -212,7 +233,7 @@ int main(int argc, char ** argv) {
                 printf("alpha %.1f, GPU context flash_attn=%d: GPU path portable=%d device_fused=%d, CPU path portable=%d\n",
                        alpha, (int) flash, rg.portable, rg.fused, llama_rcedge_scoring_portable(c));
                 fails += rg.fused != (int) fused;
-                feed(c, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, 128);
+                feed(c, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, n_ubatch);
                 const stats pc = read_all(c);
                 feed(c, std::vector<llama_token>(toks.begin() + n_prompt, toks.end()), 0, 1);
                 const stats ec = read_all(c);
@@ -233,16 +254,22 @@ int main(int argc, char ** argv) {
         }
     }
 
-    // the query window: device-fused kernels against the graph ops on the GPU (the same forward
-    // pass, so every layer is held to rtol)
-    for (const bool flash : {true, false}) {
-        const int window = 32;
-        const gpu_run rf = run_gpu(gpu_model, flash, 0.9f, true, window, toks, n_prompt, n_vocab);
-        const gpu_run rp = run_gpu(gpu_model, flash, 0.9f, false, window, toks, n_prompt, n_vocab);
-        printf("query window %d of ubatches of 128, alpha 0.9, flash_attn=%d: device-fused (%d) vs graph ops (%d)\n",
-               window, (int) flash, rf.fused, rp.fused);
-        fails += compare(rf.prefill, rp.prefill, rtol, 1 << 30, "after prefill");
-        fails += compare(rf.end, rp.end, rtol, 1 << 30, "after decode ");
+    // every query and the query window: device-fused kernels against the graph ops on the GPU (the
+    // same forward pass, so every layer is held to rtol)
+    for (const int window : {0, 32}) {
+        for (const bool flash : {true, false}) {
+            const gpu_run rf = run_gpu(gpu_model, flash, 0.9f, true, window, toks, n_prompt, n_vocab);
+            const gpu_run rp = run_gpu(gpu_model, flash, 0.9f, false, window, toks, n_prompt, n_vocab);
+            printf("query window %d (0: every query) of ubatches of %d, alpha 0.9, flash_attn=%d: device-fused (%d) vs graph ops (%d)\n",
+                   window, n_ubatch, (int) flash, rf.fused, rp.fused);
+            printf("  last logits vs scoring off: device-fused %s (max |diff| %.3g), graph ops %s (max |diff| %.3g)\n",
+                   rf.logits == logits_off[flash] ? "bit-identical" : "DIFFERENT (FAIL)", max_diff(rf.logits, logits_off[flash]),
+                   rp.logits == logits_off[flash] ? "bit-identical" : "DIFFERENT (FAIL)", max_diff(rp.logits, logits_off[flash]));
+            fails += rf.logits != logits_off[flash];
+            fails += rp.logits != logits_off[flash];
+            fails += compare(rf.prefill, rp.prefill, rtol, 1 << 30, "after prefill");
+            fails += compare(rf.end, rp.end, rtol, 1 << 30, "after decode ");
+        }
     }
     unsetenv("LLAMA_RCEDGE_DEVICE_FUSED");
 

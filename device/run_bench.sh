@@ -6,8 +6,12 @@
 # (docs/bench/gpu-cost.md) and times them with device/rcedge_gpu_bench.cpp.
 #   device/run_bench.sh [SHAPE...]     SHAPE: smollm2-135m qwen2.5-0.5b llama-3.2-1b llama-3-8b
 #                                      (default: all four); results and logs under $OUT
-#   RCEDGE_BENCH_REPS=3  RCEDGE_BENCH_PROMPTS=256,1024,4000  RCEDGE_BENCH_WINDOW=64
-#   RCEDGE_CHECK_MODEL=device/tiny-llama-exact.gguf (skipped when missing or RCEDGE_CHECK=0)
+#   RCEDGE_BENCH_REPS=3 (decode samples)  RCEDGE_BENCH_PREFILL_REPS=9  RCEDGE_BENCH_PROMPTS=256,1024,4000
+#   RCEDGE_BENCH_WINDOW=64
+#   RCEDGE_CHECK_MODEL=device/tiny-llama-exact.gguf (skipped when missing or RCEDGE_CHECK=0): against
+#                                      the CPU kernels; and on the smallest shape run, the device-fused
+#                                      kernels against the graph ops in ubatches of 512
+#   RCEDGE_PREFILL_PROFILE="SHAPE..."   where those shapes' 4000-token prefill goes, node by node
 #   RCEDGE_BENCH_GRAPH_OPS="SHAPE..."   those shapes timed once more with the portable graph ops
 #                                      (LLAMA_RCEDGE_DEVICE_FUSED=0)
 set -uo pipefail
@@ -43,11 +47,13 @@ done
 CHECK_MODEL=${RCEDGE_CHECK_MODEL:-device/tiny-llama-exact.gguf}
 if [ "${RCEDGE_CHECK:-1}" != 0 ] && [ -f "$CHECK_MODEL" ]; then
     # the portable path (flash and soft_max contexts, alpha 0.9 / 0 / 0.5 / 1) against the CPU kernels
-    for args in "300 20" "900 60"; do
-        echo "== rcedge_gpu_check $CHECK_MODEL $args 1e-3 1" | tee -a "$LOG"
-        RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$CHECK_MODEL" $args 1e-3 1 2>&1 | tee -a "$LOG"
+    # (n_prompt n_decode rtol n_layer_checked n_ubatch)
+    for args in "300 20 1e-3 1 128" "900 60 1e-3 1 128" "900 60 1e-3 1 512"; do
+        echo "== rcedge_gpu_check $CHECK_MODEL $args" | tee -a "$LOG"
+        RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$CHECK_MODEL" $args 2>&1 | tee -a "$LOG"
     done
 fi
+checked_shape=0
 
 # name n_layer n_embd n_head n_head_kv n_ff n_vocab
 shape() {
@@ -68,6 +74,19 @@ for name in "$@"; do
         "$B/rcedge_gpu_bench" make "$m" $dims | tee -a "$LOG"
         echo "written in $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
     fi
+    if [ "${RCEDGE_CHECK:-1}" != 0 ] && [ $checked_shape = 0 ]; then
+        # the bench's own shape, every layer: device-fused kernels against the graph ops, ubatches
+        # of 512 (the row kernel's warp-per-row case and the split statistics kernel)
+        echo "== RCEDGE_CHECK_GPU_ONLY=1 rcedge_gpu_check $m 1000 20 1e-3 1000 512" | tee -a "$LOG"
+        RCEDGE_CHECK_GPU_ONLY=1 RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$m" 1000 20 1e-3 1000 512 2>&1 | tee -a "$LOG"
+        # the same with ggml-cuda's op fusion off: do the logits then repeat bit for bit?
+        echo "== GGML_CUDA_DISABLE_FUSION=1 RCEDGE_CHECK_GPU_ONLY=1 rcedge_gpu_check $m 1000 20 1e-3 1000 512" | tee -a "$LOG"
+        GGML_CUDA_DISABLE_FUSION=1 RCEDGE_CHECK_GPU_ONLY=1 RCEDGE_CHECK_NO_TIMING=1 timeout 120 "$B/rcedge_gpu_check" "$m" 1000 20 1e-3 1000 512 2>&1 | grep -v "^  after" | tee -a "$LOG"
+        checked_shape=1
+    fi
+    case " ${RCEDGE_PREFILL_PROFILE:-} " in
+        *" $name "*) "$B/rcedge_gpu_bench" prefill-profile "$m" 4000 "${RCEDGE_BENCH_WINDOW:-64}" 2>&1 | tee -a "$LOG" ;;
+    esac
     t0=$(date +%s)
     "$B/rcedge_gpu_bench" run "$m" "$name" "${RCEDGE_BENCH_REPS:-3}" "${RCEDGE_BENCH_PROMPTS:-256,1024,4000}" \
         "${RCEDGE_BENCH_WINDOW:-64}" 2>&1 | tee -a "$LOG"

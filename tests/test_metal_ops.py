@@ -52,6 +52,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "ggml_reshape_4d": ("GGML_OP_RESHAPE",),
     "ggml_soft_max_add_sinks": (),
     "ggml_prec_set_acc": (),
+    "ggml_set_name": (),
     "ggml_new_tensor_4d": (),
     "ggml_build_forward_expand": (),
     "ggml_are_same_shape": (),

@@ -225,6 +225,7 @@ static void rcedge_fused(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * sco
     ggml_soft_max_add_sinks(p, sinks);
     ggml_attn_set_scores(p, scores, alpha);
     ggml_attn_set_scores_rows(p, (int32_t) n_skip, (int32_t) n_before, true);
+    ggml_set_name(p, "rcedge_scores");
     ggml_build_forward_expand(gf, p);
 }
 
@@ -320,6 +321,7 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
         kq = ggml_mul_mat(ctx, k, qw);
         ggml_prec_set_acc(kq, GGML_PREC_F32);
     }
+    ggml_set_name(kq, "rcedge_kq");
     if (softcap != 0.0f) {
         kq = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, kq, 1.0f / softcap)), softcap);
     }
