@@ -71,10 +71,6 @@ class Probe:
         that decode kept instead of decoding it again (0: every pass decodes it; the default
         DEFAULT_REUSE is measured: docs/probe.md). relmax only; a quantised K cache decodes
         every pass.
-    refresh: with reuse, a pass on kept queries decodes the probe after all when a token read
-        since they were kept scores among the top `refresh` share of the cached tokens: the
-        queries never saw it, and a decode that has seen it ranks it better (docs/probe.md).
-        None: reuse alone decides.
     min_prompt: prompts shorter than this many tokens are read without a probe.
     fit: shorten a tail probe to what the budget leaves room for (off below MIN_FIT tokens)
         instead of refusing the budget: what probe="tail", the default, does.
@@ -88,7 +84,6 @@ class Probe:
     heads: str = "max"
     refill: float = 0.25
     reuse: int = DEFAULT_REUSE
-    refresh: float | None = None
     min_prompt: int = 64
     fit: bool = False
 
@@ -107,8 +102,6 @@ class Probe:
             raise BudgetError(f"probe heads must be one of {HEAD_REDUCTIONS}, got {self.heads!r}")
         if not 0.0 < float(self.refill) < 1.0:
             raise BudgetError(f"probe refill must be in (0, 1), got {self.refill!r}")
-        if self.refresh is not None and not 0.0 <= float(self.refresh) <= 1.0:
-            raise BudgetError(f"probe refresh must be in [0, 1] or None, got {self.refresh!r}")
 
 
 ProbeLike = Probe | str | int | None
@@ -227,7 +220,6 @@ class ProbedRead:
     tail_start: int          # index in the read's tokens where the probe's own tokens begin
     settings: Probe
     kept_pos: int | None = None   # where the kept queries were decoded (None: none kept)
-    kept_seen: int = 0            # history indices below this were cached when they were kept
     reused: int = 0               # passes since the probe was last decoded
     decode_only: bool = False     # the kept queries cannot be scored here: decode every pass
 
@@ -238,24 +230,7 @@ class ProbedRead:
         first_pos; history: the cells' history indices."""
         s = self.settings
         got, document, decoded = self.stats(ctx, mem, cells, first_pos, batch, decode, alpha)
-        raw = cell_scores(got, document, s)
-        if decoded == 0 and self.unseen_ranks_high(raw, history):
-            self.reused = s.reuse        # the kept queries are spent: decode now
-            got, document, decoded = self.stats(ctx, mem, cells, first_pos, batch, decode, alpha)
-            raw = cell_scores(got, document, s)
-        if decoded and len(history):
-            self.kept_seen = int(history.max()) + 1
-        return pooled(raw, history, s.pool_before, s.pool_after), decoded
-
-    def unseen_ranks_high(self, scores: npt.NDArray[np.float64],
-                          history: npt.NDArray[np.int64]) -> bool:
-        """Whether a token the kept queries never saw scores among the top `refresh` share."""
-        share = self.settings.refresh
-        unseen = history >= self.kept_seen
-        if share is None or not unseen.any():
-            return False
-        top = max(1, int(round(share * len(scores))))
-        return bool(scores[unseen].max() >= np.partition(scores, len(scores) - top)[-top])
+        return pooled(cell_scores(got, document, s), history, s.pool_before, s.pool_after), decoded
 
     def stats(self, ctx: Any, mem: Any, cells: npt.NDArray[np.int32], first_pos: int, batch: Any,
               decode: Any, alpha: float) -> tuple[npt.NDArray[np.float32],
