@@ -396,6 +396,7 @@ int run_bench(int argc, char ** argv) {
 struct node_times {
     std::map<std::string, std::pair<double, int>> by_key; // seconds, nodes
     std::chrono::steady_clock::time_point last;
+    std::string prev; // the node before, for RCEDGE_PROFILE_OP
 };
 
 static bool profile_cb(ggml_tensor * t, bool ask, void * user) {
@@ -411,8 +412,15 @@ static bool profile_cb(ggml_tensor * t, bool ask, void * user) {
         }
     }
     auto & e = nt->by_key[key];
-    e.first += std::chrono::duration<double>(now - nt->last).count();
+    const double dt = std::chrono::duration<double>(now - nt->last).count();
+    e.first += dt;
     e.second += 1;
+    // RCEDGE_PROFILE_OP=RMS_NORM: each such node's time, and the node computed before it
+    static const char * detail = getenv("RCEDGE_PROFILE_OP");
+    if (detail != nullptr && strcmp(ggml_op_desc(t), detail) == 0) {
+        printf("    %s %s: %.1f us (after %s)\n", detail, t->name, 1e6 * dt, nt->prev.c_str());
+    }
+    nt->prev = key + " " + t->name;
     nt->last = std::chrono::steady_clock::now();
     return true;
 }

@@ -28,6 +28,7 @@ OWNERS = {
     "0007-ggml-attention-scores-rows.patch": ["ggml/include/ggml.h", "ggml/src/ggml.c"],
     "0008-ggml-cuda-fused-attention-scores.patch": ["ggml/src/ggml-cuda/"],
     "0009-llama-keep-probe-queries.patch": ["src/llama-graph.cpp"],
+    "0010-ggml-cuda-fused-ffn-inputs-alive.patch": ["ggml/src/ggml-cuda/ggml-cuda.cu"],
 }
 
 
