@@ -2,17 +2,24 @@
 out of the budget, then a question that needs it (docs/bench/recall-chat.md).
 
     .venv/bin/python bench/recall_chat.py [--model qwen2.5-coder-0.5b] [--n 30] [--turns 8]
-        [--budget 25%] [--out recall-chat] CACHE...
+        [--budget 25%|CELLS] [--kinds fact,instruction] [--out recall-chat] CACHE...
 
-CACHE (in this order; full first when the budget is a share): full (a cache that holds the
-whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), or a cache
-as bench/common.py's cache_options names it (a2sf, context-shift, a2sf+recall,
-a2sf+recall{"relative":0.5}, a2sf+structure...). Every cache answers the same conversations
-(seed 0) in one process, conversation by conversation: turn 1 states a fact ("Please remember: my locker number is 4817."), each
-later turn pastes a passage of the essay haystack (pyrcedge eval niah's) for a one-sentence
-summary, the last asks for the fact. A hit is the fact's key word in the answer. The budget is a
-share of the whole chat's tokens as the full cache read it. Replies are greedy, through
-create_chat_completion, as a chat app sends them (the whole message list each turn).
+CACHE (in this order; full first when the budget is a share; the first budgeted cache is the
+baseline of the time ratios): full (a cache that holds the whole chat, which answers as stock
+llama-cpp-python does: tests/test_budgeted.py), default (pyrcedge.Llama(kv_budget=...) with
+its defaults: a2sf, the tail probe, recall), or a cache as bench/common.py's cache_options
+names it (a2sf, context-shift, a2sf+recall, a2sf+recall{"relative":0.5}, a2sf+structure...).
+Every cache answers the same conversations (seed 0) in one process, conversation by
+conversation. Turn 1 states a fact ("Please remember this: my locker number is 4817.", kind
+fact) or an instruction ("From now on, always answer in French.", kind instruction); each later
+turn pastes a passage of the essay haystack (pyrcedge eval niah's) for a one-sentence summary;
+the last asks for the fact, or asks an ordinary question (which shares no word with the
+instruction). A hit: the fact's key word in the answer, or the answer following the instruction
+(`follows`). The budget is a share of the whole chat's tokens as the full cache read it, or a
+number of cells. Replies are greedy, through create_chat_completion, as a chat app sends them
+(the whole message list each turn): the prompt tokens stock llama-cpp-python would read without
+its prefix cache are the whole history each turn; what each cache evaluated is recorded per
+turn (the new prompt tokens after the reused prefix, the tokens recalled, the probe's tokens).
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
@@ -50,38 +59,102 @@ FACTS = [  # (statement, question, key), with {} filled from the choices
 ]
 
 
-def conversations(n: int, turns: int, seed: int = 0) -> list[dict]:
+FRENCH = frozenset("le la les est une des du et je vous il elle nous sont avec pour dans qui "
+                   "cette pas au aux sur ville capitale jours semaine couleurs".split())
+
+
+def french(answer: str) -> bool:
+    words = re.findall(r"[^\W\d_]+", answer.lower())
+    hits = [w for w in words if w in FRENCH]
+    return len(set(hits)) >= 2 and len(hits) >= 0.15 * len(words)
+
+
+def capitals(answer: str) -> bool:
+    letters = [c for c in answer if c.isalpha()]
+    return len(letters) >= 5 and sum(c.isupper() for c in letters) >= 0.9 * len(letters)
+
+
+# (instruction, its detector): a short instruction that an ordinary question later needs
+INSTRUCTIONS: list[tuple[str, str, Callable[[str], bool]]] = [
+    ("From now on, always answer in French.", "french", french),
+    ("From now on, always answer in capital letters only.", "capitals", capitals)]
+QUESTIONS = ["What is the capital of Australia?", "How many days are there in a week?",
+             "Name the colours of the rainbow.", "What do bees make?",
+             "Which planet is closest to the sun?", "What is water made of?"]
+FOLLOWS = {name: detect for _, name, detect in INSTRUCTIONS}
+
+
+def conversations(n: int, turns: int, kind: str = "fact", seed: int = 0) -> list[dict[str, Any]]:
+    """n conversations of a kind (fact: seed 0 gives the same chats as before there were
+    kinds)."""
     rng = random.Random(seed)
     sentences = haystack_sentences()
     out = []
     for _ in range(n):
-        stmt, question, choices = rng.choice(FACTS)
-        key = rng.choice(choices)
+        if kind == "fact":
+            stmt, question, choices = rng.choice(FACTS)
+            key = rng.choice(choices)
+            first = "Please remember this: " + stmt.format(key) + "."
+        else:
+            first, key, _ = rng.choice(INSTRUCTIONS)
+            question = rng.choice(QUESTIONS)
         passages = []
         for _ in range(turns):
             s = rng.randrange(len(sentences) - 8)
             passages.append(" ".join(sentences[s:s + 6]))
-        out.append({"fact": "Please remember this: " + stmt.format(key) + ".",
-                    "passages": passages, "question": question, "key": key})
+        out.append({"kind": kind, "fact": first, "passages": passages, "question": question,
+                    "key": key})
     return out
 
 
-def run_chat(llm: Llama, conv: dict, reply_tokens: int) -> tuple[list[str], float, list[float]]:
-    messages = [{"role": "system", "content": "You are a helpful assistant."}]
-    per_turn, replies = [], []
+def hit(conv: dict[str, Any], answer: str) -> bool:
+    if conv["kind"] == "fact":
+        return bool(conv["key"].lower() in answer.lower())
+    return FOLLOWS[conv["key"]](answer)
+
+
+class EvalMeter:
+    """Wraps a Llama's eval (llama_cpp's generate calls self.eval): each call's history length
+    when it began (the prefix reused) and its tokens. A completion's first call reads its
+    prompt; the sampled tokens follow one by one."""
+
+    def __init__(self, llm: Llama) -> None:
+        self.llm, self.inner = llm, llm.eval
+        self.calls: list[tuple[int, int]] = []
+        llm.eval = self  # type: ignore[method-assign]
+
+    def __call__(self, tokens: Sequence[int]) -> None:
+        self.calls.append((self.llm.n_tokens, len(tokens)))
+        self.inner(tokens)
+
+
+def run_chat(llm: Llama, conv: dict[str, Any], reply_tokens: int) -> dict[str, Any]:
+    """The chat's replies, and per turn: seconds, the prompt's tokens (what stock re-reads
+    without a prefix cache), the prefix reused, the new prompt tokens read, recalled, probed."""
+    messages: list[Any] = [{"role": "system", "content": "You are a helpful assistant."}]
     asks = [conv["fact"]] + [f"Summarize this passage in one sentence:\n{p}"
                              for p in conv["passages"]] + [conv["question"]]
-    text = ""
+    meter = EvalMeter(llm)
+    turns: dict[str, list[Any]] = {k: [] for k in ("replies", "s", "prompt", "prefix", "read",
+                                                   "recalled", "probe")}
     for k, ask in enumerate(asks):
         messages.append({"role": "user", "content": ask})
+        before, meter.calls = llm.kv_stats(), []
         t = time.perf_counter()
-        r = llm.create_chat_completion(messages=messages, temperature=0.0,
+        r: Any = llm.create_chat_completion(messages=messages, temperature=0.0,
                                        max_tokens=24 if k == len(asks) - 1 else reply_tokens)
-        per_turn.append(time.perf_counter() - t)
+        turns["s"].append(time.perf_counter() - t)
+        after = llm.kv_stats()
         text = r["choices"][0]["message"]["content"] or ""
-        replies.append(text)
+        turns["replies"].append(text)
+        prefix, read = meter.calls[0] if meter.calls else (llm.n_tokens, 0)
+        turns["prompt"].append(r["usage"]["prompt_tokens"])
+        turns["prefix"].append(prefix)
+        turns["read"].append(read)
+        turns["recalled"].append(after.recalled_tokens - before.recalled_tokens)
+        turns["probe"].append(after.probe_tokens - before.probe_tokens)
         messages.append({"role": "assistant", "content": text})
-    return replies, per_turn[-1], per_turn
+    return turns
 
 
 def main() -> None:
@@ -89,55 +162,79 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--turns", type=int, default=8)
-    ap.add_argument("--budget", default="25%")
+    ap.add_argument("--budget", default="25%", help="a share of each chat's history, or cells")
+    ap.add_argument("--kinds", default="fact", help="fact, instruction or both (comma): "
+                    "n conversations of each")
+    ap.add_argument("--full-cells", type=int, default=8192, help="the full cache's cells")
     ap.add_argument("--reply-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("caches", nargs="+")
     a = ap.parse_args()
     path = str(model_path(a.model))
-    convs = conversations(a.n, a.turns)
+    kinds = a.kinds.split(",")
+    if not set(kinds) <= {"fact", "instruction"}:
+        raise SystemExit(f"--kinds: fact, instruction or both, got {a.kinds!r}")
+    convs = [c for kind in kinds for c in conversations(a.n, a.turns, kind)]
     common = dict(n_threads=a.threads, n_threads_batch=a.threads, flash_attn=True, seed=0,
                   verbose=False)
     share = Budget.parse(a.budget)
+    if share.kind not in ("share", "tokens"):
+        raise SystemExit(f"--budget: a share ('25%') or cells ('512'), got {a.budget!r}")
     if share.kind == "share" and a.caches[0] != "full":
         raise SystemExit("a budget that is a share of the history needs full first")
-    rows: dict[str, list[dict]] = {name: [] for name in a.caches}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in a.caches}
     # conversation by conversation, every cache in turn: a drift of the machine's speed falls
     # on all caches alike, and the full cache's history sets the others' budget
     for conv in convs:
         history, full_replies = 0, None
         for name in a.caches:
             if name == "full":
-                llm = Llama(path, kv_budget=8192, policy="full", **common)
+                llm = Llama(path, kv_budget=a.full_cells, policy="full", **common)
             else:
-                cells = share.of(history, 36).value
-                llm = Llama(path, kv_budget=cells, **cache_options(name), **common)
-            replies, last_s, per_turn = run_chat(llm, conv, a.reply_tokens)
-            reply = replies[-1]
+                cells = int(share.of(history, 36).value)
+                options = {} if name == "default" else cache_options(name)
+                llm = Llama(path, kv_budget=cells, **options, **common)
+            turns = run_chat(llm, conv, a.reply_tokens)
+            replies, per_turn = turns["replies"], turns["s"]
             st = llm.kv_stats()
             if name == "full":
                 history, full_replies = st.history_tokens, replies
             agree = ([f1_score(r, [f]) for r, f in zip(replies[:-1], full_replies[:-1])]
                      if full_replies is not None else [])
-            rows[name].append({"hit": conv["key"].lower() in reply.lower(), "reply": reply,
-                               "replies": replies, "turn_f1_vs_full": agree,
-                               "key": conv["key"], "history": st.history_tokens,
-                               "cells": st.budget_cells, "last_turn_s": last_s,
-                               "turn_s": per_turn, "turn_s_median": statistics.median(per_turn),
+            evaluated = [r + c + p for r, c, p in
+                         zip(turns["read"], turns["recalled"], turns["probe"])]
+            rows[name].append({"kind": conv["kind"], "hit": hit(conv, replies[-1]),
+                               "reply": replies[-1], "replies": replies,
+                               "turn_f1_vs_full": agree, "key": conv["key"],
+                               "history": st.history_tokens, "cells": st.budget_cells,
+                               "last_turn_s": per_turn[-1], "turn_s": per_turn,
+                               "turn_s_median": statistics.median(per_turn),
                                "recalls": st.recalls, "recalled_tokens": st.recalled_tokens,
-                               "evicted": st.evicted_tokens})
+                               "evicted": st.evicted_tokens,
+                               "turn_prompt_tokens": turns["prompt"],
+                               "turn_prefix": turns["prefix"], "turn_read": turns["read"],
+                               "turn_recalled": turns["recalled"], "turn_probe": turns["probe"],
+                               "turn_evaluated": evaluated,
+                               # a turn after the first that read its prompt from the start
+                               "whole_rereads": sum(p == 0 for p in turns["prefix"][1:])})
             llm.close()
         print(f"conversation {len(rows[a.caches[0]])}: " + ", ".join(
             f"{name} {'hit' if rows[name][-1]['hit'] else 'miss'} {rows[name][-1]['last_turn_s']:.2f}s"
             for name in a.caches), file=sys.stderr, flush=True)
-    # the first budgeted cache is the baseline of the time ratios (a policy without recall)
-    base = next((name for name in a.caches if name != "full"), a.caches[0])
-    results: dict[str, dict] = {}
+        if a.out:     # after every conversation: a run cut short still leaves its record
+            report(a, rows)
+
+
+def summary(rows: dict[str, list[dict[str, Any]]], base: str) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
     for name, rs in rows.items():
         paired = list(zip(rs, rows[base]))
+        kinds = sorted({r["kind"] for r in rs})
         results[name] = {
             "hits": sum(r["hit"] for r in rs), "n": len(rs), "rows": rs,
+            "hits_by_kind": {k: [sum(r["hit"] for r in rs if r["kind"] == k),
+                                 sum(r["kind"] == k for r in rs)] for k in kinds},
             "last_turn_s_median": statistics.median(r["last_turn_s"] for r in rs),
             "turn_s_median": statistics.median(r["turn_s_median"] for r in rs),
             "last_turn_ratio": quartiles([r["last_turn_s"] / b["last_turn_s"] for r, b in paired]),
@@ -146,41 +243,75 @@ def main() -> None:
             "cells_mean": statistics.mean(r["cells"] for r in rs),
             "history_mean": statistics.mean(r["history"] for r in rs),
             "recalled_tokens_mean": statistics.mean(r["recalled_tokens"] for r in rs),
+            "turn_recalled_max": max(max(r["turn_recalled"]) for r in rs),
+            "evaluated_mean": statistics.mean(sum(r["turn_evaluated"]) for r in rs),
+            "stock_reread_mean": statistics.mean(sum(r["turn_prompt_tokens"]) for r in rs),
+            "last_turn_evaluated_mean": statistics.mean(r["turn_evaluated"][-1] for r in rs),
+            "last_turn_prompt_mean": statistics.mean(r["turn_prompt_tokens"][-1] for r in rs),
+            "whole_rereads": sum(r["whole_rereads"] for r in rs),
             "turn_f1_vs_full_mean": statistics.mean(
                 f for r in rs for f in r["turn_f1_vs_full"]) if "full" in rows else None}
-    if a.out:
-        out = REPO / "docs" / "bench" / a.out
-        record = {"command": command(), "machine": machine(), "args": vars(a), "results": results}
-        out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        full = results["full"]["hits"] if "full" in results else 0
-        lines = [f"# A fact from turn 1, asked after {a.turns} more turns: {a.model}", "",
-                 f"Command: `{record['command']}`  ",
-                 f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, "
-                 f"{a.threads} threads, one conversation at a time.  ",
-                 f"{a.n} conversations (seed 0; bench/recall_chat.py says how they are made); "
-                 f"budget {a.budget} of each conversation's history as the full cache read it. "
-                 "Hit: the fact's key word in the last answer. Reply F1: the token F1 of each "
-                 "earlier turn's reply against the full cache's reply to the same messages (how "
-                 "far the chat drifts from what the whole history gives), averaged over the "
-                 "turns. Seconds: the last turn (the question), and the median turn.", "",
-                 f"Time ratios: to {base} in the same conversation (the question turn; every "
-                 "turn), median (25th-75th percentile).", "",
-                 "| cache | hits | / full | reply F1 vs full | cells, mean | history, mean | "
-                 "recalled tokens, mean | last turn s, median | turn s, median | last turn / "
-                 f"{base} | turn / {base} |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name, r in results.items():
-            ratio = r["hits"] / full if full else float("nan")
-            f1 = r["turn_f1_vs_full_mean"]
-            lines.append(f"| {name} | {r['hits']}/{r['n']} | {ratio:.2f} | "
-                         f"{'' if f1 is None else f'{f1:.3f}'} | {r['cells_mean']:.0f} | "
-                         f"{r['history_mean']:.0f} | {r['recalled_tokens_mean']:.1f} | "
-                         f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} | "
-                         + " | ".join("{1:.2f} ({0:.2f}-{2:.2f})".format(*r[k])
-                                      for k in ("last_turn_ratio", "turn_ratio")) + " |")
-        lines += ["", "Per-conversation replies are in the json.", ""]
-        out.with_suffix(".md").write_text("\n".join(lines))
-        print("\n".join(lines))
+    return results
+
+
+def report(a: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """docs/bench/OUT.json and .md of the conversations done so far."""
+    # the first budgeted cache is the baseline of the time ratios (a policy without recall)
+    base = next((name for name in a.caches if name != "full"), a.caches[0])
+    results = summary(rows, base)
+    done = len(rows[a.caches[0]])
+    out = REPO / "docs" / "bench" / a.out
+    record: dict[str, Any] = {"command": command(), "machine": machine(), "args": vars(a),
+                              "done": done, "results": results}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    full = results["full"]["hits_by_kind"] if "full" in results else {}
+    kinds = list(results[a.caches[0]]["hits_by_kind"])
+    budget = (f"budget {a.budget} of each conversation's history as the full cache read it"
+              if a.budget.strip().endswith("%") else f"budget {a.budget} cells")
+    lines = [f"# Turn 1's {' or '.join(kinds)}, needed after {a.turns} more turns: {a.model}",
+             "",
+             f"Command: `{record['command']}`  ",
+             f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, "
+             f"{a.threads} threads, one conversation at a time.  ",
+             f"{done} conversations ({a.n} of each kind asked; seed 0; bench/recall_chat.py "
+             f"says how they are made); {budget}. Hit: the fact's key word in the last answer "
+             "(fact), the last answer following the instruction (instruction). Reply F1: the "
+             "token F1 of each earlier turn's reply against the full cache's reply to the same "
+             "messages (how far the chat drifts from what the whole history gives), averaged "
+             "over the turns. Seconds: the last turn (the question), and the median turn.", "",
+             f"Time ratios: to {base} in the same conversation (the question turn; every "
+             "turn), median (25th-75th percentile).", "",
+             "| cache | " + " | ".join(f"{k} hits | / full" for k in kinds)
+             + " | reply F1 vs full | cells, mean | history, mean | recalled tokens, mean | "
+             f"last turn s, median | turn s, median | last turn / {base} | turn / {base} |",
+             "|---|" + "---|---|" * len(kinds) + "---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        hits = []
+        for k in kinds:
+            h, n = r["hits_by_kind"][k]
+            f = full.get(k, [0, 0])[0]
+            hits.append(f"{h}/{n} | " + (f"{h / f:.2f}" if f else "-"))
+        f1 = r["turn_f1_vs_full_mean"]
+        lines.append(f"| {name} | " + " | ".join(hits) + " | "
+                     f"{'' if f1 is None else f'{f1:.3f}'} | {r['cells_mean']:.0f} | "
+                     f"{r['history_mean']:.0f} | {r['recalled_tokens_mean']:.1f} | "
+                     f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} | "
+                     + " | ".join("{1:.2f} ({0:.2f}-{2:.2f})".format(*r[k])
+                                  for k in ("last_turn_ratio", "turn_ratio")) + " |")
+    lines += ["", "Prompt tokens per chat, means: what each cache evaluated (the new prompt "
+              "tokens after the prefix it reused, the tokens recalled, the probe's tokens), "
+              "against the prompt tokens that stock llama-cpp-python re-reads when it reads the "
+              "whole message list each turn (no prefix cache). Whole re-reads: turns after the "
+              "first whose prompt was read from its start.", "",
+              "| cache | evaluated per chat | stock re-read per chat | question turn evaluated | "
+              "question turn prompt | most recalled in a turn | whole re-reads |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['evaluated_mean']:.0f} | {r['stock_reread_mean']:.0f} | "
+                     f"{r['last_turn_evaluated_mean']:.0f} | {r['last_turn_prompt_mean']:.0f} | "
+                     f"{r['turn_recalled_max']} | {r['whole_rereads']} |")
+    lines += ["", "Per-conversation replies and per-turn tokens are in the json.", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

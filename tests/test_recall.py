@@ -95,6 +95,25 @@ def test_a_long_prompt_reads_back_what_its_own_reading_evicted_before_its_questi
     assert lasts[-1] == prompt[-len(lasts[-1]):]   # the question is read last: it starts the answer
 
 
+def test_the_bound_holds_per_prompt_when_a_probed_read_recalls_twice(default_model):
+    # a prompt that does not fit recalls before its document and again before its question:
+    # both passes together read back at most max_tokens (each took the whole bound before),
+    # and the prompt counts as one recall
+    events = []
+    bound = 32
+    llm = make(default_model, kv_budget=192, policy="window", probe="tail",
+               recall=recall.Recall(max_tokens=bound, sentence_max=12, relative=0.0,
+                                    min_score=0.0), on_recall=events.append)
+    read_fact_then_prose(llm)
+    before = llm.kv_stats()
+    events.clear()
+    llm.eval(llm.tokenize((" " + PROSE * 3 + ASK).encode(), add_bos=False))
+    st = llm.kv_stats()
+    assert st.probe_passes > before.probe_passes and len(events) == 2   # both passes recalled
+    assert sum(e.tokens for e in events) == st.recalled_tokens - before.recalled_tokens <= bound
+    assert st.recalls == before.recalls + 1 and positions_agree(llm)
+
+
 def test_prompts_about_nothing_evicted_recall_nothing(default_model):
     llm = make(default_model, kv_budget=96, policy="window", recall=True)
     read_fact_then_prose(llm)

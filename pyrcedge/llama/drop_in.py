@@ -193,7 +193,7 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
         tokens = list(tokens)
         kv.truncate(self.n_tokens)
-        self._recall(tokens)
+        recalled = self._recall(tokens)
         read = self._probed_read(tokens)
         if read is None:
             self._read(tokens, None)
@@ -203,28 +203,29 @@ class Llama(llama_cpp.Llama):
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         if self.statistics:
             try:
-                self._read_probed(tokens, read)
+                self._read_probed(tokens, read, recalled)
             finally:
                 read.close(self.ctx)
             return
         # the probe reads the document queries' logit moments: on for this read only
         kernel_stats.enable_scoring(self.ctx, alpha=self.policy.alpha)
         try:
-            self._read_probed(tokens, read)
+            self._read_probed(tokens, read, recalled)
         finally:
             kernel_stats.disable_scoring(self.ctx)     # frees the probe's kept queries too
 
-    def _read_probed(self, tokens: list[int], read: probe.ProbedRead) -> None:
+    def _read_probed(self, tokens: list[int], read: probe.ProbedRead, recalled: int = 0) -> None:
         """Read a prompt that does not fit with its probe. With recall on and the question at
         the prompt's tail, the document is read first; then the sentences its reading evicted
-        that the question asks about are read back (as recall does for earlier turns), and
-        the question last, so that its last token's logits start the answer."""
+        that the question asks about are read back (as recall does for earlier turns, within
+        what is left of the prompt's bound after the `recalled` tokens read back before the
+        document), and the question last, so that its last token's logits start the answer."""
         tail = read.tail_start
         if self.settings.recall_object is None or read.settings.text is not None or tail <= 0:
             self._read(tokens, read)
             return
         self._read(tokens, read, end=tail)
-        self._recall(tokens[tail:], release=False, read=read)
+        self._recall(tokens[tail:], release=False, read=read, spent=recalled)
         self._read(tokens, read, begin=tail)
 
     def _read(self, tokens: list[int], read: probe.ProbedRead | None, begin: int = 0,
@@ -278,21 +279,22 @@ class Llama(llama_cpp.Llama):
                 self.on_progress(i, len(tokens))
 
     def _recall(self, tokens: list[int], release: bool = True,
-                read: probe.ProbedRead | None = None) -> None:
+                read: probe.ProbedRead | None = None, spent: int = 0) -> int:
         """Before `tokens` are read: read back the evicted history they ask about
         (pyrcedge.features.recall), held in the cache until the next prompt (release: the
         previous prompt's recalled spans become evictable first). Within a probed read
         (`read`, its tail still to come), the room is made by the probe's scores, and the
-        tail's own room is kept."""
+        tail's own room is kept; `spent` tokens of the prompt's bound were already read back
+        before its document. Returns the tokens read back."""
         settings = self.settings.recall_object
         kv = self.kv_cache
         if settings is None or len(tokens) < settings.min_prompt:
-            return
+            return 0
         if release:
             kv.protection.held = []
         n = self.n_tokens
         if len(kv.cached) >= n:
-            return          # nothing evicted
+            return 0        # nothing evicted
         history = self.input_ids[:n]
         ends = self._token_kinds(history)[:, ENDS_SENTENCE]
         spans = recall.evicted_sentences(ends, kv.cached, settings.sentence_max)
@@ -302,13 +304,16 @@ class Llama(llama_cpp.Llama):
         in_cache = set(recall.content_words(self.detokenize(history[kv.cached].tolist()).decode(
             "utf-8", "replace")))
         scores = recall.bm25(docs, query, weight={w: settings.covered for w in in_cache})
-        bound = min(settings.max_tokens, kv.budget // 4,
+        # the bound is per prompt: a probed read's second recall gets what the first left
+        bound = min(settings.max_tokens - spent, kv.budget // 4 - spent,
                     kv.max_chunk(n) - min(len(tokens), self.n_batch))
+        if bound <= 0:
+            return 0
         chosen = recall.choose(spans, scores, settings, bound,
                                lambda i: 0 <= i < n and i not in cached)
         total = sum(b - a for a, b in chosen)
         if not chosen or total <= 0:
-            return
+            return 0
         if read is None:
             kv.make_room(total, n, self.input_ids)
         else:
@@ -322,11 +327,12 @@ class Llama(llama_cpp.Llama):
 
         kv.reinsert(chosen, n, decode)
         kv.protection.held = sorted(kv.protection.held + chosen)
-        kv.recalls += 1
+        kv.recalls += int(spent == 0)   # prompts that recalled, not recall passes
         kv.recalled_spans += len(chosen)
         kv.recalled_tokens += total
         if self.settings.on_recall is not None:
             self.settings.on_recall(RecallEvent(spans=chosen, tokens=total, history_tokens=n))
+        return total
 
     def _words_of(self, history: Any, start: int, end: int) -> list[str]:
         """The content words of history[start:end], remembered by its token ids (a chat
