@@ -86,6 +86,29 @@ def command() -> str:
     return " ".join([".venv/bin/python"] + sys.argv)
 
 
+class JsonWorker:
+    """A benchmark worker process (bench/*_worker.py): one JSON command per stdin line, one JSON
+    reply per stdout line."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("benchmark worker died")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def run_cli_json(cmd: list[str], name: str) -> dict[str, Any]:
     """Run `python -m pyrcedge ...` (cmd), return the JSON object on its last line with the
     command (as `pyrcedge ...`) added; RuntimeError with the end of stderr if it failed."""

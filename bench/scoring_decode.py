@@ -16,14 +16,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from common import JsonWorker  # noqa: E402
 from pyrcedge.assets.models import model_path  # noqa: E402
 
 VARIANTS = {
@@ -48,26 +49,9 @@ def text_file() -> Path:
     return path
 
 
-class Worker:
-    def __init__(self, python: Path, scoring: str, flash: str, threads: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(python), str(REPO / "bench" / "decode_worker.py"), str(model_path()), flash, scoring,
-             str(threads), str(text_file())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def ask(self, **cmd) -> dict:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("benchmark worker died")
-        return json.loads(line)
-
-    def close(self) -> None:
-        assert self.proc.stdin
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+def worker(python: Path, scoring: str, flash: str, threads: int) -> JsonWorker:
+    return JsonWorker([str(python), str(REPO / "bench" / "decode_worker.py"), str(model_path()), flash,
+                       scoring, str(threads), str(text_file())])
 
 
 def main() -> None:
@@ -80,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "scoring-decode")
     args = ap.parse_args()
 
-    workers = {name: Worker(py, sc, args.flash, args.threads) for name, (py, sc) in VARIANTS.items()}
+    workers = {name: worker(py, sc, args.flash, args.threads) for name, (py, sc) in VARIANTS.items()}
     try:
         for n in args.contexts:
             for name, w in workers.items():

@@ -30,7 +30,7 @@ static inline bool rc_masked(ggml_fp16_t m) {
 }
 
 // Scratch layout of a scored node for nth threads, in floats (int32 for seg_at and nseg):
-//   [row_ms: 2*n_head] then per thread [logits][v][seg_at][seg_m][nseg][tmp][slab]
+//   [row_ms: 2*n_head] then per thread [logits][v][seg_at][seg_m][nseg][tmp][slab][tile_v][tile_m]
 struct rc_layout {
     size_t row_ms;
     size_t logits;
@@ -38,8 +38,10 @@ struct rc_layout {
     size_t nseg;
     size_t tmp;
     size_t slab;
+    size_t tile_v; // tiled flash attention: the rows' exponentials
+    size_t tile_m; // and the running max of each row and KV tile they are relative to
     int    n_threads;
-    size_t per_thread() const { return logits + 3*rec + nseg + tmp + slab; }
+    size_t per_thread() const { return logits + 3*rec + nseg + tmp + slab + tile_v + tile_m; }
     size_t total() const { return row_ms + per_thread()*n_threads; }
 };
 
@@ -52,6 +54,12 @@ static rc_layout rc_get_layout(const ggml_tensor * node, const ggml_tensor * sco
     size_t logits = (size_t) n_kv; // one row (soft_max, flash attention one_chunk)
     size_t rec    = 0;
     size_t tmp    = 0;
+    size_t tile_v = 0;
+    size_t tile_m = 0;
+    if (node->op == GGML_OP_FLASH_ATTN_EXT && node->src[0]->ne[1] >= GGML_FA_TILE_Q) {
+        tile_v = (size_t) GGML_FA_TILE_Q*n_kv;
+        tile_m = (size_t) GGML_FA_TILE_Q*((n_kv + GGML_FA_TILE_KV - 1)/GGML_FA_TILE_KV);
+    }
     if (node->op == GGML_OP_FLASH_ATTN_EXT) {
         const int64_t chunk = (n_kv + nth - 1)/nth;
         rec    = std::max<size_t>((size_t) n_kv, (size_t) (n_head*chunk)); // one row, or every head's chunk
@@ -65,6 +73,8 @@ static rc_layout rc_get_layout(const ggml_tensor * node, const ggml_tensor * sco
     l.nseg      = rec ? rc_pad(n_head) : 0;
     l.tmp       = rc_pad(tmp);
     l.slab      = rc_pad(n_stream*n_head_kv*RC_NSTAT*n_kv);
+    l.tile_v    = rc_pad(tile_v);
+    l.tile_m    = rc_pad(tile_m);
     l.n_threads = nth;
     return l;
 }
@@ -116,6 +126,14 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     rc.nseg          = (int32_t *) (rc.v + 3*l.rec);
     rc.tmp           = rc.v + 3*l.rec + l.nseg;
     rc.slab          = rc.tmp + l.tmp;
+    rc.tile_v        = l.tile_v ? rc.slab + l.slab : nullptr;
+    rc.tile_m        = l.tile_m ? rc.tile_v + l.tile_v : nullptr;
+    rc.n_kv_tiles    = (rc.n_kv + GGML_FA_TILE_KV - 1)/GGML_FA_TILE_KV;
+    if (rc.tile_m) {
+        // "not computed" for every (row, KV tile): ggml_cpu_rcedge_fa_tile adds only tiles that
+        // ggml_cpu_rcedge_fa_tile_exp kept, and marks them back as it consumes them
+        std::fill(rc.tile_m, rc.tile_m + GGML_FA_TILE_Q*rc.n_kv_tiles, -INFINITY);
+    }
 
     if (!split_kv) {
         for (int64_t r = 0; r < rc.n_stream*rc.n_head_kv; ++r) {
@@ -287,6 +305,108 @@ void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2
     rc_add_row(rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0), n, w*S_inv, t, f, masked);
 }
 
+static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
+                          float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx,
+                          const float * GGML_RESTRICT ia, const float * GGML_RESTRICT icnt, const float * GGML_RESTRICT isum,
+                          const float * GGML_RESTRICT isumsq, const float * GGML_RESTRICT imx, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        a[i]     += ia[i];
+        cnt[i]   += icnt[i];
+        sum[i]   += isum[i];
+        sumsq[i] += isumsq[i];
+        mx[i]     = imx[i] > mx[i] ? imx[i] : mx[i];
+    }
+}
+
+// Cells per block of the tiled update: the block's accumulators and temporaries (9 rows of
+// 256 floats) stay in L1 while every row of the tile is added.
+static constexpr int64_t RC_TILE_CELLS = 256;
+
+// One row's cells of a KV tile into the block accumulators, in one pass: p = v*fac, the logits
+// f, visibility from the f16 mask mp (null: all visible). The kernel computed the tile for this
+// row, so v (0 where masked) and f (raw logits, masked cells included) are finite.
+static void rc_add_tile_cells(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
+                              float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx, int64_t n,
+                              const float * GGML_RESTRICT v, float fac, const float * GGML_RESTRICT f,
+                              const ggml_fp16_t * GGML_RESTRICT mp) {
+    if (mp == nullptr) {
+        for (int64_t i = 0; i < n; ++i) {
+            a[i]     += v[i]*fac;
+            cnt[i]   += 1.0f;
+            sum[i]   += f[i];
+            sumsq[i] += f[i]*f[i];
+            mx[i]     = std::max(mx[i], f[i]);
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t vis = mp[i] != (ggml_fp16_t) 0xFC00; // integer compare: vectorises
+        const float   fv  = f[i]*(float) vis;
+        a[i]     += v[i]*fac;
+        cnt[i]   += (float) vis;
+        sum[i]   += fv;
+        sumsq[i] += fv*fv;
+        mx[i]     = vis ? std::max(mx[i], f[i]) : mx[i];
+    }
+}
+
+void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t n_rows, int64_t ic, int64_t kv_tile,
+                                 const float * kq, int64_t kq_stride, const float * M, const bool * skip) {
+    GGML_ASSERT(rc.tile_v != nullptr && ic % GGML_FA_TILE_KV == 0 && kv_tile <= GGML_FA_TILE_KV);
+    for (int64_t r = 0; r < n_rows; ++r) {
+        float * v = rc.tile_v + r*rc.n_kv + ic;
+        if (skip[r]) {
+            memset(v, 0, kv_tile*sizeof(float));
+        } else {
+            memcpy(v, kq + r*kq_stride, kv_tile*sizeof(float));
+        }
+        rc.tile_m[r*rc.n_kv_tiles + ic/GGML_FA_TILE_KV] = skip[r] ? -INFINITY : M[r];
+    }
+}
+
+void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t iq2, int64_t iq3,
+                             int64_t n, const float * f, const ggml_fp16_t * mp, size_t mask_nb1,
+                             const float * M, const float * S, float sink) {
+    static_assert(RC_TILE_CELLS % GGML_FA_TILE_KV == 0, "blocks are whole KV tiles");
+    GGML_ASSERT(n_rows <= GGML_FA_TILE_Q && n == rc.n_kv);
+    float w[GGML_FA_TILE_Q];  // the row's A2SF weight over its sum
+    float Mr[GGML_FA_TILE_Q]; // the row's final max
+    for (int64_t r = 0; r < n_rows; ++r) {
+        w[r]  = powf(rc.alpha, (float) (rc.N - 1 - (iq1 + r)))*(S[r] > 0.0f ? 1.0f/S[r] : 0.0f);
+        Mr[r] = fmaxf(M[r], sink);
+    }
+    float acc[RC_NSTAT][RC_TILE_CELLS];
+    const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, 0);
+    for (int64_t c0 = 0; c0 < n; c0 += RC_TILE_CELLS) {
+        const int64_t nb = std::min(RC_TILE_CELLS, n - c0);
+        memset(acc, 0, 4*sizeof(acc[0]));
+        std::fill(acc[4], acc[4] + nb, -INFINITY);
+        bool any = false;
+        for (int64_t r = 0; r < n_rows; ++r) {
+            const ggml_fp16_t * m = mp ? (const ggml_fp16_t *) ((const char *) mp + r*mask_nb1) + c0 : nullptr;
+            // p = v * exp(M_tile - M) / S: the kernel's exponentials, one expf per KV tile
+            const float * v  = rc.tile_v + r*rc.n_kv + c0;
+            const float * fr = f + r*n + c0;
+            for (int64_t k0 = 0; k0 < nb; k0 += GGML_FA_TILE_KV) {
+                float * mt = rc.tile_m + r*rc.n_kv_tiles + (c0 + k0)/GGML_FA_TILE_KV;
+                if (*mt == -INFINITY) {
+                    continue; // the row saw no cell of this KV tile, or the kernel skipped the tile
+                }
+                const float fac = expf(*mt - Mr[r])*w[r];
+                *mt = -INFINITY; // consumed: the next Q tile starts from "not computed"
+                const int64_t k1 = std::min(nb, k0 + GGML_FA_TILE_KV);
+                rc_add_tile_cells(acc[0] + k0, acc[1] + k0, acc[2] + k0, acc[3] + k0, acc[4] + k0, k1 - k0,
+                                  v + k0, fac, fr + k0, m ? m + k0 : nullptr);
+                any = true;
+            }
+        }
+        if (any) {
+            rc_merge_rows(o.a + c0, o.cnt + c0, o.sum + c0, o.sumsq + c0, o.max + c0,
+                          acc[0], acc[1], acc[2], acc[3], acc[4], nb);
+        }
+    }
+}
+
 void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
                                  const float * f, const float * p, const void * mp, bool mask_f16) {
     const float w = powf(rc.alpha, (float) (rc.N - 1 - iq1));
@@ -306,19 +426,6 @@ void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_
         o.sum[i]   += fv;
         o.sumsq[i] += fv*fv;
         o.max[i]    = vis ? std::max(o.max[i], f[i]) : o.max[i];
-    }
-}
-
-static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
-                          float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx,
-                          const float * GGML_RESTRICT ia, const float * GGML_RESTRICT icnt, const float * GGML_RESTRICT isum,
-                          const float * GGML_RESTRICT isumsq, const float * GGML_RESTRICT imx, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-        a[i]     += ia[i];
-        cnt[i]   += icnt[i];
-        sum[i]   += isum[i];
-        sumsq[i] += isumsq[i];
-        mx[i]     = imx[i] > mx[i] ? imx[i] : mx[i];
     }
 }
 

@@ -58,6 +58,9 @@ struct ggml_cpu_rcedge {
     int32_t * nseg   = nullptr; // split-KV: segments of each head's record
     float * tmp    = nullptr; // this thread's buffer for exponentials
     float * slab   = nullptr; // this thread's partial sums [n_stream][n_head_kv][5][n_kv]
+    float * tile_v = nullptr; // tiled flash attention: the rows' exponentials [64][n_kv]
+    float * tile_m = nullptr; // and their running max per KV tile [64][n_kv_tiles]
+    int64_t n_kv_tiles = 0;
     int64_t thread_stride = 0; // floats from one thread's logits + slab to the next thread's
 
     int ith = 0, nth = 1;
@@ -114,6 +117,20 @@ void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2
                             int64_t ic0, int64_t ic1, float * f,
                             const ggml_fp16_t * mp, float slope, float M, float S);
 
+// Tiled flash attention, after a KV tile's softmax step: keep the exponentials of its rows
+// (kq: row r at kq + r*kq_stride, exp(s + mask - M[r]) for the kv_tile cells from ic) and the
+// running max M[r] they are relative to; skip[r]: the row saw no visible cell in the tile.
+void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t n_rows, int64_t ic, int64_t kv_tile,
+                                 const float * kq, int64_t kq_stride, const float * M, const bool * skip);
+// Add the finished rows [iq1, iq1 + n_rows) of a tiled flash-attention tile (head iq2, stream
+// iq3) over cells [0, n): raw logits f (row r at f + r*n, masked cells holding anything), the first
+// row's mask mp (f16, may be null; row r mask_nb1 bytes further), each row's final max M[r] and
+// sum S[r], and the sink (-inf if none) that the row's max is taken with. The probabilities come
+// from the exponentials kept by ggml_cpu_rcedge_fa_tile_exp (one expf per row and KV tile); the
+// rows' contributions are summed per block of cells and added to the slab once per block.
+void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t iq2, int64_t iq3,
+                             int64_t n, const float * f, const ggml_fp16_t * mp, size_t mask_nb1,
+                             const float * M, const float * S, float sink);
 // Add a finished soft_max row: logits f and probabilities p over all cells, row mask (f16 or f32).
 void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
                                  const float * f, const float * p, const void * mp, bool mask_f16);
