@@ -185,6 +185,40 @@ static void rc_add_row_impl(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, 
     }
 }
 
+// Visibility of a cell from its mask value's bits (integer compares: they vectorise, and a
+// masked cell's logit may hold anything): -inf in f16 or f32.
+static inline int32_t rc_visible(ggml_fp16_t m) { return m != (ggml_fp16_t) 0xFC00; }
+static inline int32_t rc_visible(uint32_t m)    { return m != 0xFF800000u; }
+
+// One row's n cells into the statistic rows a..mx, in one pass: a += v*fac (v: the row's
+// exponentials or probabilities, 0 where masked), the logits f (finite everywhere, masked cells
+// included), visibility from the mask mp (f16 or f32 bits; null: all visible).
+template <typename mask_t>
+static void rc_add_cells(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
+                         float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx, int64_t n,
+                         const float * GGML_RESTRICT v, float fac, const float * GGML_RESTRICT f,
+                         const mask_t * GGML_RESTRICT mp) {
+    if (mp == nullptr) {
+        for (int64_t i = 0; i < n; ++i) {
+            a[i]     += v[i]*fac;
+            cnt[i]   += 1.0f;
+            sum[i]   += f[i];
+            sumsq[i] += f[i]*f[i];
+            mx[i]     = std::max(mx[i], f[i]);
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t vis = rc_visible(mp[i]);
+        const float   fv  = f[i]*(float) vis;
+        a[i]     += v[i]*fac;
+        cnt[i]   += (float) vis;
+        sum[i]   += fv;
+        sumsq[i] += fv*fv;
+        mx[i]     = vis ? std::max(mx[i], f[i]) : mx[i];
+    }
+}
+
 // Per-thread rows for one row of cells: exponentials, visibility, additive mask.
 struct rc_row_tmp {
     float * p, * vis, * madd;
@@ -289,8 +323,9 @@ void ggml_cpu_rcedge_fa_rec_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t
     const float   S_inv = S > 0.0f ? 1.0f/S : 0.0f;
     const rc_row_tmp t  = rc_tmp_rows(rc);
     rc_p_from_rec(n, t.p, rec, M, S_inv);
-    const bool masked = rc_mask_row(n, t, mp ? mp + ic0 : nullptr);
-    rc_add_row(rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0), n, w, t, rec.f, masked);
+    // the record has f = 0 and v = 0 in masked cells
+    const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0);
+    rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, w, rec.f, mp ? mp + ic0 : nullptr);
 }
 
 
@@ -321,34 +356,6 @@ static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, fl
 // Cells per block of the tiled update: the block's accumulators and temporaries (9 rows of
 // 256 floats) stay in L1 while every row of the tile is added.
 static constexpr int64_t RC_TILE_CELLS = 256;
-
-// One row's cells of a KV tile into the block accumulators, in one pass: p = v*fac, the logits
-// f, visibility from the f16 mask mp (null: all visible). The kernel computed the tile for this
-// row, so v (0 where masked) and f (raw logits, masked cells included) are finite.
-static void rc_add_tile_cells(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
-                              float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx, int64_t n,
-                              const float * GGML_RESTRICT v, float fac, const float * GGML_RESTRICT f,
-                              const ggml_fp16_t * GGML_RESTRICT mp) {
-    if (mp == nullptr) {
-        for (int64_t i = 0; i < n; ++i) {
-            a[i]     += v[i]*fac;
-            cnt[i]   += 1.0f;
-            sum[i]   += f[i];
-            sumsq[i] += f[i]*f[i];
-            mx[i]     = std::max(mx[i], f[i]);
-        }
-        return;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-        const int32_t vis = mp[i] != (ggml_fp16_t) 0xFC00; // integer compare: vectorises
-        const float   fv  = f[i]*(float) vis;
-        a[i]     += v[i]*fac;
-        cnt[i]   += (float) vis;
-        sum[i]   += fv;
-        sumsq[i] += fv*fv;
-        mx[i]     = vis ? std::max(mx[i], f[i]) : mx[i];
-    }
-}
 
 void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t n_rows, int64_t ic, int64_t kv_tile,
                                  const float * kq, int64_t kq_stride, const float * M, const bool * skip) {
@@ -395,8 +402,8 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
                 const float fac = expf(*mt - Mr[r])*w[r];
                 *mt = -INFINITY; // consumed: the next Q tile starts from "not computed"
                 const int64_t k1 = std::min(nb, k0 + GGML_FA_TILE_KV);
-                rc_add_tile_cells(acc[0] + k0, acc[1] + k0, acc[2] + k0, acc[3] + k0, acc[4] + k0, k1 - k0,
-                                  v + k0, fac, fr + k0, m ? m + k0 : nullptr);
+                rc_add_cells(acc[0] + k0, acc[1] + k0, acc[2] + k0, acc[3] + k0, acc[4] + k0, k1 - k0,
+                             v + k0, fac, fr + k0, m ? m + k0 : nullptr);
                 any = true;
             }
         }
@@ -411,21 +418,11 @@ void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_
                                  const float * f, const float * p, const void * mp, bool mask_f16) {
     const float w = powf(rc.alpha, (float) (rc.N - 1 - iq1));
     const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, 0);
-    if (mp == nullptr) {
-        rc_add_row_impl(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, w, p, f, nullptr, nullptr);
-        return;
-    }
-    // the soft_max path has no tmp area: its slab rows are only reached through o, and the
-    // visibility is rebuilt here one cell at a time
-    for (int64_t i = 0; i < rc.n_kv; ++i) {
-        const float m   = mask_f16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) mp)[i]) : ((const float *) mp)[i];
-        const bool  vis = m != -INFINITY;
-        const float fv  = vis ? f[i] : 0.0f;
-        o.a[i]     += w*p[i];
-        o.cnt[i]   += vis ? 1.0f : 0.0f;
-        o.sum[i]   += fv;
-        o.sumsq[i] += fv*fv;
-        o.max[i]    = vis ? std::max(o.max[i], f[i]) : o.max[i];
+    // f: the row's scaled logits, copied before the mask was added (finite in every cell)
+    if (mp == nullptr || mask_f16) {
+        rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, p, w, f, (const ggml_fp16_t *) mp);
+    } else {
+        rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, p, w, f, (const uint32_t *) mp);
     }
 }
 
