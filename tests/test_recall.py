@@ -146,6 +146,11 @@ def test_shares_weigh_the_words_no_candidate_holds_most():
     assert recall.shares(docs, ["vault", "password"]).tolist() == [1.0, 0.0]
     held, new = recall.shares(docs, ["vault", "bank", "river", "ledgers"])
     assert 0 < held < 0.25 and new == 0
+    # "born" is cached (its sentence lost its city): it weighs less in the prompt, but not in
+    # the sentence holding it (at the covered weight throughout, 0.16 of the question's weight
+    # left out the fact's sentence in a 1024-cell chat)
+    docs = [["born", "cartagena"], ["helpful"]] + [[f"w{i}"] for i in range(150)]
+    assert recall.shares(docs, ["city", "born"], {"born": 0.25})[0] > 0.4
     settings = recall.Recall()
     assert np.isneginf(recall.rank(docs, ["vault", "bank", "river", "ledgers"], set(),
                                    settings)).all()
