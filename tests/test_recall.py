@@ -120,12 +120,12 @@ PASSAGE = (" Summarize this passage: The old bank moved its vault to the basemen
            "deeds down the stairs by lamplight.")
 
 
-@pytest.mark.parametrize("min_share,recalls", [(0.0, 1), (None, 0)])
+@pytest.mark.parametrize("min_share,recalls", [(None, 1), (0.25, 0)])
 def test_a_pasted_passage_does_not_recall_what_shares_one_of_its_words(
         default_model, min_share, recalls):
     """min_share: the evicted fact shares "vault" with the passage, which is about its own
-    many words (read back with min_share 0, not by default); the question about the fact
-    still reads it back."""
+    many words (read back by default, min_share 0; not with 0.25); the question about the
+    fact still reads it back."""
     events = []
     spec = recall.Recall() if min_share is None else recall.Recall(min_share=min_share)
     llm = make(default_model, kv_budget=96, policy="window", probe=None, recall=spec,
@@ -151,7 +151,7 @@ def test_shares_weigh_the_words_no_candidate_holds_most():
     # left out the fact's sentence in a 1024-cell chat)
     docs = [["born", "cartagena"], ["helpful"]] + [[f"w{i}"] for i in range(150)]
     assert recall.shares(docs, ["city", "born"], {"born": 0.25})[0] > 0.4
-    settings = recall.Recall()
+    settings = recall.Recall(min_share=0.25)
     assert np.isneginf(recall.rank(docs, ["vault", "bank", "river", "ledgers"], set(),
                                    settings)).all()
     assert recall.choose([(0, 3), (3, 5)], np.array([-np.inf, -np.inf]), settings, 8,
