@@ -4,11 +4,15 @@ out of the budget, then a question that needs it (docs/bench/recall-chat.md).
     .venv/bin/python bench/recall_chat.py [--model qwen2.5-coder-0.5b] [--n 30] [--turns 8]
         [--budget 25%|CELLS] [--kinds fact,instruction] [--out recall-chat] CACHE...
 
-CACHE (in this order; full first when the budget is a share; the first budgeted cache is the
-baseline of the time ratios): full (a cache that holds the whole chat, which answers as stock
-llama-cpp-python does: tests/test_budgeted.py), default (pyrcedge.Llama(kv_budget=...) with
-its defaults: a2sf, the tail probe, recall), or a cache as bench/common.py's cache_options
-names it (a2sf, context-shift, a2sf+recall, a2sf+recall{"relative":0.5}, a2sf+structure...).
+CACHE (in this order; full first when the budget is a share): full (a cache that holds the
+whole chat, which answers as stock llama-cpp-python does: tests/test_budgeted.py), default
+(pyrcedge.Llama(kv_budget=...) with its defaults: a2sf, the tail probe, recall),
+default-norecall (the same with recall=None: what recall costs, the probe's cost left out), or
+a cache as bench/common.py's cache_options names it (a2sf, context-shift, a2sf+recall,
+a2sf+probe+recall{"relative":0.5}, a2sf+structure...). The baseline of the time ratios is
+default-norecall when it is named, else the first budgeted cache; the ratios to a2sf are kept
+beside them when a2sf is named. Each turn's time is the process's CPU time (time.process_time:
+what the turn cost, whatever else the machine runs) and its wall time; ratios are given for both.
 Every cache answers the same conversations (seed 0) in one process, conversation by
 conversation. Turn 1 states a fact ("Please remember this: my locker number is 4817.", kind
 fact) or an instruction ("From now on, always answer in French.", kind instruction); each later
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import statistics
@@ -135,14 +140,15 @@ def run_chat(llm: Llama, conv: dict[str, Any], reply_tokens: int) -> dict[str, A
     asks = [conv["fact"]] + [f"Summarize this passage in one sentence:\n{p}"
                              for p in conv["passages"]] + [conv["question"]]
     meter = EvalMeter(llm)
-    turns: dict[str, list[Any]] = {k: [] for k in ("replies", "s", "prompt", "prefix", "read",
-                                                   "recalled", "probe")}
+    turns: dict[str, list[Any]] = {k: [] for k in ("replies", "s", "cpu_s", "prompt", "prefix",
+                                                   "read", "recalled", "probe")}
     for k, ask in enumerate(asks):
         messages.append({"role": "user", "content": ask})
         before, meter.calls = llm.kv_stats(), []
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         r: Any = llm.create_chat_completion(messages=messages, temperature=0.0,
                                        max_tokens=24 if k == len(asks) - 1 else reply_tokens)
+        turns["cpu_s"].append(time.process_time() - c)
         turns["s"].append(time.perf_counter() - t)
         after = llm.kv_stats()
         text = r["choices"][0]["message"]["content"] or ""
@@ -193,7 +199,8 @@ def main() -> None:
                 llm = Llama(path, kv_budget=a.full_cells, policy="full", **common)
             else:
                 cells = int(share.of(history, 36).value)
-                options = {} if name == "default" else cache_options(name)
+                options = ({} if name == "default" else {"recall": None}
+                           if name == "default-norecall" else cache_options(name))
                 llm = Llama(path, kv_budget=cells, **options, **common)
             turns = run_chat(llm, conv, a.reply_tokens)
             replies, per_turn = turns["replies"], turns["s"]
@@ -210,6 +217,8 @@ def main() -> None:
                                "history": st.history_tokens, "cells": st.budget_cells,
                                "last_turn_s": per_turn[-1], "turn_s": per_turn,
                                "turn_s_median": statistics.median(per_turn),
+                               "last_turn_cpu_s": turns["cpu_s"][-1], "turn_cpu_s": turns["cpu_s"],
+                               "turn_cpu_s_median": statistics.median(turns["cpu_s"]),
                                "recalls": st.recalls, "recalled_tokens": st.recalled_tokens,
                                "evicted": st.evicted_tokens,
                                "turn_prompt_tokens": turns["prompt"],
@@ -220,10 +229,21 @@ def main() -> None:
                                "whole_rereads": sum(p == 0 for p in turns["prefix"][1:])})
             llm.close()
         print(f"conversation {len(rows[a.caches[0]])}: " + ", ".join(
-            f"{name} {'hit' if rows[name][-1]['hit'] else 'miss'} {rows[name][-1]['last_turn_s']:.2f}s"
+            f"{name} {'hit' if rows[name][-1]['hit'] else 'miss'} "
+            f"{sum(rows[name][-1]['turn_cpu_s']):.1f} cpu s {sum(rows[name][-1]['turn_s']):.1f} s"
             for name in a.caches), file=sys.stderr, flush=True)
         if a.out:     # after every conversation: a run cut short still leaves its record
             report(a, rows)
+
+
+def ratios(rs: list[dict[str, Any]], bs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Quartiles of the question turn's and of every turn's time (key: "s" wall, "cpu_s" CPU)
+    over the baseline's in the same conversation and turn."""
+    paired = list(zip(rs, bs))
+    return {"last_turn": quartiles([r[f"turn_{key}"][-1] / b[f"turn_{key}"][-1]
+                                    for r, b in paired]),
+            "turn": quartiles([x / y for r, b in paired
+                               for x, y in zip(r[f"turn_{key}"], b[f"turn_{key}"])])}
 
 
 def summary(rows: dict[str, list[dict[str, Any]]], base: str) -> dict[str, dict[str, Any]]:
@@ -231,7 +251,20 @@ def summary(rows: dict[str, list[dict[str, Any]]], base: str) -> dict[str, dict[
     for name, rs in rows.items():
         paired = list(zip(rs, rows[base]))
         kinds = sorted({r["kind"] for r in rs})
+        # the turns that paste a passage (not turn 1's fact, not the question)
+        passage_recalled = [t for r in rs for t in r["turn_recalled"][1:-1]]
         results[name] = {
+            "base": base,
+            "cpu_ratio": ratios(rs, rows[base], "cpu_s"),
+            "cpu_ratio_a2sf": ratios(rs, rows["a2sf"], "cpu_s") if "a2sf" in rows else None,
+            "wall_ratio_a2sf": ratios(rs, rows["a2sf"], "s") if "a2sf" in rows else None,
+            "last_turn_cpu_s_median": statistics.median(r["last_turn_cpu_s"] for r in rs),
+            "turn_cpu_s_median": statistics.median(r["turn_cpu_s_median"] for r in rs),
+            "chat_cpu_s_mean": statistics.mean(sum(r["turn_cpu_s"]) for r in rs),
+            "passage_turns_recalling": (sum(t > 0 for t in passage_recalled)
+                                        / max(1, len(passage_recalled))),
+            "passage_turn_recalled_mean": (statistics.mean(passage_recalled)
+                                           if passage_recalled else 0.0),
             "hits": sum(r["hit"] for r in rs), "n": len(rs), "rows": rs,
             "hits_by_kind": {k: [sum(r["hit"] for r in rs if r["kind"] == k),
                                  sum(r["kind"] == k for r in rs)] for k in kinds},
@@ -256,8 +289,10 @@ def summary(rows: dict[str, list[dict[str, Any]]], base: str) -> dict[str, dict[
 
 def report(a: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> None:
     """docs/bench/OUT.json and .md of the conversations done so far."""
-    # the first budgeted cache is the baseline of the time ratios (a policy without recall)
-    base = next((name for name in a.caches if name != "full"), a.caches[0])
+    # the baseline of the time ratios: the default without recall (what recall costs), else
+    # the first budgeted cache (a policy without recall)
+    base = ("default-norecall" if "default-norecall" in a.caches
+            else next((name for name in a.caches if name != "full"), a.caches[0]))
     results = summary(rows, base)
     done = len(rows[a.caches[0]])
     out = REPO / "docs" / "bench" / a.out
@@ -272,19 +307,27 @@ def report(a: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> None
              "",
              f"Command: `{record['command']}`  ",
              f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores, "
-             f"{a.threads} threads, one conversation at a time.  ",
+             f"{a.threads} threads, one conversation at a time, niceness {os.nice(0)} (the "
+             "machine shared with other jobs: CPU time is the measure).  ",
              f"{done} conversations ({a.n} of each kind asked; seed 0; bench/recall_chat.py "
              f"says how they are made); {budget}. Hit: the fact's key word in the last answer "
              "(fact), the last answer following the instruction (instruction). Reply F1: the "
              "token F1 of each earlier turn's reply against the full cache's reply to the same "
              "messages (how far the chat drifts from what the whole history gives), averaged "
-             "over the turns. Seconds: the last turn (the question), and the median turn.", "",
-             f"Time ratios: to {base} in the same conversation (the question turn; every "
+             "over the turns. Passage turns recalling: the share of the turns that paste a passage "
+             "(not turn 1, not the question) that read history back, and the tokens they read "
+             "back on average.", "",
+             f"Time: the process's CPU time of a turn (its wall time in the second table). "
+             f"Ratios: to {base} in the same conversation and turn (the question turn; every "
              "turn), median (25th-75th percentile).", "",
              "| cache | " + " | ".join(f"{k} hits | / full" for k in kinds)
              + " | reply F1 vs full | cells, mean | history, mean | recalled tokens, mean | "
-             f"last turn s, median | turn s, median | last turn / {base} | turn / {base} |",
-             "|---|" + "---|---|" * len(kinds) + "---|---|---|---|---|---|---|---|"]
+             "passage turns recalling | tokens a passage turn recalls, mean | "
+             "chat CPU s, mean | last turn CPU s, median | turn CPU s, median | "
+             f"last turn / {base}, CPU | turn / {base}, CPU |"
+             + (" last turn / a2sf, CPU | turn / a2sf, CPU |" if "a2sf" in results else ""),
+             "|---|" + "---|---|" * len(kinds) + "---|" * 11
+             + ("---|---|" if "a2sf" in results else "")]
     for name, r in results.items():
         hits = []
         for k in kinds:
@@ -292,12 +335,28 @@ def report(a: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> None
             f = full.get(k, [0, 0])[0]
             hits.append(f"{h}/{n} | " + (f"{h / f:.2f}" if f else "-"))
         f1 = r["turn_f1_vs_full_mean"]
+        cpu = [r["cpu_ratio"]["last_turn"], r["cpu_ratio"]["turn"]]
+        if r["cpu_ratio_a2sf"] is not None:
+            cpu += [r["cpu_ratio_a2sf"]["last_turn"], r["cpu_ratio_a2sf"]["turn"]]
         lines.append(f"| {name} | " + " | ".join(hits) + " | "
                      f"{'' if f1 is None else f'{f1:.3f}'} | {r['cells_mean']:.0f} | "
                      f"{r['history_mean']:.0f} | {r['recalled_tokens_mean']:.1f} | "
-                     f"{r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} | "
-                     + " | ".join("{1:.2f} ({0:.2f}-{2:.2f})".format(*r[k])
-                                  for k in ("last_turn_ratio", "turn_ratio")) + " |")
+                     f"{r['passage_turns_recalling']:.0%} | "
+                     f"{r['passage_turn_recalled_mean']:.1f} | {r['chat_cpu_s_mean']:.1f} | "
+                     f"{r['last_turn_cpu_s_median']:.2f} | {r['turn_cpu_s_median']:.2f} | "
+                     + " | ".join("{1:.2f} ({0:.2f}-{2:.2f})".format(*q) for q in cpu) + " |")
+    lines += ["", "Wall time (a shared machine: the CPU-time columns above are the measure; "
+              "these are for reference).", "",
+              f"| cache | last turn s, median | turn s, median | last turn / {base} | "
+              f"turn / {base} |" + (" last turn / a2sf | turn / a2sf |" if "a2sf" in results
+                                    else ""),
+              "|---|---|---|---|---|" + ("---|---|" if "a2sf" in results else "")]
+    for name, r in results.items():
+        wall = [r["last_turn_ratio"], r["turn_ratio"]]
+        if r["wall_ratio_a2sf"] is not None:
+            wall += [r["wall_ratio_a2sf"]["last_turn"], r["wall_ratio_a2sf"]["turn"]]
+        lines.append(f"| {name} | {r['last_turn_s_median']:.2f} | {r['turn_s_median']:.2f} | "
+                     + " | ".join("{1:.2f} ({0:.2f}-{2:.2f})".format(*q) for q in wall) + " |")
     lines += ["", "Prompt tokens per chat, means: what each cache evaluated (the new prompt "
               "tokens after the prefix it reused, the tokens recalled, the probe's tokens), "
               "against the prompt tokens that stock llama-cpp-python re-reads when it reads the "

@@ -103,7 +103,7 @@ def test_the_bound_holds_per_prompt_when_a_probed_read_recalls_twice(default_mod
     bound = 32
     llm = make(default_model, kv_budget=192, policy="window", probe="tail",
                recall=recall.Recall(max_tokens=bound, sentence_max=12, relative=0.0,
-                                    min_score=0.0), on_recall=events.append)
+                                    min_score=0.0, min_share=0.0), on_recall=events.append)
     read_fact_then_prose(llm)
     before = llm.kv_stats()
     events.clear()
@@ -112,6 +112,52 @@ def test_the_bound_holds_per_prompt_when_a_probed_read_recalls_twice(default_mod
     assert st.probe_passes > before.probe_passes and len(events) == 2   # both passes recalled
     assert sum(e.tokens for e in events) == st.recalled_tokens - before.recalled_tokens <= bound
     assert st.recalls == before.recalls + 1 and positions_agree(llm)
+
+
+# a pasted passage that shares one rare word ("vault") with the evicted fact, among many of its own
+PASSAGE = (" Summarize this passage: The old bank moved its vault to the basement in 1921, when "
+           "the river flooded the high street twice, and the clerks carried ledgers, coins and "
+           "deeds down the stairs by lamplight.")
+
+
+@pytest.mark.parametrize("min_share,recalls", [(None, 1), (0.25, 0)])
+def test_a_pasted_passage_does_not_recall_what_shares_one_of_its_words(
+        default_model, min_share, recalls):
+    """min_share: the evicted fact shares "vault" with the passage, which is about its own
+    many words (read back by default, min_share 0; not with 0.25); the question about the
+    fact still reads it back."""
+    events = []
+    spec = recall.Recall() if min_share is None else recall.Recall(min_share=min_share)
+    llm = make(default_model, kv_budget=96, policy="window", probe=None, recall=spec,
+               on_recall=events.append)
+    fact = read_fact_then_prose(llm)
+    llm.eval(llm.tokenize(PASSAGE.encode(), add_bos=False))
+    assert llm.kv_stats().recalls == recalls
+    if recalls:
+        return
+    llm.eval(llm.tokenize(ASK.encode(), add_bos=False))
+    assert llm.kv_stats().recalls == 1
+    back = {i for a, b in events[0].spans for i in range(a, b)}
+    assert {i for i in fact if i >= 8} <= back       # the password's words came back
+
+
+def test_shares_weigh_the_words_no_candidate_holds_most():
+    docs = [["vault", "password", "heron"], ["sea", "wind"]]
+    assert recall.shares(docs, ["vault", "password"]).tolist() == [1.0, 0.0]
+    held, new = recall.shares(docs, ["vault", "bank", "river", "ledgers"])
+    assert 0 < held < 0.25 and new == 0
+    # "born" is cached (its sentence lost its city): it weighs less in the prompt, but not in
+    # the sentence holding it (at the covered weight throughout, 0.16 of the question's weight
+    # left out the fact's sentence in a 1024-cell chat)
+    docs = [["born", "cartagena"], ["helpful"]] + [[f"w{i}"] for i in range(150)]
+    assert recall.shares(docs, ["city", "born"], {"born": 0.25})[0] > 0.4
+    settings = recall.Recall(min_share=0.25)
+    assert np.isneginf(recall.rank(docs, ["vault", "bank", "river", "ledgers"], set(),
+                                   settings)).all()
+    assert recall.choose([(0, 3), (3, 5)], np.array([-np.inf, -np.inf]), settings, 8,
+                         lambda i: True) == []
+    with pytest.raises(BudgetError, match="recall min_share must be in"):
+        recall.Recall(min_share=2.0)
 
 
 def test_prompts_about_nothing_evicted_recall_nothing(default_model):

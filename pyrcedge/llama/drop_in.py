@@ -303,7 +303,7 @@ class Llama(llama_cpp.Llama):
         cached = set(kv.cached.tolist())
         in_cache = set(recall.content_words(self.detokenize(history[kv.cached].tolist()).decode(
             "utf-8", "replace")))
-        scores = recall.bm25(docs, query, weight={w: settings.covered for w in in_cache})
+        scores = recall.rank(docs, query, in_cache, settings)
         # the bound is per prompt: a probed read's second recall gets what the first left
         bound = min(settings.max_tokens - spent, kv.budget // 4 - spent,
                     kv.max_chunk(n) - min(len(tokens), self.n_batch))
