@@ -6,6 +6,7 @@
 //   rcedge_gpu_bench run MODEL.gguf LABEL [reps=3] [prompts=256,1024,4000] [window=64]
 //   rcedge_gpu_bench profile MODEL.gguf [prompt=256] [steps=32]
 //   rcedge_gpu_bench prefill-profile MODEL.gguf [prompt=4000] [window=64]
+//   rcedge_gpu_bench prefill-loop MODEL.gguf prompt off|on|on-window [reps=5] [window=64] [flash=1]
 //
 // make: F16 matrices of N(0, std) values (a 16M-value pool per std, cycled from a random offset:
 //   speed does not depend on the values), F32 norms, an SPM vocabulary of n_vocab filler tokens.
@@ -13,6 +14,8 @@
 //   add up), scoring off and on, flash attention on and off: every node is computed on its own and
 //   waited for (the scheduler's eval callback), so each time is one node's launch, kernels and
 //   synchronisation; a poor man's profiler for machines without Nsight (no CUDA graphs either).
+// prefill-loop: one context of one variant, a warm-up prefill, then reps timed prefills of the prompt
+//   into a cleared cache, nothing else: for an outside profiler (nsys) to see the kernels as they run.
 // prefill-profile: the same for a prefill (the prompt in ubatches of 512 into a cleared cache), scoring
 //   off, on, and on with the query window.
 // run: for each context kind (flash attention on, off) and prompt length, one context per variant
@@ -531,6 +534,40 @@ static int prefill_profile(int argc, char ** argv) {
     return 0;
 }
 
+static int prefill_loop(int argc, char ** argv) {
+    const int n_prompt = atoi(argv[3]);
+    int var = -1;
+    for (int v = 0; v < N_VAR; ++v) {
+        if (strcmp(argv[4], VAR_NAME[v]) == 0) {
+            var = v;
+        }
+    }
+    const int reps   = argc > 5 ? atoi(argv[5]) : 5;
+    const int window = argc > 6 ? atoi(argv[6]) : 64;
+    const bool flash = argc > 7 ? atoi(argv[7]) != 0 : true;
+    if (var < 0) {
+        fprintf(stderr, "variant: off, on or on-window\n");
+        return 2;
+    }
+    llama_model * model = load_gpu_model(argv[2]);
+    if (!model) {
+        return 1;
+    }
+    const auto toks = make_tokens(n_prompt, llama_vocab_n_tokens(llama_model_get_vocab(model)));
+    llama_context * ctx = bench_ctx(model, flash, n_prompt, var, window, 0.9f);
+    feed(ctx, toks.data(), n_prompt, 512); // warm-up
+    std::vector<double> t;
+    for (int i = 0; i < reps; ++i) {
+        t.push_back(time_prefill(ctx, toks, n_prompt));
+    }
+    const result r = summarize(t);
+    printf("prefill-loop %s flash=%d prompt=%d %s: %.1f tok/s median of %d (%.2f ms a prefill, spread %.3f)\n", argv[2],
+           (int) flash, n_prompt, VAR_NAME[var], n_prompt / r.med, reps, 1e3 * r.med, r.spread);
+    llama_free(ctx);
+    llama_model_free(model);
+    return 0;
+}
+
 int main(int argc, char ** argv) {
     if (argc >= 2 && strcmp(argv[1], "make") == 0) {
         return make_model(argc, argv);
@@ -543,6 +580,9 @@ int main(int argc, char ** argv) {
     }
     if (argc >= 3 && strcmp(argv[1], "prefill-profile") == 0) {
         return prefill_profile(argc, argv);
+    }
+    if (argc >= 5 && strcmp(argv[1], "prefill-loop") == 0) {
+        return prefill_loop(argc, argv);
     }
     fprintf(stderr, "usage: %s make ... | run ...\n", argv[0]);
     return 2;
