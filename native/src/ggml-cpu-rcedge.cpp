@@ -159,32 +159,6 @@ static rc_rows rc_score_rows(const ggml_cpu_rcedge & rc, int64_t s, int64_t g, i
     return { (float *) r, (float *) (r + rc.nb1), (float *) (r + 2*rc.nb1), (float *) (r + 3*rc.nb1), (float *) (r + 4*rc.nb1) };
 }
 
-// Add one row's cells: probabilities p scaled by wp, logits f (0 in masked cells), visibility
-// vis (1 or 0) and the additive mask madd (0 or -inf); vis and madd null: all visible. Branch-free
-// so that the compiler vectorises it.
-static void rc_add_row_impl(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
-                            float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx, int64_t n, float wp,
-                            const float * GGML_RESTRICT p, const float * GGML_RESTRICT f,
-                            const float * GGML_RESTRICT vis, const float * GGML_RESTRICT madd) {
-    if (vis == nullptr) {
-        for (int64_t i = 0; i < n; ++i) {
-            a[i]     += wp*p[i];
-            cnt[i]   += 1.0f;
-            sum[i]   += f[i];
-            sumsq[i] += f[i]*f[i];
-            mx[i]     = std::max(mx[i], f[i]);
-        }
-        return;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-        a[i]     += wp*p[i];
-        cnt[i]   += vis[i];
-        sum[i]   += f[i];
-        sumsq[i] += f[i]*f[i];
-        mx[i]     = std::max(mx[i], f[i] + madd[i]);
-    }
-}
-
 // Visibility of a cell from its mask value's bits (integer compares: they vectorise, and a
 // masked cell's logit may hold anything): -inf in f16 or f32.
 static inline int32_t rc_visible(ggml_fp16_t m) { return m != (ggml_fp16_t) 0xFC00; }
@@ -226,44 +200,6 @@ struct rc_row_tmp {
 
 static rc_row_tmp rc_tmp_rows(const ggml_cpu_rcedge & rc) {
     return { rc.tmp, rc.tmp + rc.n_kv, rc.tmp + 2*rc.n_kv };
-}
-
-// For n cells of a row: t.p[i] = exp(f[i] + slope*mask[i] - M) (vectorised; 0 when masked),
-// t.vis and t.madd from the mask, and f[i] = 0 in masked cells, whose logits the kernels never
-// wrote. Returns false when there is no mask (t.vis, t.madd unused).
-static bool rc_prepare_row(int64_t n, const rc_row_tmp & t, float * GGML_RESTRICT f,
-                           const ggml_fp16_t * GGML_RESTRICT mp, float slope, float M) {
-    // integer selects on the f16 mask bits: float compares would keep the compiler from
-    // vectorising (they may trap), and masked logits may hold any bits, NaN included
-    typedef uint32_t __attribute__((may_alias)) bits_t;
-    float  * GGML_RESTRICT p    = t.p;
-    float  * GGML_RESTRICT vis  = t.vis;
-    float  * GGML_RESTRICT madd = t.madd;
-    bits_t * GGML_RESTRICT fb   = (bits_t *) f;
-    bits_t * GGML_RESTRICT mb   = (bits_t *) madd;
-    if (mp) {
-        ggml_cpu_fp16_to_fp32(mp, p, n); // the mask as f32, -inf where masked
-        for (int64_t i = 0; i < n; ++i) {
-            const uint32_t keep = 0u - (uint32_t) (mp[i] != (ggml_fp16_t) 0xFC00); // all ones if visible
-            fb[i] &= keep;                                    // masked logits become 0
-            p[i]   = f[i] + slope*p[i];                       // -inf where masked
-            vis[i] = (float) (keep & 1u);
-            mb[i]  = ~keep & 0xFF800000u;                     // 0 or -inf
-        }
-    } else {
-        memcpy(p, f, n*sizeof(float));
-    }
-    if (M == -INFINITY) { // nothing visible
-        memset(p, 0, n*sizeof(float));
-    } else {
-        ggml_vec_soft_max_f32((int) n, p, p, M);
-    }
-    return mp != nullptr;
-}
-
-static void rc_add_row(const rc_rows & o, int64_t n, float wp, const rc_row_tmp & t, const float * f, bool masked) {
-    rc_add_row_impl(o.a, o.cnt, o.sum, o.sumsq, o.max, n, wp, t.p, f,
-                    masked ? t.vis : nullptr, masked ? t.madd : nullptr);
 }
 
 // The visibility rows only (for recorded rows, whose probabilities come from the kernel).
@@ -328,17 +264,6 @@ void ggml_cpu_rcedge_fa_rec_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t
     rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, w, rec.f, mp ? mp + ic0 : nullptr);
 }
 
-
-void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
-                            int64_t ic0, int64_t ic1, float * f,
-                            const ggml_fp16_t * mp, float slope, float M, float S) {
-    const int64_t n     = ic1 - ic0;
-    const float   w     = powf(rc.alpha, (float) (rc.N - 1 - iq1));
-    const float   S_inv = S > 0.0f ? 1.0f/S : 0.0f;
-    const rc_row_tmp t  = rc_tmp_rows(rc);
-    const bool masked   = rc_prepare_row(n, t, f, mp ? mp + ic0 : nullptr, slope, M);
-    rc_add_row(rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0), n, w*S_inv, t, f, masked);
-}
 
 static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
                           float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx,
@@ -564,8 +489,7 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
             const float S = rc.row_ms[2*h + 1];
             const rc_row_tmp t = rc_tmp_rows(rc);
             rc_p_from_rec(n, t.p, rec, rc.row_ms[2*h + 0], S > 0.0f ? 1.0f/S : 0.0f);
-            const bool masked = rc_mask_row(n, t, m);
-            rc_add_row(o, n, 1.0f, t, rec.f, masked);
+            rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, 1.0f, rec.f, m); // f = v = 0 where masked
         }
     }
 }

@@ -110,12 +110,6 @@ void ggml_cpu_rcedge_fa_rec_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t
 void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor * dst,
                            bool split_kv, ggml_cpu_rcedge & rc);
 
-// Add a finished flash-attention row (tiled): query iq1 of head iq2, stream iq3, logits f[ic - ic0] for
-// cells [ic0, ic1), row mask mp (f16, may be null) scaled by slope, and the row's final max M and
-// sum S (S relative to M, sinks included). f is scratch: masked cells are zeroed in place.
-void ggml_cpu_rcedge_fa_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
-                            int64_t ic0, int64_t ic1, float * f,
-                            const ggml_fp16_t * mp, float slope, float M, float S);
 
 // Tiled flash attention, after a KV tile's softmax step: keep the exponentials of its rows
 // (kq: row r at kq + r*kq_stride, exp(s + mask - M[r]) for the kv_tile cells from ic) and the
