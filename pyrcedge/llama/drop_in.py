@@ -150,6 +150,8 @@ class Llama(llama_cpp.Llama):
         self.statistics = self.settings.statistics
         if self.statistics:
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
+            if not self.settings.track_attention:   # attribution reads every query's moments
+                kernel_stats.set_query_window(self.ctx, policy_object.prefill_window())
         if policy_object.evicts:
             self._n_ctx = LOGICAL_CONTEXT
         self.input_ids = np.zeros(cells, np.intc)
@@ -202,10 +204,13 @@ class Llama(llama_cpp.Llama):
             # a full cache (an earlier turn filled it) first makes room for the probe
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         if self.statistics:
+            # the probe compares with the moments of every query that read the document
+            window = kernel_stats.set_query_window(self.ctx, 0)
             try:
                 self._read_probed(tokens, read, recalled)
             finally:
                 read.close(self.ctx)
+                kernel_stats.set_query_window(self.ctx, window)
             return
         # the probe reads the document queries' logit moments: on for this read only
         kernel_stats.enable_scoring(self.ctx, alpha=self.policy.alpha)
@@ -566,12 +571,14 @@ class Llama(llama_cpp.Llama):
             self.statistics = True
         before = self.policy.alpha
         kernel_stats.set_alpha(self.ctx, alpha)
+        window = kernel_stats.set_query_window(self.ctx, 0)     # attribution reads the moments
         self._reset_a2sf_at_answer = reset_a2sf_at_answer
         try:
             yield
         finally:
             self._reset_a2sf_at_answer = False
             kernel_stats.set_alpha(self.ctx, before)
+            kernel_stats.set_query_window(self.ctx, window)
 
     # --- pyrcedge's own -----------------------------------------------------------------
 
