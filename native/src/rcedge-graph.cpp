@@ -215,12 +215,6 @@ static void rcedge_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_
     ggml_build_forward_expand(gf, ggml_cpy(ctx, mx, old(4, 1)));
 }
 
-void llama_rcedge_set_fused_window(ggml_tensor * node, const llama_rcedge_layer_scores & rc, int64_t n_q) {
-    if (rc.query_window > 0 && rc.query_window < n_q) {
-        ggml_attn_set_scores_rows(node, (int32_t) (n_q - rc.query_window), 0, false);
-    }
-}
-
 // Device-fused: a soft_max of the statistics' own carries them; the backend updates them in its
 // kernels (ggml_attn_set_scores). Its output is never read, so the backend need not write it.
 // Rows before n_skip give no statistics, and n_before queries before the first row count in the
