@@ -123,5 +123,6 @@ def report(r: dict) -> str:
                      f"{row['scoring on tok/s']} | {ratios} |")
     return "\n".join(lines) + "\n"
 
+
 if __name__ == "__main__":
     main()

@@ -9,9 +9,9 @@ off, patched with scoring on (alpha 0.9) with every query ("on") and with the qu
 pyrcedge.Llama sets for A2SF ("window": each ubatch's last 64 queries; docs/scoring.md). A round
 times one prefill of every configuration (prompt length, threads, flash attention, K type) in
 every variant, the variants of a configuration back to back in a rotating order, so drift of the
-machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in ubatches of 512. Ratios are
-medians over rounds of the ratio within a round; the spread is their min and max. Writes
-docs/bench/NAME.md and .json with the command and the machine.
+machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
+ubatches of 512. Ratios are medians over rounds of the ratio within a round; the spread is their
+min and max. Writes docs/bench/NAME.md and .json with the command and the machine.
 """
 
 from __future__ import annotations

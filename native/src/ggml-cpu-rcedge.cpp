@@ -309,13 +309,13 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
     GGML_ASSERT(n_rows <= GGML_FA_TILE_Q && n == rc.n_kv);
     float w[GGML_FA_TILE_Q];  // the row's A2SF weight over its sum
     float Mr[GGML_FA_TILE_Q]; // the row's final max
-    for (int64_t r = 0; r < n_rows; ++r) {
-        w[r]  = powf(rc.alpha, (float) (rc.N - 1 - (iq1 + r)))*(S[r] > 0.0f ? 1.0f/S[r] : 0.0f);
-        Mr[r] = fmaxf(M[r], sink);
-    }
     // rows before the query window give nothing; their kept maxima are dropped, as consumed ones
     const int64_t r0 = std::min(n_rows, std::max<int64_t>(0, rc.n_skip - iq1));
     std::fill(rc.tile_m, rc.tile_m + r0*rc.n_kv_tiles, -INFINITY);
+    for (int64_t r = r0; r < n_rows; ++r) {
+        w[r]  = powf(rc.alpha, (float) (rc.N - 1 - (iq1 + r)))*(S[r] > 0.0f ? 1.0f/S[r] : 0.0f);
+        Mr[r] = fmaxf(M[r], sink);
+    }
     float acc[RC_NSTAT][RC_TILE_CELLS];
     const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, 0);
     for (int64_t c0 = 0; c0 < n; c0 += RC_TILE_CELLS) {

@@ -26,11 +26,11 @@ from ..errors import BudgetError, PolicyError
 from ..native import rcstat
 from .view import CacheView
 
-# keyword of pyrcedge.Llama -> the policy field it sets
 # A2SF prompt reading: the kernels keep the statistics of each ubatch's last PREFILL_WINDOW
 # queries (docs/scoring.md, "Query window"), for alpha up to PREFILL_WINDOW_MAX_ALPHA
 PREFILL_WINDOW = 64
 PREFILL_WINDOW_MAX_ALPHA = 0.9
+# keyword of pyrcedge.Llama -> the policy field it sets
 _KEYWORD_FIELDS = {"alpha": "alpha", "rc_epsilon": "epsilon", "seed": "seed"}
 
 

@@ -205,12 +205,11 @@ class Llama(llama_cpp.Llama):
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         if self.statistics:
             # the probe compares with the moments of every query that read the document
-            window = kernel_stats.set_query_window(self.ctx, 0)
             try:
-                self._read_probed(tokens, read, recalled)
+                with self._every_query():
+                    self._read_probed(tokens, read, recalled)
             finally:
                 read.close(self.ctx)
-                kernel_stats.set_query_window(self.ctx, window)
             return
         # the probe reads the document queries' logit moments: on for this read only
         kernel_stats.enable_scoring(self.ctx, alpha=self.policy.alpha)
@@ -571,13 +570,22 @@ class Llama(llama_cpp.Llama):
             self.statistics = True
         before = self.policy.alpha
         kernel_stats.set_alpha(self.ctx, alpha)
-        window = kernel_stats.set_query_window(self.ctx, 0)     # attribution reads the moments
         self._reset_a2sf_at_answer = reset_a2sf_at_answer
         try:
-            yield
+            with self._every_query():   # attribution reads the moments
+                yield
         finally:
             self._reset_a2sf_at_answer = False
             kernel_stats.set_alpha(self.ctx, before)
+
+    @contextlib.contextmanager
+    def _every_query(self) -> Iterator[None]:
+        """While active the kernels keep the statistics of every query, not only the policy's
+        prefill window (what reads the logit moments needs them all); restored on exit."""
+        window = kernel_stats.set_query_window(self.ctx, 0)
+        try:
+            yield
+        finally:
             kernel_stats.set_query_window(self.ctx, window)
 
     # --- pyrcedge's own -----------------------------------------------------------------
