@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -87,7 +88,8 @@ def quartiles(x: list[float]) -> tuple[float, float, float]:
 
 
 def command() -> str:
-    return " ".join([".venv/bin/python"] + sys.argv)
+    """This bench's command line as a shell would take it back (arguments quoted where needed)."""
+    return shlex.join([".venv/bin/python"] + sys.argv)
 
 
 class JsonWorker:
