@@ -146,6 +146,9 @@ class Llama(llama_cpp.Llama):
         self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
         self._token_kind_of: dict[int, tuple[bool, bool, bool, bool]] = {}
         self._sentence_words: dict[bytes, list[str]] = {}
+        # (history ids, which of them end a sentence) as recall last cut them
+        self._sentence_ends_of: tuple[npt.NDArray[np.intc], npt.NDArray[np.bool_]] = (
+            np.empty(0, np.intc), np.empty(0, bool))
         # runs a prompt chose to recall, left to _recall when it cannot be read beside them
         self._pending_runs: list[tuple[int, int]] | None = None
         self.kv_usage_log = usage.UsageLog()     # completions' kv_cache usage, by id
@@ -352,8 +355,8 @@ class Llama(llama_cpp.Llama):
         if len(kv.cached) >= n:
             return []       # nothing evicted
         history = self.input_ids[:n]
-        ends = self._token_kinds(history)[:, ENDS_SENTENCE]
-        spans = recall.evicted_sentences(ends, kv.cached, settings.sentence_max)
+        spans = recall.evicted_sentences(self._sentence_ends(history), kv.cached,
+                                         settings.sentence_max)
         docs = [self._words_of(history, a, b) for a, b in spans]
         query = recall.content_words(self.detokenize(tokens).decode("utf-8", "replace"))
         cached = set(kv.cached.tolist())
@@ -398,6 +401,19 @@ class Llama(llama_cpp.Llama):
         if self.settings.on_recall is not None:
             self.settings.on_recall(RecallEvent(spans=chosen, tokens=total,
                                                 history_tokens=n_history))
+
+    def _sentence_ends(self, history: npt.NDArray[np.intc]) -> npt.NDArray[np.bool_]:
+        """Which history tokens end a sentence, remembered from the last prompt: only the
+        tokens the history gained since are looked up (a chat's history grows at its end, and
+        recall cuts all of it into sentences at every prompt)."""
+        ids, ends = self._sentence_ends_of
+        k = len(ids)
+        if k <= len(history) and np.array_equal(ids, history[:k]):
+            ends = np.concatenate([ends, self._token_kinds(history[k:])[:, ENDS_SENTENCE]])
+        else:
+            ends = self._token_kinds(history)[:, ENDS_SENTENCE]
+        self._sentence_ends_of = (history.copy(), ends)
+        return ends
 
     def _words_of(self, history: Any, start: int, end: int) -> list[str]:
         """The content words of history[start:end], remembered by its token ids (a chat
