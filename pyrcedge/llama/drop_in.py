@@ -376,7 +376,7 @@ class Llama(llama_cpp.Llama):
         """decode(indices, pos) for BudgetedKV.reinsert: the history tokens at `indices`, then
         the tokens `after` (the prompt, read in the same batch), with the logits of the last
         token only; without `after`, no logits at all (the prompt is read next and computes its
-        own: the vocabulary's projection is a third of a token's cost in Qwen2.5-0.5B)."""
+        own: the vocabulary's projection is a large part of a token's cost)."""
         history = self.input_ids
 
         def decode(indices: npt.NDArray[np.int64], pos: int) -> None:
