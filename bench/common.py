@@ -54,11 +54,13 @@ def cache_options(name: str) -> dict[str, Any]:
     """pyrcedge.Llama keywords of a cache named POLICY followed by any of +probe (the tail
     probe), +probe=SPEC (a --probe value), +probe{JSON} (pyrcedge.Probe fields, fitted to the
     budget as the tail probe is), +recall, +recall=TOKENS, +recall{JSON} (pyrcedge.Recall
-    fields) and +structure; the probe and recall are off unless named."""
+    fields) and +structure; the probe and recall are off unless named. "default" is
+    pyrcedge.Llama's defaults (policy, probe and recall), which the parts after it change."""
     policy, *parts = name.split("+")
-    if policy not in POLICY_KW:
-        raise SystemExit(f"unknown cache {name!r}: a policy of {sorted(POLICY_KW)}")
-    options: dict[str, Any] = {**POLICY_KW[policy], "probe": None, "recall": None}
+    if policy not in POLICY_KW and policy != "default":
+        raise SystemExit(f"unknown cache {name!r}: default or a policy of {sorted(POLICY_KW)}")
+    options: dict[str, Any] = ({} if policy == "default" else
+                               {**POLICY_KW[policy], "probe": None, "recall": None})
     for part in parts:
         cut = min((k for k in (part.find("{"), part.find("=")) if k >= 0), default=len(part))
         kind, spec = part[:cut], part[cut:]

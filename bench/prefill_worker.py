@@ -1,5 +1,6 @@
 """Benchmark worker: times prompt reading (prefill) in one environment. Uses llama_cpp alone
-(pyrcedge.scoring only when scoring is on), so the same file runs in the stock and the patched
+(pyrcedge.scoring only when scoring is on: "on" every query, "window" the query window that
+pyrcedge.Llama uses with A2SF), so the same file runs in the stock and the patched
 environment. Protocol: one JSON command per stdin line, one JSON reply per stdout line.
 
   {"n": 2048, "threads": 2, "flash": true, "type_k": "f16"} -> {"seconds": ..., "tok_s": ...}
@@ -48,10 +49,14 @@ def main() -> None:
             ctx = llama_cpp.llama_init_from_model(model, params)
             if not ctx:
                 raise SystemExit(f"no context for {key}")
-            if scoring_mode == "on":
+            if scoring_mode in ("on", "window"):
                 from pyrcedge import scoring
 
                 scoring.enable_scoring(ctx, 0.9)
+                if scoring_mode == "window":    # what pyrcedge.Llama runs with A2SF
+                    from pyrcedge.cache.policies import A2SF
+
+                    scoring.set_query_window(ctx, A2SF(alpha=0.9).prefill_window())
             contexts[key] = ctx
         ctx = contexts[key]
         llama_cpp.llama_set_n_threads(ctx, threads, threads)

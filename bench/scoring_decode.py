@@ -1,12 +1,13 @@
 """Decode speed with scoring on, scoring off and stock llama-cpp-python, side by side.
 
-    .venv/bin/python bench/scoring_decode.py [--contexts 256 1024 4096] [--reps 7] [--steps 32]
+    .venv/bin/python bench/scoring_decode.py [--model smollm2-135m] [--contexts 256 1024 4096]
+        [--reps 7] [--steps 32] [--out NAME]
 
 Three workers (bench/decode_worker.py) hold prefilled contexts: stock (.venv-stock), patched with
 scoring off, patched with scoring on. Rounds interleave every (context, variant) pair, so drift of
 the machine hits all alike; each measurement decodes `steps` tokens one at a time after a prompt
-of `context` tokens, then removes them. Reports medians and ratios to docs/bench/scoring-decode.md
-(and .json), with the command and the machine.
+of `context` tokens, then removes them. Reports medians and ratios (median [min, max] over rounds of
+the ratio within a round) to docs/bench/NAME.md (and .json), with the command and the machine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import JsonWorker  # noqa: E402
+from common import JsonWorker, command, machine  # noqa: E402
 from pyrcedge.assets.models import model_path  # noqa: E402
 
 VARIANTS = {
@@ -49,22 +49,23 @@ def text_file() -> Path:
     return path
 
 
-def worker(python: Path, scoring: str, flash: str, threads: int) -> JsonWorker:
-    return JsonWorker([str(python), str(REPO / "bench" / "decode_worker.py"), str(model_path()), flash,
-                       scoring, str(threads), str(text_file())])
+def worker(python: Path, model: str, scoring: str, flash: str, threads: int) -> JsonWorker:
+    return JsonWorker([str(python), str(REPO / "bench" / "decode_worker.py"), str(model_path(model)),
+                       flash, scoring, str(threads), str(text_file())])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--contexts", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--flash", choices=("on", "off"), default="on")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "scoring-decode")
+    ap.add_argument("--out", default="scoring-decode")
     args = ap.parse_args()
 
-    workers = {name: worker(py, sc, args.flash, args.threads) for name, (py, sc) in VARIANTS.items()}
+    workers = {name: worker(py, args.model, sc, args.flash, args.threads) for name, (py, sc) in VARIANTS.items()}
     try:
         for n in args.contexts:
             for name, w in workers.items():
@@ -80,37 +81,47 @@ def main() -> None:
         for w in workers.values():
             w.close()
 
-    def paired(n: int, a: str, b: str) -> float:
-        """Median over rounds of a/b measured back to back: drift between rounds cancels."""
-        return statistics.median(x / y for x, y in zip(samples[(n, a)], samples[(n, b)]))
+    def paired(n: int, a: str, b: str) -> list[float]:
+        """[median, min, max] over rounds of a/b measured back to back: drift between rounds
+        cancels."""
+        r = [x / y for x, y in zip(samples[(n, a)], samples[(n, b)])]
+        return [round(statistics.median(r), 3), round(min(r), 3), round(max(r), 3)]
 
     rows = []
     for n in args.contexts:
         med = {v: statistics.median(samples[(n, v)]) for v in workers}
         rows.append({"context": n, **{f"{v} tok/s": round(med[v], 2) for v in workers},
-                     "on/off": round(paired(n, "scoring on", "scoring off"), 3),
-                     "off/stock": round(paired(n, "scoring off", "stock"), 3),
-                     "on/stock": round(paired(n, "scoring on", "stock"), 3),
+                     "on/off": paired(n, "scoring on", "scoring off"),
+                     "off/stock": paired(n, "scoring off", "stock"),
+                     "on/stock": paired(n, "scoring on", "stock"),
                      "samples": {v: [round(x, 2) for x in samples[(n, v)]] for v in workers}})
-    command = "bench/scoring_decode.py " + " ".join(sys.argv[1:])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; threads={args.threads}, flash attention {args.flash}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-         "reps": args.reps, "rows": rows}, indent=2) + "\n")
-    lines = ["# Decode speed: scoring on vs off vs stock llama-cpp-python", "",
-             f"Command: `.venv/bin/python {command}`  ", f"Machine: {machine}  ",
-             f"Date: {time.strftime('%Y-%m-%d')}; model SmolLM2-135M-Instruct Q4_1; {args.steps} decode steps per "
-             f"sample after a prompt of `context` tokens, {args.reps} interleaved rounds. Speeds: medians; "
-             f"ratios: medians over rounds of the ratio within a round (back-to-back runs). Per-round "
-             f"samples are in the .json beside this file.", "",
+    out = REPO / "docs" / "bench" / args.out
+    result = {"command": command(), "machine": machine(), "threads": args.threads,
+              "flash": args.flash, "date": time.strftime("%Y-%m-%d"), "model": args.model,
+              "steps": args.steps, "reps": args.reps, "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(report(result))
+    print(report(result))
+
+
+def report(r: dict) -> str:
+    """The markdown table of a result (what main writes beside its .json)."""
+    m = r["machine"]
+    lines = [f"# Decode speed: scoring on vs off vs stock llama-cpp-python ({r['model']})", "",
+             f"Command: `{r['command']}`  ",
+             f"Machine: {m['cpu']}, {m['cores']} cores (load average at the end "
+             f"{m['load_average'][0]:.2f}); threads={r['threads']}, flash attention {r['flash']}.  ",
+             f"Date: {r['date']}; {r['steps']} decode steps per sample after a prompt of `context` "
+             f"tokens, {r['reps']} interleaved rounds. Speeds: medians; ratios: median [min, max] "
+             "over rounds of the ratio within a round (back-to-back runs). Per-round samples are in "
+             "the .json beside this file.", "",
              "| context | stock tok/s | scoring off tok/s | scoring on tok/s | on/off | off/stock | on/stock |",
              "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['context']} | {r['stock tok/s']} | {r['scoring off tok/s']} | {r['scoring on tok/s']} | "
-                     f"{r['on/off']} | {r['off/stock']} | {r['on/stock']} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for row in r["rows"]:
+        ratios = " | ".join("{} [{}, {}]".format(*row[k]) for k in ("on/off", "off/stock", "on/stock"))
+        lines.append(f"| {row['context']} | {row['stock tok/s']} | {row['scoring off tok/s']} | "
+                     f"{row['scoring on tok/s']} | {ratios} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

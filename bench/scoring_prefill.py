@@ -4,13 +4,14 @@ side (issue 17).
     .venv/bin/python bench/scoring_prefill.py [--model smollm2-135m] [--prompts 512 2048 8192]
         [--threads 1 2] [--flash on off] [--type-k f16 q8_0] [--rounds 5] [--out NAME]
 
-Three workers (bench/prefill_worker.py), one per variant: stock (.venv-stock), patched with
-scoring off, patched with scoring on (alpha 0.9). A round times one prefill of every
-configuration (prompt length, threads, flash attention, K type) in every variant, the variants of
-a configuration back to back in a rotating order, so drift of the machine hits them alike. A
-prefill reads the prompt into a cleared context of exactly its size in ubatches of 512. Ratios are
-medians over rounds of the ratio within a round; the spread is their min and max. Writes
-docs/bench/NAME.md and .json with the command and the machine.
+Workers (bench/prefill_worker.py), one per variant: stock (.venv-stock), patched with scoring
+off, patched with scoring on (alpha 0.9) with every query ("on") and with the query window that
+pyrcedge.Llama sets for A2SF ("window": each ubatch's last 64 queries; docs/scoring.md). A round
+times one prefill of every configuration (prompt length, threads, flash attention, K type) in
+every variant, the variants of a configuration back to back in a rotating order, so drift of the
+machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
+ubatches of 512. Ratios are medians over rounds of the ratio within a round; the spread is their
+min and max. Writes docs/bench/NAME.md and .json with the command and the machine.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ VARIANTS = {
     "stock": (REPO / ".venv-stock" / "bin" / "python", "off"),
     "off": (Path(sys.executable), "off"),
     "on": (Path(sys.executable), "on"),
+    "window": (Path(sys.executable), "window"),
 }
-RATIOS = (("on", "off"), ("off", "stock"), ("on", "stock"))
+RATIOS = (("on", "off"), ("window", "off"), ("off", "stock"), ("on", "stock"), ("window", "stock"))
 
 
 def main() -> None:

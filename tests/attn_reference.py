@@ -214,8 +214,10 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
         llama_cpp.llama_free(ctx)
 
 
-def reference_stats(run_: Run, alpha: float, n_head_kv: int) -> np.ndarray:
-    """Float64 statistics [layer, cell, kv head, stat] over run_.cells, from its captured logits."""
+def reference_stats(run_: Run, alpha: float, n_head_kv: int, window: int = 0) -> np.ndarray:
+    """Float64 statistics [layer, cell, kv head, stat] over run_.cells, from its captured logits;
+    window > 0: each batch's statistics from its last `window` queries (the A2SF decay counting
+    every query)."""
     cells = run_.cells
     n_layer = len(run_.logits_f64[0])
     out = np.zeros((n_layer, len(cells), n_head_kv, 5))
@@ -233,7 +235,9 @@ def reference_stats(run_: Run, alpha: float, n_head_kv: int) -> np.ndarray:
             z = np.where(visible[None], f, -np.inf)
             p = np.exp(z - z.max(axis=2, keepdims=True))
             p /= p.sum(axis=2, keepdims=True)
-            w = alpha ** (N - 1 - np.arange(N, dtype=np.float64))  # per query
+            scored = np.arange(N) >= (N - window if 0 < window < N else 0)  # per query
+            visible = visible & scored[:, None]
+            w = alpha ** (N - 1 - np.arange(N, dtype=np.float64)) * scored  # per query
             o = out[il]
             o[:, :, 0] *= alpha ** N
             for g in range(n_head_kv):

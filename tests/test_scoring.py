@@ -47,8 +47,8 @@ def tokens(default_model) -> list[int]:
     return list(buf[:n])
 
 
-def assert_matches_reference(run: ar.Run, alpha: float, rtol: float = 1e-4) -> None:
-    ref = ar.reference_stats(run, alpha, N_HEAD_KV)
+def assert_matches_reference(run: ar.Run, alpha: float, rtol: float = 1e-4, window: int = 0) -> None:
+    ref = ar.reference_stats(run, alpha, N_HEAD_KV, window)
     got = run.scores.astype(np.float64)
     assert got.shape == ref.shape
     seen = ref[..., 1] > 0
@@ -84,6 +84,24 @@ def test_paths_threads_and_cache_types(default_model, tokens, path, type_k, thre
 def test_alpha(default_model, tokens, path, alpha):
     run = _run(default_model, tokens, path, threads=2, type_k=F16, alpha=alpha)
     assert_matches_reference(run, alpha)
+
+
+@pytest.mark.parametrize(("path", "window"), [("softmax-prefill", 16), ("fa-one_chunk", 16),
+                                              ("fa-tiled", 20), ("fa-tiled", 70)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_query_window(default_model, tokens, monkeypatch, path, window, threads):
+    # the fused kernels honour llama_rcedge_set_query_window (patch 0012): each ubatch's last
+    # `window` queries give statistics, the decay counts them all (fa-tiled: ubatches of 128 and
+    # 72 queries in tiles of 64, so windows of 20 and 70 skip whole tiles and split others);
+    # the logits stay those of scoring off
+    monkeypatch.setenv("LLAMA_RCEDGE_QUERY_WINDOW", str(window))
+    run = _run(default_model, tokens, path, threads=threads, type_k=F16, alpha=0.9)
+    assert_matches_reference(run, 0.9, window=window)
+    monkeypatch.delenv("LLAMA_RCEDGE_QUERY_WINDOW")
+    n, batch, prefill, flash = PATHS[path]
+    off = ar.run(str(default_model), tokens[:n], flash=flash, threads=threads, batch=batch,
+                 prefill=prefill, type_k=F16, alpha=None)
+    np.testing.assert_array_equal(run.logits, off.logits)
 
 
 @pytest.mark.parametrize("path", ["fa-one_chunk", "fa-split_kv"])

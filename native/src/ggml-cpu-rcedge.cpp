@@ -104,6 +104,12 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     rc.n_head_kv = scores->ne[2];
     rc.n_stream  = scores->ne[3];
     rc.N         = q->ne[1];
+    int32_t n_skip = 0, n_before = 0;
+    bool scores_only = false;
+    ggml_attn_get_scores_rows(dst, &n_skip, &n_before, &scores_only);
+    // a query window skips rows; these kernels give the output too, so nothing else applies
+    GGML_ASSERT(n_skip >= 0 && n_skip < rc.N && n_before == 0 && !scores_only);
+    rc.n_skip    = n_skip;
     rc.rk2       = q->ne[2]/rc.n_head_kv;
     rc.rk3       = q->ne[3]/rc.n_stream;
     rc.ith       = params->ith;
@@ -303,7 +309,10 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
     GGML_ASSERT(n_rows <= GGML_FA_TILE_Q && n == rc.n_kv);
     float w[GGML_FA_TILE_Q];  // the row's A2SF weight over its sum
     float Mr[GGML_FA_TILE_Q]; // the row's final max
-    for (int64_t r = 0; r < n_rows; ++r) {
+    // rows before the query window give nothing; their kept maxima are dropped, as consumed ones
+    const int64_t r0 = std::min(n_rows, std::max<int64_t>(0, rc.n_skip - iq1));
+    std::fill(rc.tile_m, rc.tile_m + r0*rc.n_kv_tiles, -INFINITY);
+    for (int64_t r = r0; r < n_rows; ++r) {
         w[r]  = powf(rc.alpha, (float) (rc.N - 1 - (iq1 + r)))*(S[r] > 0.0f ? 1.0f/S[r] : 0.0f);
         Mr[r] = fmaxf(M[r], sink);
     }
@@ -314,7 +323,7 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
         memset(acc, 0, 4*sizeof(acc[0]));
         std::fill(acc[4], acc[4] + nb, -INFINITY);
         bool any = false;
-        for (int64_t r = 0; r < n_rows; ++r) {
+        for (int64_t r = r0; r < n_rows; ++r) {
             const ggml_fp16_t * m = mp ? (const ggml_fp16_t *) ((const char *) mp + r*mask_nb1) + c0 : nullptr;
             // p = v * exp(M_tile - M) / S: the kernel's exponentials, one expf per KV tile
             const float * v  = rc.tile_v + r*rc.n_kv + c0;

@@ -12,6 +12,9 @@
 //
 // The scores tensor is [n_kv, 5, n_head_kv, n_stream]: a row of cells per statistic.
 //
+// A query window (ggml_attn_set_scores_rows' n_skip): the first n_skip queries give no
+// statistics and cost nothing here; the decay alpha^N still counts every query of the batch.
+//
 // Rows are computed by whichever thread takes them, and query heads of one GQA group, or queries
 // of one batch, land on different threads. So a finished row is added into the thread's private
 // slab, and after a barrier every thread reduces a disjoint range of cells into the scores. The
@@ -46,6 +49,7 @@ struct ggml_cpu_rcedge {
     float   alpha = 1.0f;
     int64_t n_kv = 0, n_head_kv = 0, n_stream = 0;
     int64_t N = 0;  // queries per stream in this batch
+    int64_t n_skip = 0; // the first n_skip queries give no statistics (a query window: ggml_attn_set_scores_rows)
     int64_t rk2 = 1; // query heads per KV head
     int64_t rk3 = 1; // query streams per KV stream
     int64_t chunk = 0; // split-KV: cells per thread
@@ -66,6 +70,8 @@ struct ggml_cpu_rcedge {
     int ith = 0, nth = 1;
 
     explicit operator bool() const { return scores != nullptr; }
+    // whether any of the n queries from iq1 gives statistics
+    bool scores_rows(int64_t iq1, int64_t n) const { return scores != nullptr && iq1 + n > n_skip; }
 };
 
 // One flash-attention row recorded while the kernel walks its cells (one_chunk, split-KV): the

@@ -101,6 +101,10 @@ ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_la
 void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
         ggml_tensor * kq, float kq_scale, ggml_tensor * kq_mask, ggml_tensor * kq_soft_max);
 
+// Fused CPU kernels (patch 0012; rcedge-api.cpp): the query window (rc.query_window) on the node
+// that carries the statistics (ggml_attn_set_scores), n_q: the node's queries per stream.
+void llama_rcedge_set_fused_window(ggml_tensor * node, const llama_rcedge_layer_scores & rc, int64_t n_q);
+
 // Flash-attention path: the same, from a q.k and soft_max of its own over the window's queries
 // (q, k and kq_mask as flash attention takes them; softcap 0: none).
 void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,

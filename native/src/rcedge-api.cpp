@@ -298,6 +298,13 @@ static bool rcedge_device_fused_ok(ggml_backend_buffer_type_t buft) {
     return !ggml_backend_buft_is_host(buft) && strncmp(ggml_backend_buft_name(buft), "CUDA", 4) == 0;
 }
 
+// the fused CPU kernels' query window (patch 0012), on the node that carries the statistics
+void llama_rcedge_set_fused_window(ggml_tensor * node, const llama_rcedge_layer_scores & rc, int64_t n_q) {
+    if (rc.query_window > 0 && rc.query_window < n_q) {
+        ggml_attn_set_scores_rows(node, (int32_t) (n_q - rc.query_window), 0, false);
+    }
+}
+
 static int32_t rcedge_query_window_default() {
     const char * env = getenv("LLAMA_RCEDGE_QUERY_WINDOW");
     return env != nullptr ? std::max(0, atoi(env)) : 0;

@@ -26,6 +26,10 @@ from ..errors import BudgetError, PolicyError
 from ..native import rcstat
 from .view import CacheView
 
+# A2SF prompt reading: the kernels keep the statistics of each ubatch's last PREFILL_WINDOW
+# queries (docs/scoring.md, "Query window"), for alpha up to PREFILL_WINDOW_MAX_ALPHA
+PREFILL_WINDOW = 64
+PREFILL_WINDOW_MAX_ALPHA = 0.9
 # keyword of pyrcedge.Llama -> the policy field it sets
 _KEYWORD_FIELDS = {"alpha": "alpha", "rc_epsilon": "epsilon", "seed": "seed"}
 
@@ -62,6 +66,12 @@ class Policy:
         if n <= 0:
             return np.empty(0, np.int32)
         return lowest_first(view, checked_scores(self, view), n)
+
+    def prefill_window(self) -> int:
+        """How many of a ubatch's last queries the kernels need statistics from while a prompt
+        is read (0: every query). Only A2SF scores can do with fewer: the moments that other
+        policies (and user code, through the CacheView) read describe every query."""
+        return 0
 
     def describe(self) -> dict[str, Any]:
         """The policy's name and numeric parameters (kv_stats(), `run --json`)."""
@@ -165,6 +175,12 @@ class A2SF(Policy):
 
     def score(self, view: CacheView) -> npt.ArrayLike:
         return view.a2sf()
+
+    def prefill_window(self) -> int:
+        # a query d positions before the end of its ubatch adds alpha^d of its attention: at
+        # most alpha^64 of the ubatch's a2sf is left out (1e-3 at alpha 0.9, 1e-34 at the default
+        # 0.3); alpha 1 (H2O) weighs every query alike
+        return PREFILL_WINDOW if self.alpha <= PREFILL_WINDOW_MAX_ALPHA else 0
 
 
 @dataclass

@@ -27,7 +27,7 @@ dominated by attention sinks (" the", ".", the first token), which every query a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import llama_cpp
@@ -222,6 +222,9 @@ class ProbedRead:
     kept_pos: int | None = None   # where the kept queries were decoded (None: none kept)
     reused: int = 0               # passes since the probe was last decoded
     decode_only: bool = False     # the kept queries cannot be scored here: decode every pass
+    # each history index's pooled score at the last pass that scored it (NaN: none did): an
+    # evicted token keeps the score it was evicted with, which recall inside the read can use
+    last_scores: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     def scores(self, ctx: Any, mem: Any, cells: npt.NDArray[np.int32],
                history: npt.NDArray[np.int64], first_pos: int, batch: Any, decode: Any,
@@ -230,7 +233,20 @@ class ProbedRead:
         first_pos; history: the cells' history indices."""
         s = self.settings
         got, document, decoded = self.stats(ctx, mem, cells, first_pos, batch, decode, alpha)
-        return pooled(cell_scores(got, document, s), history, s.pool_before, s.pool_after), decoded
+        scores = pooled(cell_scores(got, document, s), history, s.pool_before, s.pool_after)
+        self.note(history, scores)
+        return scores, decoded
+
+    def note(self, history: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> None:
+        """Remember each scored token's score (history: their history indices)."""
+        if len(history) == 0:
+            return
+        size = int(history.max()) + 1
+        if size > len(self.last_scores):
+            grown = np.full(max(size, 2 * len(self.last_scores)), np.nan)
+            grown[: len(self.last_scores)] = self.last_scores
+            self.last_scores = grown
+        self.last_scores[history] = scores
 
     def stats(self, ctx: Any, mem: Any, cells: npt.NDArray[np.int32], first_pos: int, batch: Any,
               decode: Any, alpha: float) -> tuple[npt.NDArray[np.float32],

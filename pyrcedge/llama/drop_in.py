@@ -155,6 +155,8 @@ class Llama(llama_cpp.Llama):
         self.statistics = self.settings.statistics
         if self.statistics:
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
+            if not self.settings.track_attention:   # attribution reads every query's moments
+                kernel_stats.set_query_window(self.ctx, policy_object.prefill_window())
         if policy_object.evicts:
             self._n_ctx = LOGICAL_CONTEXT
         self.input_ids = np.zeros(cells, np.intc)
@@ -209,8 +211,10 @@ class Llama(llama_cpp.Llama):
             # a full cache (an earlier turn filled it) first makes room for the probe
             kv.make_room(read.reserve(0), self.n_tokens, self.input_ids)
         if self.statistics:
+            # the probe compares with the moments of every query that read the document
             try:
-                self._read_probed(tokens, read, recalled)
+                with self._every_query():
+                    self._read_probed(tokens, read, recalled)
             finally:
                 read.close(self.ctx)
             return
@@ -651,10 +655,21 @@ class Llama(llama_cpp.Llama):
         kernel_stats.set_alpha(self.ctx, alpha)
         self._reset_a2sf_at_answer = reset_a2sf_at_answer
         try:
-            yield
+            with self._every_query():   # attribution reads the moments
+                yield
         finally:
             self._reset_a2sf_at_answer = False
             kernel_stats.set_alpha(self.ctx, before)
+
+    @contextlib.contextmanager
+    def _every_query(self) -> Iterator[None]:
+        """While active the kernels keep the statistics of every query, not only the policy's
+        prefill window (what reads the logit moments needs them all); restored on exit."""
+        window = kernel_stats.set_query_window(self.ctx, 0)
+        try:
+            yield
+        finally:
+            kernel_stats.set_query_window(self.ctx, window)
 
     # --- pyrcedge's own -----------------------------------------------------------------
 

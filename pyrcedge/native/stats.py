@@ -95,10 +95,11 @@ def set_alpha(ctx: Any, alpha: float) -> None:
 
 
 def set_query_window(ctx: Any, n_queries: int) -> int:
-    """Portable path: take each ubatch's statistics from its last n_queries queries (0: all, the
-    default). Prefill then costs a fraction of the statistics work; a2sf loses at most the decayed
-    weight of the queries left out, and the moments describe the window's queries only
-    (docs/gpu.md, "The query window"). Returns the previous window."""
+    """Take each ubatch's statistics from its last n_queries queries (0: all, the default), on
+    the portable path and in the fused CPU kernels (patch 0012). Prefill then costs a fraction of
+    the statistics work; a2sf loses at most the decayed weight of the queries left out, and the
+    moments describe the window's queries only (docs/scoring.md, "Query window"). pyrcedge.Llama
+    sets its policy's Policy.prefill_window(). Returns the previous window."""
     return _check(_native.lib().llama_rcedge_set_query_window(_native.context_ptr(ctx), int(n_queries)),
                   "set_query_window")
 
