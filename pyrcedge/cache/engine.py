@@ -213,22 +213,13 @@ class BudgetedKV:
     # --- recall -------------------------------------------------------------------------
 
     def reinsert(self, runs: Sequence[tuple[int, int]], n_history: int,
-                 decode: Callable[[npt.NDArray[np.int64], int], None], n_new: int = 0) -> None:
+                 decode: Callable[[npt.NDArray[np.int64], int], None]) -> None:
         """Bring the evicted history runs (start, end) back at the positions they would hold.
         llama.cpp only appends to a sequence ("Y = X + 1"), so decode(indices, pos) decodes
         the history tokens at `indices` at positions pos.. after every cached cell; their keys
         are then shifted into place (llama.cpp re-rotates them at the next decode, as it does
         for positions="compact"). With positions kept, all runs are decoded in one call; with
-        compacted positions, run by run, a gap opened for each at its rank.
-
-        n_new (positions kept): decode also reads the next n_new history tokens (from index
-        n_history on) right after the runs, in the same batch, and they are shifted back to
-        follow the cached cells and appended: one decode and one shift for a recall and the
-        prompt it was made for (on the CPU one batch of both costs less than two:
-        docs/recall.md, "Reading back")."""
-        if n_new and self.compact:
-            raise BudgetError("internal: recalled runs are read beside new tokens only with "
-                              "positions kept")
+        compacted positions, run by run, a gap opened for each at its rank."""
         runs = sorted(runs)
         for start, end in runs:
             k = int(np.searchsorted(self.cached, start))
@@ -240,16 +231,13 @@ class BudgetedKV:
             for start, end in runs:
                 self._reinsert_compact(start, end, decode)
         else:
-            start = at = self.next_pos()
+            at = self.next_pos()
             indices = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
             decode(indices, at)
             for a, b in runs:       # each run from its place in the batch to its own positions
                 llama_cpp.llama_memory_seq_add(self.mem, 0, at, at + b - a, a - at)
                 at += b - a
             self.cached = np.sort(np.concatenate([self.cached, indices]))
-            if n_new:               # the new tokens, from after the runs to where they follow
-                llama_cpp.llama_memory_seq_add(self.mem, 0, at, at + n_new, start - at)
-                self.appended(n_history, n_new)
         self.horizon = n_history
 
     def _reinsert_compact(self, start: int, end: int,

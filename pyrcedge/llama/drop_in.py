@@ -149,8 +149,6 @@ class Llama(llama_cpp.Llama):
         # (history ids, which of them end a sentence) as recall last cut them
         self._sentence_ends_of: tuple[npt.NDArray[np.intc], npt.NDArray[np.bool_]] = (
             np.empty(0, np.intc), np.empty(0, bool))
-        # runs a prompt chose to recall, left to _recall when it cannot be read beside them
-        self._pending_runs: list[tuple[int, int]] | None = None
         self.kv_usage_log = usage.UsageLog()     # completions' kv_cache usage, by id
         self.statistics = self.settings.statistics
         if self.statistics:
@@ -200,8 +198,6 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
         tokens = list(tokens)
         kv.truncate(self.n_tokens)
-        if self._read_beside_recall(tokens):
-            return
         recalled = self._recall(tokens)
         read = self._probed_read(tokens)
         if read is None:
@@ -307,48 +303,15 @@ class Llama(llama_cpp.Llama):
             kv.make_room(total, n, self.input_ids)
         else:
             kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read))
-        kv.reinsert(chosen, n, self._recall_decoder([]))
+        kv.reinsert(chosen, n, self._recall_decoder())
         self._recalled(chosen, spent, n)
         return total
-
-    def _read_beside_recall(self, tokens: list[int]) -> bool:
-        """Read a prompt and the history it recalls in one decode, when the prompt needs no
-        probe and both fit in one batch (a chat question): the recalled runs first, at the
-        positions after the cache, then the prompt; the runs' keys are then shifted back to
-        their own positions and the prompt's to follow the cache (BudgetedKV.reinsert). One
-        eviction makes room for both. The prompt sees the recalled words just before it while
-        it is read (as a retrieved passage is placed before a question); what the answer sees
-        is what a separate read leaves. False (nothing done but the release of the previous
-        prompt's recalled spans) when the prompt recalls nothing or must be read otherwise."""
-        kv = self.kv_cache
-        if (kv.compact or self._logits_all or self.on_logits is not None
-                or self._probed_read_at(tokens, room=0) is not None):
-            return False
-        chosen = self._recall_runs(tokens)
-        n, m = self.n_tokens, len(tokens)
-        total = sum(b - a for a, b in chosen)
-        if not chosen or total + m > min(self.n_batch, kv.max_chunk(n)):
-            self._pending_runs = chosen     # _recall reads them as before
-            return False
-        self.input_ids = grow(self.input_ids, n + m)
-        self.input_ids[n : n + m] = tokens
-        kv.make_room(total + m, n, self.input_ids)
-        kv.reinsert(chosen, n, self._recall_decoder(tokens), n_new=m)
-        self.n_tokens += m
-        self._requires_eval = False
-        self._recalled(chosen, 0, n)
-        if self.on_progress is not None:
-            self.on_progress(m, m)
-        return True
 
     def _recall_runs(self, tokens: list[int], release: bool = True,
                      spent: int = 0) -> list[tuple[int, int]]:
         """The evicted history runs that `tokens` recall (pyrcedge.features.recall), within
         what is left of the prompt's bound after `spent` tokens; release: the previous
         prompt's recalled spans become evictable first."""
-        pending, self._pending_runs = self._pending_runs, None
-        if pending is not None:
-            return pending      # chosen for this prompt already (_read_beside_recall)
         settings = self.settings.recall_object
         kv = self.kv_cache
         if settings is None or len(tokens) < settings.min_prompt:
@@ -376,20 +339,20 @@ class Llama(llama_cpp.Llama):
                                lambda i: 0 <= i < n and i not in cached)
         return chosen if sum(b - a for a, b in chosen) > 0 else []
 
-    def _recall_decoder(self, after: list[int]) -> Callable[[npt.NDArray[np.int64], int], None]:
-        """decode(indices, pos) for BudgetedKV.reinsert: the history tokens at `indices`, then
-        the tokens `after` (the prompt, read in the same batch), with the logits of the last
-        token only; without `after`, no logits at all (the prompt is read next and computes its
-        own: the vocabulary's projection is a large part of a token's cost)."""
+    def _recall_decoder(self) -> Callable[[npt.NDArray[np.int64], int], None]:
+        """decode(indices, pos) for BudgetedKV.reinsert: the history tokens at `indices`, with no
+        logits (the prompt is read next and computes its own: the vocabulary's projection is a
+        large part of a token's cost). The prompt is not read in the same batch: it would see
+        the recalled words just before it instead of at their own positions, which lost the
+        chat fact at 256 cells (docs/recall.md, "Reading back")."""
         history = self.input_ids
 
         def decode(indices: npt.NDArray[np.int64], pos: int) -> None:
-            ids = history[indices].tolist() + after
+            ids = history[indices].tolist()
             for a in range(0, len(ids), self.n_batch):
                 chunk = ids[a:a + self.n_batch]
                 self._batch.set_batch(batch=chunk, n_past=pos + a, logits_all=False)
-                if not after:
-                    self._batch.batch.logits[len(chunk) - 1] = False
+                self._batch.batch.logits[len(chunk) - 1] = False
                 self._ctx.decode(self._batch)
 
         return decode
@@ -433,13 +396,11 @@ class Llama(llama_cpp.Llama):
         return words
 
     def _probed_read(self, tokens: list[int]) -> probe.ProbedRead | None:
-        return self._probed_read_at(tokens, self.kv_cache.room_without_eviction())
-
-    def _probed_read_at(self, tokens: list[int], room: int) -> probe.ProbedRead | None:
         settings = self.settings.probe_object
         if settings is None or not self.policy.evicts:
             return None
-        return probe.plan(settings, tokens, room, self._probe_text_ids)
+        kv = self.kv_cache
+        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids)
 
     def _probe_scorer(self, read: probe.ProbedRead) -> Callable[[Any], Any]:
         """cells -> the attention the probe pays them, pooled, for an eviction while reading.
