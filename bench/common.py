@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -85,15 +88,17 @@ def quartiles(x: list[float]) -> tuple[float, float, float]:
 
 
 def command() -> str:
-    return " ".join([".venv/bin/python"] + sys.argv)
+    """This bench's command line as a shell would take it back (arguments quoted where needed)."""
+    return shlex.join([".venv/bin/python"] + sys.argv)
 
 
 class JsonWorker:
     """A benchmark worker process (bench/*_worker.py): one JSON command per stdin line, one JSON
     reply per stdout line."""
 
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env)
 
     def ask(self, **cmd: Any) -> dict[str, Any]:
         assert self.proc.stdin and self.proc.stdout
@@ -109,6 +114,15 @@ class JsonWorker:
         assert self.proc.stdin
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def padded_env(rng: random.Random) -> dict[str, str]:
+    """This environment plus a variable of random length (0-4095 bytes): the environment sits at
+    the top of the stack, so its size moves the stack's alignment, and with it a process's speed
+    by a few per cent whatever the code (Mytkowicz et al., "Producing wrong data without doing
+    anything obviously wrong", ASPLOS 2009). Workers started with different paddings turn that
+    fixed bias of one process into spread between processes."""
+    return {**os.environ, "RCEDGE_BENCH_PAD": "x" * rng.randrange(4096)}
 
 
 def run_cli_json(cmd: list[str], name: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 pyrcedge.Llama uses with A2SF), so the same file runs in the stock and the patched
 environment. Protocol: one JSON command per stdin line, one JSON reply per stdout line.
 
-  {"n": 2048, "threads": 2, "flash": true, "type_k": "f16"} -> {"seconds": ..., "tok_s": ...}
+  {"n": 2048, "threads": 2, "flash": true, "type_k": "f16"} -> {"seconds": ..., "tok_s": ..., "cpu_s": ...}
+
+cpu_s is the process's CPU time over the prefill (all its threads, spin-waits included).
 
 A context is made once per (n, flash, type_k) and kept; each command clears its memory and reads
 the first n tokens of the text in ubatches of 512, timed.
@@ -61,7 +63,7 @@ def main() -> None:
         ctx = contexts[key]
         llama_cpp.llama_set_n_threads(ctx, threads, threads)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, n, 512):
             part = tokens[i:min(n, i + 512)]
             arr = (llama_cpp.llama_token * len(part))(*part)
@@ -69,8 +71,8 @@ def main() -> None:
             if rc != 0:
                 raise SystemExit(f"llama_decode returned {rc}")
         llama_cpp.llama_synchronize(ctx)
-        dt = time.perf_counter() - t0
-        print(json.dumps({"seconds": dt, "tok_s": n / dt}), flush=True)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(json.dumps({"seconds": dt, "tok_s": n / dt, "cpu_s": cpu}), flush=True)
 
 
 if __name__ == "__main__":

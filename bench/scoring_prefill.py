@@ -2,7 +2,8 @@
 side (issue 17).
 
     .venv/bin/python bench/scoring_prefill.py [--model smollm2-135m] [--prompts 512 2048 8192]
-        [--threads 1 2] [--flash on off] [--type-k f16 q8_0] [--rounds 5] [--out NAME]
+        [--threads 1 2] [--flash on off] [--type-k f16 q8_0] [--rounds 5] [--procs 3]
+        [--clock wall|cpu] [--out NAME]
 
 Workers (bench/prefill_worker.py), one per variant: stock (.venv-stock), patched with scoring
 off, patched with scoring on (alpha 0.9) with every query ("on") and with the query window that
@@ -12,6 +13,13 @@ every variant, the variants of a configuration back to back in a rotating order,
 machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
 ubatches of 512. Ratios are medians over rounds of the ratio within a round; the spread is their
 min and max. Writes docs/bench/NAME.md and .json with the command and the machine.
+
+A process's speed depends by a few per cent on where its stack and heap happen to land (measured:
+the same variant 0.96-1.00 of itself with only the environment's size changed), a bias that
+rounds within one process never average out. So each variant runs in --procs worker processes
+started with environments of random sizes (common.padded_env), round r on process r % procs, and
+that bias becomes spread. --clock cpu takes the workers' CPU time instead of wall time (robust to
+other jobs on the machine at 1 thread; at 2 threads it counts the threads' spin-waits too).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 import statistics
 import sys
 import time
@@ -28,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import JsonWorker, command, machine  # noqa: E402
+from common import JsonWorker, command, machine, padded_env  # noqa: E402
 from scoring_decode import text_file  # noqa: E402
 
 from pyrcedge.assets.models import model_path  # noqa: E402
@@ -50,29 +59,36 @@ def main() -> None:
     ap.add_argument("--flash", choices=("on", "off"), nargs="+", default=["on", "off"])
     ap.add_argument("--type-k", choices=("f16", "q8_0"), nargs="+", default=["f16", "q8_0"])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--procs", type=int, default=3, help="worker processes per variant")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--out", default="scoring-prefill")
     args = ap.parse_args()
 
     configs = list(itertools.product(args.prompts, args.threads, args.flash, args.type_k))
-    workers = {v: JsonWorker([str(VARIANTS[v][0]), str(REPO / "bench" / "prefill_worker.py"),
-                              str(model_path(args.model)), VARIANTS[v][1], str(text_file())])
+    rng = random.Random(0)
+    workers = {v: [JsonWorker([str(VARIANTS[v][0]), str(REPO / "bench" / "prefill_worker.py"),
+                               str(model_path(args.model)), VARIANTS[v][1], str(text_file())],
+                              env=padded_env(rng)) for _ in range(args.procs)]
                for v in args.variants}
     samples: dict[tuple, dict[str, list[float]]] = {c: {v: [] for v in workers} for c in configs}
+    seconds = "seconds" if args.clock == "wall" else "cpu_s"
     t_start = time.time()
     try:
-        for rnd in range(-1, args.rounds):  # round -1 warms every context up, untimed
+        for rnd in range(-1, args.rounds):  # round -1 warms every process's contexts up, untimed
             for i, (n, threads, flash, type_k) in enumerate(configs):
                 names = list(workers)
                 k = (rnd + i) % len(names)
                 for v in names[k:] + names[:k]:
-                    r = workers[v].ask(n=n, threads=threads, flash=flash == "on", type_k=type_k)
-                    if rnd >= 0:
-                        samples[(n, threads, flash, type_k)][v].append(r["tok_s"])
+                    for w in workers[v] if rnd < 0 else [workers[v][rnd % args.procs]]:
+                        r = w.ask(n=n, threads=threads, flash=flash == "on", type_k=type_k)
+                        if rnd >= 0:
+                            samples[(n, threads, flash, type_k)][v].append(n / r[seconds])
             print(f"round {rnd + 1}/{args.rounds} done ({time.time() - t_start:.0f} s)", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
+        for ws in workers.values():
+            for w in ws:
+                w.close()
 
     rows = []
     for c in configs:
@@ -89,14 +105,16 @@ def main() -> None:
     out = REPO / "docs" / "bench" / args.out
     out.with_suffix(".json").write_text(json.dumps(
         {"command": command(), "machine": m, "date": time.strftime("%Y-%m-%d"), "model": args.model,
-         "rounds": args.rounds, "rows": rows}, indent=1) + "\n")
+         "rounds": args.rounds, "procs": args.procs, "clock": args.clock, "rows": rows}, indent=1) + "\n")
     ratio_names = [f"{a}/{b}" for a, b in RATIOS if a in workers and b in workers]
     lines = [f"# Prefill speed: scoring on vs off vs stock llama-cpp-python ({args.model})", "",
              f"Command: `{command()}`  ",
              f"Machine: {m['cpu']}, {m['cores']} cores (load average at the end {m['load_average'][0]:.2f}).  ",
              f"Date: {time.strftime('%Y-%m-%d')}. A prefill reads `prompt` tokens into a cleared context "
              f"of that size in ubatches of 512; {args.rounds} rounds after a warm-up round, the variants "
-             "of a configuration back to back in a rotating order. Speeds: medians (tok/s); ratios: "
+             f"of a configuration back to back in a rotating order, each variant in {args.procs} "
+             f"processes of random environment sizes, taken in turn; {args.clock} clock. "
+             "Speeds: medians (tok/s); ratios: "
              "median [min, max] over rounds of the ratio within a round. Samples are in the .json.", "",
              "| prompt | threads | flash | K | " + " | ".join(f"{v} tok/s" for v in workers) + " | "
              + " | ".join(ratio_names) + " |",

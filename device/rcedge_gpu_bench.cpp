@@ -26,6 +26,8 @@
 //     cleared cache, repeated until a sample holds at least 2048 tokens (8 prefills of a 256-token
 //     prompt), the prefills timed and summed (tok/s);
 //   - decode (reps samples, off and on): the prompt, 2 untimed steps, then 256 steps, timed (tok/s).
+//   RCEDGE_BENCH_NGL=0 and RCEDGE_BENCH_THREADS=N run it on the CPU (a CPU-only build of the same
+//   tree: the fused CPU kernels), with N threads (default 8).
 //   Scoring takes the device-fused kernels where the backend has them (ggml-cuda), the portable
 //   graph ops with LLAMA_RCEDGE_DEVICE_FUSED=0 in the environment. Prints the median and spread
 //   ((max-min)/median) of each speed, the median [min, max] of the paired on/off ratios of the
@@ -231,7 +233,9 @@ static llama_model * load_gpu_model(const char * path) {
     llama_backend_init();
     llama_log_set([](ggml_log_level level, const char * text, void *) { if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr); }, nullptr);
     llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 999;
+    // RCEDGE_BENCH_NGL=0 keeps the model on the CPU (with a CPU-only build: the fused CPU kernels)
+    const char * ngl = getenv("RCEDGE_BENCH_NGL");
+    mp.n_gpu_layers = ngl ? atoi(ngl) : 999;
     llama_model * model = llama_model_load_from_file(path, mp);
     if (!model) {
         fprintf(stderr, "could not load %s\n", path);
@@ -244,8 +248,9 @@ static llama_context * bench_ctx(llama_model * model, bool flash, int n_prompt, 
     p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
     p.n_batch = 512;
     p.n_ubatch = 512;
-    p.n_threads = 8;
-    p.n_threads_batch = 8;
+    const char * nt = getenv("RCEDGE_BENCH_THREADS");
+    p.n_threads = nt ? atoi(nt) : 8;
+    p.n_threads_batch = p.n_threads;
     p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     p.no_perf = true;
     llama_context * ctx = llama_init_from_model(model, p);
@@ -259,7 +264,7 @@ static llama_context * bench_ctx(llama_model * model, bool flash, int n_prompt, 
             exit(1);
         }
         llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
-        if (llama_rcedge_scoring_portable(ctx) != 1) {
+        if (llama_rcedge_scoring_portable(ctx) != 1 && getenv("RCEDGE_BENCH_NGL") == nullptr) {
             printf("WARNING: scoring did not take the portable path\n");
         }
     }

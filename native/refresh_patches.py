@@ -29,7 +29,8 @@ OWNERS = {
     "0008-ggml-cuda-fused-attention-scores.patch": ["ggml/src/ggml-cuda/"],
     "0009-llama-keep-probe-queries.patch": ["src/llama-graph.cpp"],
     "0010-ggml-cuda-fused-ffn-inputs-alive.patch": ["ggml/src/ggml-cuda/ggml-cuda.cu"],
-    "0011-ggml-cuda-attention-scores-from-qk.patch": ["ggml/src/ggml-cuda/"],
+    "0012-cpu-attention-scores-query-window.patch": ["ggml/include/ggml.h", "ggml/src/ggml-cpu/ops.cpp",
+                                                    "ggml/src/ggml.c", "src/llama-graph.cpp"],
 }
 
 

@@ -120,6 +120,22 @@ PASSAGE = (" Summarize this passage: The old bank moved its vault to the basemen
            "deeds down the stairs by lamplight.")
 
 
+@pytest.mark.parametrize("share", [0.125, 0.5])
+def test_the_bound_is_share_of_the_budget(default_model, share):
+    # max_tokens does not bind here: a prompt reads back at most int(budget * share) tokens
+    # (here 22 of 24 at 0.125, 96 of 96 at 0.5: more than the quarter that bound it before)
+    events = []
+    llm = make(default_model, kv_budget=192, policy="window", probe="tail",
+               recall=recall.Recall(max_tokens=1000, share=share, sentence_max=12,
+                                    relative=0.0, min_score=0.0), on_recall=events.append)
+    read_fact_then_prose(llm)
+    events.clear()
+    llm.eval(llm.tokenize((" " + PROSE * 3 + ASK).encode(), add_bos=False))
+    got = sum(e.tokens for e in events)
+    assert 0 < got <= int(192 * share) and positions_agree(llm)
+    assert share < 0.25 or got > 192 // 4
+
+
 @pytest.mark.parametrize("min_share,recalls", [(None, 1), (0.25, 0)])
 def test_a_pasted_passage_does_not_recall_what_shares_one_of_its_words(
         default_model, min_share, recalls):
@@ -207,6 +223,9 @@ def test_bad_recall_settings_are_refused_before_loading(default_model, spec, mat
         make(default_model, kv_budget=96, recall=spec)
     with pytest.raises(BudgetError, match="recall pad must be"):
         recall.Recall(pad=-1)
+    for share in (0, -0.25, 1.5, True, "half", float("nan")):
+        with pytest.raises(BudgetError, match="recall share must be"):
+            recall.Recall(share=share)
 
 
 def test_the_recall_option_of_every_command():

@@ -44,8 +44,10 @@ SENTENCE_ENDS = frozenset(".?!\n")
 class Recall:
     """How a new prompt brings evicted history back.
 
-    max_tokens: at most this many tokens are read again per prompt (and at most a quarter of
+    max_tokens: at most this many tokens are read again per prompt (and at most `share` of
         the budget).
+    share: at most this share of the budget (in cells, floored) is read again per prompt
+        (0.25: a quarter of it).
     sentence_max: evicted sentences longer than this many tokens are cut into pieces.
     pad: tokens of the evicted run on each side of a chosen sentence that come back with it.
     min_prompt: prompts of fewer tokens (a sampled token, a short continuation) recall nothing.
@@ -66,6 +68,7 @@ class Recall:
     """
 
     max_tokens: int = 96
+    share: float = 0.25
     sentence_max: int = 40
     pad: int = 2
     min_prompt: int = 4
@@ -81,6 +84,9 @@ class Recall:
                 raise BudgetError(f"recall {name} must be an integer >= {least}, got {v!r}")
         if not math.isfinite(float(self.min_score)) or self.min_score < 0:
             raise BudgetError(f"recall min_score must be a number >= 0, got {self.min_score!r}")
+        if (isinstance(self.share, bool) or not isinstance(self.share, (int, float))
+                or not 0.0 < float(self.share) <= 1.0):
+            raise BudgetError(f"recall share must be a number in (0, 1], got {self.share!r}")
         for name in ("relative", "min_share"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:

@@ -331,7 +331,7 @@ class Llama(llama_cpp.Llama):
             "utf-8", "replace")))
         scores = recall.rank(docs, query, in_cache, settings)
         # the bound is per prompt: a probed read's second recall gets what the first left
-        bound = min(settings.max_tokens - spent, kv.budget // 4 - spent,
+        bound = min(settings.max_tokens - spent, int(kv.budget * settings.share) - spent,
                     kv.max_chunk(n) - min(len(tokens), self.n_batch))
         if bound <= 0:
             return []
