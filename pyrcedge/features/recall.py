@@ -118,14 +118,12 @@ def content_words(text: str) -> list[str]:
 def sentences(ends: npt.NDArray[np.bool_], longest: int) -> list[tuple[int, int]]:
     """(start, end) history ranges of the history's sentences (`ends[i]`: token i ends one),
     longer ones cut into pieces of at most `longest` tokens."""
-    out = []
+    out: list[tuple[int, int]] = []
     start = 0
-    for i in range(len(ends)):
-        if ends[i] or i + 1 - start >= longest:
-            out.append((start, i + 1))
-            start = i + 1
-    if start < len(ends):
-        out.append((start, len(ends)))
+    # sentence by sentence, not token by token: recall cuts the whole history every prompt
+    for end in [int(i) + 1 for i in np.flatnonzero(ends)] + [len(ends)]:
+        out += [(a, min(a + longest, end)) for a in range(start, end, longest)]
+        start = end
     return out
 
 
@@ -134,9 +132,10 @@ def evicted_sentences(ends: npt.NDArray[np.bool_], cached: npt.NDArray[np.int64]
     """The sentences (as `sentences` cuts them) of which some token is evicted: the
     candidates. A sentence is ranked whole, by all its words, so that one the eviction cut in
     two (the digits of a number gone, its words kept) is found by the words it kept."""
-    kept = np.zeros(len(ends), bool)
-    kept[cached] = True
-    return [(a, b) for a, b in sentences(ends, longest) if not kept[a:b].all()]
+    evicted = np.ones(len(ends), np.int64)
+    evicted[cached] = 0
+    before = np.concatenate([[0], np.cumsum(evicted)])     # evicted tokens before each index
+    return [(a, b) for a, b in sentences(ends, longest) if before[b] > before[a]]
 
 
 def idf(docs: Sequence[Sequence[str]], words: set[str]) -> dict[str, float]:

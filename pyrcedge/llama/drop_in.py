@@ -146,6 +146,9 @@ class Llama(llama_cpp.Llama):
         self._probe_text_ids = self.settings.check_probe(cells, self.tokenize)
         self._token_kind_of: dict[int, tuple[bool, bool, bool, bool]] = {}
         self._sentence_words: dict[bytes, list[str]] = {}
+        # (history ids, which of them end a sentence) as recall last cut them
+        self._sentence_ends_of: tuple[npt.NDArray[np.intc], npt.NDArray[np.bool_]] = (
+            np.empty(0, np.intc), np.empty(0, bool))
         self.kv_usage_log = usage.UsageLog()     # completions' kv_cache usage, by id
         self.statistics = self.settings.statistics
         if self.statistics:
@@ -290,18 +293,37 @@ class Llama(llama_cpp.Llama):
         (`read`, its tail still to come), the room is made by the probe's scores, and the
         tail's own room is kept; `spent` tokens of the prompt's bound were already read back
         before its document. Returns the tokens read back."""
+        chosen = self._recall_runs(tokens, release, spent)
+        if not chosen:
+            return 0
+        kv = self.kv_cache
+        n = self.n_tokens
+        total = sum(b - a for a, b in chosen)
+        if read is None:
+            kv.make_room(total, n, self.input_ids)
+        else:
+            kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read))
+        kv.reinsert(chosen, n, self._recall_decoder())
+        self._recalled(chosen, spent, n)
+        return total
+
+    def _recall_runs(self, tokens: list[int], release: bool = True,
+                     spent: int = 0) -> list[tuple[int, int]]:
+        """The evicted history runs that `tokens` recall (pyrcedge.features.recall), within
+        what is left of the prompt's bound after `spent` tokens; release: the previous
+        prompt's recalled spans become evictable first."""
         settings = self.settings.recall_object
         kv = self.kv_cache
         if settings is None or len(tokens) < settings.min_prompt:
-            return 0
+            return []
         if release:
             kv.protection.held = []
         n = self.n_tokens
         if len(kv.cached) >= n:
-            return 0        # nothing evicted
+            return []       # nothing evicted
         history = self.input_ids[:n]
-        ends = self._token_kinds(history)[:, ENDS_SENTENCE]
-        spans = recall.evicted_sentences(ends, kv.cached, settings.sentence_max)
+        spans = recall.evicted_sentences(self._sentence_ends(history), kv.cached,
+                                         settings.sentence_max)
         docs = [self._words_of(history, a, b) for a, b in spans]
         query = recall.content_words(self.detokenize(tokens).decode("utf-8", "replace"))
         cached = set(kv.cached.tolist())
@@ -312,31 +334,53 @@ class Llama(llama_cpp.Llama):
         bound = min(settings.max_tokens - spent, int(kv.budget * settings.share) - spent,
                     kv.max_chunk(n) - min(len(tokens), self.n_batch))
         if bound <= 0:
-            return 0
+            return []
         chosen = recall.choose(spans, scores, settings, bound,
                                lambda i: 0 <= i < n and i not in cached)
-        total = sum(b - a for a, b in chosen)
-        if not chosen or total <= 0:
-            return 0
-        if read is None:
-            kv.make_room(total, n, self.input_ids)
-        else:
-            kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read))
+        return chosen if sum(b - a for a, b in chosen) > 0 else []
+
+    def _recall_decoder(self) -> Callable[[npt.NDArray[np.int64], int], None]:
+        """decode(indices, pos) for BudgetedKV.reinsert: the history tokens at `indices`, with no
+        logits (the prompt is read next and computes its own: the vocabulary's projection is a
+        large part of a token's cost). The prompt is not read in the same batch: it would see
+        the recalled words just before it instead of at their own positions, which lost the
+        chat fact at 256 cells (docs/recall.md, "Reading back")."""
+        history = self.input_ids
 
         def decode(indices: npt.NDArray[np.int64], pos: int) -> None:
-            for a in range(0, len(indices), self.n_batch):
-                ids = history[indices[a:a + self.n_batch]].tolist()
-                self._batch.set_batch(batch=ids, n_past=pos + a, logits_all=False)
+            ids = history[indices].tolist()
+            for a in range(0, len(ids), self.n_batch):
+                chunk = ids[a:a + self.n_batch]
+                self._batch.set_batch(batch=chunk, n_past=pos + a, logits_all=False)
+                self._batch.batch.logits[len(chunk) - 1] = False
                 self._ctx.decode(self._batch)
 
-        kv.reinsert(chosen, n, decode)
+        return decode
+
+    def _recalled(self, chosen: list[tuple[int, int]], spent: int, n_history: int) -> None:
+        """Hold the runs read back for this prompt, and count them (kv_stats, on_recall)."""
+        kv = self.kv_cache
+        total = sum(b - a for a, b in chosen)
         kv.protection.held = sorted(kv.protection.held + chosen)
         kv.recalls += int(spent == 0)   # prompts that recalled, not recall passes
         kv.recalled_spans += len(chosen)
         kv.recalled_tokens += total
         if self.settings.on_recall is not None:
-            self.settings.on_recall(RecallEvent(spans=chosen, tokens=total, history_tokens=n))
-        return total
+            self.settings.on_recall(RecallEvent(spans=chosen, tokens=total,
+                                                history_tokens=n_history))
+
+    def _sentence_ends(self, history: npt.NDArray[np.intc]) -> npt.NDArray[np.bool_]:
+        """Which history tokens end a sentence, remembered from the last prompt: only the
+        tokens the history gained since are looked up (a chat's history grows at its end, and
+        recall cuts all of it into sentences at every prompt)."""
+        ids, ends = self._sentence_ends_of
+        k = len(ids)
+        if k <= len(history) and np.array_equal(ids, history[:k]):
+            ends = np.concatenate([ends, self._token_kinds(history[k:])[:, ENDS_SENTENCE]])
+        else:
+            ends = self._token_kinds(history)[:, ENDS_SENTENCE]
+        self._sentence_ends_of = (history.copy(), ends)
+        return ends
 
     def _words_of(self, history: Any, start: int, end: int) -> list[str]:
         """The content words of history[start:end], remembered by its token ids (a chat
