@@ -4,7 +4,8 @@ in the stock and the patched environment. Protocol: one JSON command per stdin l
 reply per stdout line.
 
   {"op": "prefill", "n": 1024}   -> {"ok": true, "seconds": ...}
-  {"op": "decode", "n": 1024, "steps": 32} -> {"tok_s": ...}  (then the steps are removed again)
+  {"op": "decode", "n": 1024, "steps": 32} -> {"tok_s": ..., "cpu_tok_s": ...}  (wall and CPU
+     clock; then the steps are removed again)
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ def main() -> None:
         else:
             ctx = contexts[n]
             steps = cmd["steps"]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(steps):
                 decode(ctx, [tokens[n + i]])
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             mem = llama_cpp.llama_get_memory(ctx)
             llama_cpp.llama_memory_seq_rm(mem, 0, n, -1)  # back to the prefilled state
-            reply = {"tok_s": steps / dt}
+            reply = {"tok_s": steps / dt, "cpu_tok_s": steps / cpu}
         print(json.dumps(reply), flush=True)
 
 

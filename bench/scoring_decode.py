@@ -1,13 +1,17 @@
 """Decode speed with scoring on, scoring off and stock llama-cpp-python, side by side.
 
     .venv/bin/python bench/scoring_decode.py [--model smollm2-135m] [--contexts 256 1024 4096]
-        [--reps 7] [--steps 32] [--out NAME]
+        [--reps 7] [--steps 32] [--procs 3] [--clock wall|cpu] [--out NAME]
 
-Three workers (bench/decode_worker.py) hold prefilled contexts: stock (.venv-stock), patched with
+Workers (bench/decode_worker.py) hold prefilled contexts: stock (.venv-stock), patched with
 scoring off, patched with scoring on. Rounds interleave every (context, variant) pair, so drift of
 the machine hits all alike; each measurement decodes `steps` tokens one at a time after a prompt
-of `context` tokens, then removes them. Reports medians and ratios (median [min, max] over rounds of
-the ratio within a round) to docs/bench/NAME.md (and .json), with the command and the machine.
+of `context` tokens, then removes them. Each variant runs in --procs processes with environments of
+random sizes, round r on process r % procs (a process's speed carries a fixed bias of a few per
+cent from where its stack lands: bench/scoring_prefill.py, common.padded_env). --clock cpu takes
+the worker's CPU time instead of wall time. Reports medians and ratios (median [min, max] over
+rounds of the ratio within a round) to docs/bench/NAME.md (and .json), with the command and the
+machine.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -24,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import JsonWorker, command, machine  # noqa: E402
+from common import JsonWorker, command, machine, padded_env  # noqa: E402
 from pyrcedge.assets.models import model_path  # noqa: E402
 
 VARIANTS = {
@@ -49,9 +54,10 @@ def text_file() -> Path:
     return path
 
 
-def worker(python: Path, model: str, scoring: str, flash: str, threads: int) -> JsonWorker:
+def worker(python: Path, model: str, scoring: str, flash: str, threads: int,
+           env: dict[str, str] | None = None) -> JsonWorker:
     return JsonWorker([str(python), str(REPO / "bench" / "decode_worker.py"), str(model_path(model)),
-                       flash, scoring, str(threads), str(text_file())])
+                       flash, scoring, str(threads), str(text_file())], env=env)
 
 
 def main() -> None:
@@ -62,24 +68,37 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--flash", choices=("on", "off"), default="on")
+    ap.add_argument("--procs", type=int, default=3, help="worker processes per variant")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--out", default="scoring-decode")
     args = ap.parse_args()
 
-    workers = {name: worker(py, args.model, sc, args.flash, args.threads) for name, (py, sc) in VARIANTS.items()}
+    rng = random.Random(0)
+    workers = {name: [worker(py, args.model, sc, args.flash, args.threads, padded_env(rng))
+                      for _ in range(args.procs)]
+               for name, (py, sc) in VARIANTS.items()}
+    speed = "tok_s" if args.clock == "wall" else "cpu_tok_s"
     try:
         for n in args.contexts:
-            for name, w in workers.items():
-                print(f"prefill {n} tokens: {name} {w.ask(op='prefill', n=n)['seconds']:.1f} s", flush=True)
+            for name, ws in workers.items():
+                for w in ws:
+                    print(f"prefill {n} tokens: {name} {w.ask(op='prefill', n=n)['seconds']:.1f} s", flush=True)
+        for n in args.contexts:      # warm-up round, untimed
+            for ws in workers.values():
+                for w in ws:
+                    w.ask(op="decode", n=n, steps=args.steps)
         samples: dict[tuple[int, str], list[float]] = {(n, v): [] for n in args.contexts for v in workers}
         for rep in range(args.reps):
             for n in args.contexts:
                 order = list(workers) if rep % 2 == 0 else list(reversed(workers))
                 for name in order:
-                    samples[(n, name)].append(workers[name].ask(op="decode", n=n, steps=args.steps)["tok_s"])
+                    w = workers[name][rep % args.procs]
+                    samples[(n, name)].append(w.ask(op="decode", n=n, steps=args.steps)[speed])
             print(f"round {rep + 1}/{args.reps} done", flush=True)
     finally:
-        for w in workers.values():
-            w.close()
+        for ws in workers.values():
+            for w in ws:
+                w.close()
 
     def paired(n: int, a: str, b: str) -> list[float]:
         """[median, min, max] over rounds of a/b measured back to back: drift between rounds
@@ -98,7 +117,8 @@ def main() -> None:
     out = REPO / "docs" / "bench" / args.out
     result = {"command": command(), "machine": machine(), "threads": args.threads,
               "flash": args.flash, "date": time.strftime("%Y-%m-%d"), "model": args.model,
-              "steps": args.steps, "reps": args.reps, "rows": rows}
+              "steps": args.steps, "reps": args.reps, "procs": args.procs, "clock": args.clock,
+              "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(report(result))
     print(report(result))
@@ -112,7 +132,8 @@ def report(r: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores (load average at the end "
              f"{m['load_average'][0]:.2f}); threads={r['threads']}, flash attention {r['flash']}.  ",
              f"Date: {r['date']}; {r['steps']} decode steps per sample after a prompt of `context` "
-             f"tokens, {r['reps']} interleaved rounds. Speeds: medians; ratios: median [min, max] "
+             f"tokens, {r['reps']} interleaved rounds, each variant in {r.get('procs', 1)} processes "
+             f"of random environment sizes taken in turn, {r.get('clock', 'wall')} clock. Speeds: medians; ratios: median [min, max] "
              "over rounds of the ratio within a round (back-to-back runs). Per-round samples are in "
              "the .json beside this file.", "",
              "| context | stock tok/s | scoring off tok/s | scoring on tok/s | on/off | off/stock | on/stock |",
