@@ -47,10 +47,12 @@ def main() -> None:
                                       else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
             params.no_perf = True
             ctx = llama_cpp.llama_init_from_model(model, params)
-            if scoring_mode == "on":
+            if scoring_mode in ("on", "a2sf"):
                 from pyrcedge import scoring
 
                 scoring.enable_scoring(ctx, 0.5)
+                if scoring_mode == "a2sf":      # the statistics an A2SF policy reads, alone
+                    scoring.set_moments(ctx, False)
             t0 = time.perf_counter()
             for i in range(0, n, 512):
                 decode(ctx, tokens[i:min(n, i + 512)])

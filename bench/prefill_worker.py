@@ -1,6 +1,7 @@
 """Benchmark worker: times prompt reading (prefill) in one environment. Uses llama_cpp alone
 (pyrcedge.scoring only when scoring is on: "on" every query, "window" the query window that
-pyrcedge.Llama uses with A2SF), so the same file runs in the stock and the patched
+pyrcedge.Llama uses with A2SF, "a2sf" that window and a2sf alone without the logit moments, as
+pyrcedge.Llama runs an A2SF policy), so the same file runs in the stock and the patched
 environment. Protocol: one JSON command per stdin line, one JSON reply per stdout line.
 
   {"n": 2048, "threads": 2, "flash": true, "type_k": "f16"} -> {"seconds": ..., "tok_s": ..., "cpu_s": ...}
@@ -51,14 +52,16 @@ def main() -> None:
             ctx = llama_cpp.llama_init_from_model(model, params)
             if not ctx:
                 raise SystemExit(f"no context for {key}")
-            if scoring_mode in ("on", "window"):
+            if scoring_mode in ("on", "window", "a2sf"):
                 from pyrcedge import scoring
 
                 scoring.enable_scoring(ctx, 0.9)
-                if scoring_mode == "window":    # what pyrcedge.Llama runs with A2SF
+                if scoring_mode in ("window", "a2sf"):    # what pyrcedge.Llama runs with A2SF
                     from pyrcedge.cache.policies import A2SF
 
                     scoring.set_query_window(ctx, A2SF(alpha=0.9).prefill_window())
+                if scoring_mode == "a2sf":      # and a2sf alone (A2SF.reads_moments)
+                    scoring.set_moments(ctx, False)
             contexts[key] = ctx
         ctx = contexts[key]
         llama_cpp.llama_set_n_threads(ctx, threads, threads)

@@ -4,7 +4,8 @@
         [--reps 7] [--steps 32] [--procs 3] [--clock wall|cpu] [--out NAME]
 
 Workers (bench/decode_worker.py) hold prefilled contexts: stock (.venv-stock), patched with
-scoring off, patched with scoring on. Rounds interleave every (context, variant) pair, so drift of
+scoring off, patched with scoring on (all five statistics) and with a2sf alone (what
+pyrcedge.Llama keeps for an A2SF policy: Policy.reads_moments). Rounds interleave every (context, variant) pair, so drift of
 the machine hits all alike; each measurement decodes `steps` tokens one at a time after a prompt
 of `context` tokens, then removes them. Each variant runs in --procs processes with environments of
 random sizes, round r on process r % procs (a process's speed carries a fixed bias of a few per
@@ -36,7 +37,12 @@ VARIANTS = {
     "stock": (REPO / ".venv-stock" / "bin" / "python", "off"),
     "scoring off": (Path(sys.executable), "off"),
     "scoring on": (Path(sys.executable), "on"),
+    "scoring a2sf": (Path(sys.executable), "a2sf"),
 }
+# (name, numerator, denominator)
+RATIOS = (("on/off", "scoring on", "scoring off"), ("a2sf/off", "scoring a2sf", "scoring off"),
+          ("off/stock", "scoring off", "stock"), ("on/stock", "scoring on", "stock"),
+          ("a2sf/stock", "scoring a2sf", "stock"))
 
 
 def text_file() -> Path:
@@ -69,6 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--flash", choices=("on", "off"), default="on")
     ap.add_argument("--procs", type=int, default=3, help="worker processes per variant")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--out", default="scoring-decode")
     args = ap.parse_args()
@@ -76,7 +83,7 @@ def main() -> None:
     rng = random.Random(0)
     workers = {name: [worker(py, args.model, sc, args.flash, args.threads, padded_env(rng))
                       for _ in range(args.procs)]
-               for name, (py, sc) in VARIANTS.items()}
+               for name, (py, sc) in VARIANTS.items() if name in args.variants}
     speed = "tok_s" if args.clock == "wall" else "cpu_tok_s"
     try:
         for n in args.contexts:
@@ -110,15 +117,13 @@ def main() -> None:
     for n in args.contexts:
         med = {v: statistics.median(samples[(n, v)]) for v in workers}
         rows.append({"context": n, **{f"{v} tok/s": round(med[v], 2) for v in workers},
-                     "on/off": paired(n, "scoring on", "scoring off"),
-                     "off/stock": paired(n, "scoring off", "stock"),
-                     "on/stock": paired(n, "scoring on", "stock"),
+                     **{name: paired(n, a, b) for name, a, b in RATIOS if a in workers and b in workers},
                      "samples": {v: [round(x, 2) for x in samples[(n, v)]] for v in workers}})
     out = REPO / "docs" / "bench" / args.out
     result = {"command": command(), "machine": machine(), "threads": args.threads,
               "flash": args.flash, "date": time.strftime("%Y-%m-%d"), "model": args.model,
               "steps": args.steps, "reps": args.reps, "procs": args.procs, "clock": args.clock,
-              "rows": rows}
+              "variants": list(workers), "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(report(result))
     print(report(result))
@@ -136,12 +141,14 @@ def report(r: dict) -> str:
              f"of random environment sizes taken in turn, {r.get('clock', 'wall')} clock. Speeds: medians; ratios: median [min, max] "
              "over rounds of the ratio within a round (back-to-back runs). Per-round samples are in "
              "the .json beside this file.", "",
-             "| context | stock tok/s | scoring off tok/s | scoring on tok/s | on/off | off/stock | on/stock |",
-             "|---|---|---|---|---|---|---|"]
+             ]
+    variants = r.get("variants", ["stock", "scoring off", "scoring on"])
+    ratios = [name for name, a, b in RATIOS if a in variants and b in variants]
+    lines += ["| context | " + " | ".join(f"{v} tok/s" for v in variants) + " | " + " | ".join(ratios) + " |",
+              "|---" * (1 + len(variants) + len(ratios)) + "|"]
     for row in r["rows"]:
-        ratios = " | ".join("{} [{}, {}]".format(*row[k]) for k in ("on/off", "off/stock", "on/stock"))
-        lines.append(f"| {row['context']} | {row['stock tok/s']} | {row['scoring off tok/s']} | "
-                     f"{row['scoring on tok/s']} | {ratios} |")
+        lines.append(f"| {row['context']} | " + " | ".join(str(row[f"{v} tok/s"]) for v in variants)
+                     + " | " + " | ".join("{} [{}, {}]".format(*row[k]) for k in ratios) + " |")
     return "\n".join(lines) + "\n"
 
 

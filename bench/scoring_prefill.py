@@ -6,8 +6,9 @@ side (issue 17).
         [--clock wall|cpu] [--out NAME]
 
 Workers (bench/prefill_worker.py), one per variant: stock (.venv-stock), patched with scoring
-off, patched with scoring on (alpha 0.9) with every query ("on") and with the query window that
-pyrcedge.Llama sets for A2SF ("window": each ubatch's last 64 queries; docs/scoring.md). A round
+off, patched with scoring on (alpha 0.9) with every query ("on"), with the query window that
+pyrcedge.Llama sets for A2SF ("window": each ubatch's last 64 queries; docs/scoring.md) and with
+that window and a2sf alone ("a2sf": what pyrcedge.Llama runs with an A2SF policy). A round
 times one prefill of every configuration (prompt length, threads, flash attention, K type) in
 every variant, the variants of a configuration back to back in a rotating order, so drift of the
 machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
@@ -47,8 +48,10 @@ VARIANTS = {
     "off": (Path(sys.executable), "off"),
     "on": (Path(sys.executable), "on"),
     "window": (Path(sys.executable), "window"),
+    "a2sf": (Path(sys.executable), "a2sf"),
 }
-RATIOS = (("on", "off"), ("window", "off"), ("off", "stock"), ("on", "stock"), ("window", "stock"))
+RATIOS = (("on", "off"), ("window", "off"), ("a2sf", "off"), ("off", "stock"), ("on", "stock"),
+          ("window", "stock"), ("a2sf", "stock"))
 
 
 def main() -> None:

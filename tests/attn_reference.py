@@ -119,11 +119,12 @@ def model(path: str) -> int:
 def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: int = 512,
         type_k: int = 1, type_v: int = 1, alpha: float | None = None, capture: bool = False,
         n_ctx: int = 1024, prefill: int | None = None, portable: bool | None = None,
-        evict: tuple[int, int, list[int]] | None = None) -> Run:
+        evict: tuple[int, int, list[int]] | None = None, moments: bool = True) -> Run:
     """Evaluate `tokens`: the first `prefill` (default: all) in ubatches of `batch`, each its own
     decode call, then the rest one at a time, as generation feeds them. portable: scoring's path
     (None: the backend's choice). evict=(p0, p1, more): after that, remove positions [p0, p1) from
-    the cache and feed `more` one at a time (their tokens land in freed cells)."""
+    the cache and feed `more` one at a time (their tokens land in freed cells). moments=False:
+    the kernels keep a2sf alone (llama_rcedge_set_moments)."""
     m = model(path)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
@@ -175,6 +176,8 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
     try:
         if alpha is not None:
             scoring.enable_scoring(ctx, alpha, portable=portable)
+            if not moments:
+                scoring.set_moments(ctx, False)
         out = Run(scores=None, cells=None)  # type: ignore[arg-type]
         n_layer = scoring.n_layer(ctx)
         n_pre = len(tokens) if prefill is None else prefill

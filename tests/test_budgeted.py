@@ -243,6 +243,25 @@ def test_a_prompt_diverging_before_the_last_eviction_is_reread(default_model):
     assert got == want
 
 
+@pytest.mark.parametrize(("kw", "window", "moments"), [
+    ({"policy": "a2sf"}, 64, False),     # A2SF reads a2sf alone, from each ubatch's last queries
+    ({"policy": "h2o"}, 0, False),       # alpha 1 weighs every query alike
+    ({"policy": "rcstat"}, 0, True),     # reads the logit moments of every query
+    ({"policy": "a2sf", "track_attention": True}, 0, True),   # attribution reads them too
+])
+def test_the_kernels_keep_what_the_policy_reads(default_model, kw, window, moments):
+    llm = make(default_model, kv_budget=128, **kw)
+    try:
+        assert scoring.set_query_window(llm.ctx, window) == window
+        assert scoring.set_moments(llm.ctx, moments) is moments
+        with llm._every_query():    # a probed read and attribution: every statistic, every query
+            assert scoring.set_query_window(llm.ctx, 0) == 0
+            assert scoring.set_moments(llm.ctx, True) is True
+        assert scoring.set_moments(llm.ctx, moments) is moments    # restored
+    finally:
+        llm.close()
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,match", [

@@ -65,10 +65,10 @@ def assert_matches_reference(run: ar.Run, alpha: float, rtol: float = 1e-4, wind
     np.testing.assert_array_equal(got[~seen][..., 4], -np.inf)
 
 
-def _run(default_model, tokens, path, *, threads, type_k, alpha):
+def _run(default_model, tokens, path, *, threads, type_k, alpha, moments=True):
     n, batch, prefill, flash = PATHS[path]
     return ar.run(str(default_model), tokens[:n], flash=flash, threads=threads, batch=batch,
-                  prefill=prefill, type_k=type_k, alpha=alpha, capture=True)
+                  prefill=prefill, type_k=type_k, alpha=alpha, capture=True, moments=moments)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -102,6 +102,36 @@ def test_query_window(default_model, tokens, monkeypatch, path, window, threads)
     off = ar.run(str(default_model), tokens[:n], flash=flash, threads=threads, batch=batch,
                  prefill=prefill, type_k=F16, alpha=None)
     np.testing.assert_array_equal(run.logits, off.logits)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a2sf_alone(default_model, tokens, path, threads):
+    # llama_rcedge_set_moments(ctx, 0): the kernels get a view of the a2sf row alone and update
+    # nothing else. a2sf is what the run keeping all five computes (bit for bit on one thread; on
+    # two, threads take rows in whichever order they come, so the slabs' sums differ in the
+    # last bits from run to run either way) and matches the float64 reference; no cell is
+    # counted (the moments are never written); the logits are unchanged.
+    full = _run(default_model, tokens, path, threads=threads, type_k=F16, alpha=0.9)
+    alone = _run(default_model, tokens, path, threads=threads, type_k=F16, alpha=0.9, moments=False)
+    if threads == 1:
+        np.testing.assert_array_equal(alone.scores[..., 0], full.scores[..., 0])
+    else:
+        np.testing.assert_allclose(alone.scores[..., 0], full.scores[..., 0], rtol=1e-5, atol=1e-7)
+    assert (alone.scores[..., 1] == 0).all() and (full.scores[..., 1] > 0).any()
+    np.testing.assert_array_equal(alone.scores[..., 4], -np.inf)
+    np.testing.assert_array_equal(alone.logits, full.logits)
+    ref = ar.reference_stats(alone, 0.9, N_HEAD_KV)
+    seen = ref[..., 1] > 0
+    err = np.abs(alone.scores[..., 0].astype(np.float64) - ref[..., 0])[seen]
+    assert np.all(err <= 1e-4 * np.maximum(np.abs(ref[..., 0][seen]), 1e-6))
+
+
+def test_set_moments_returns_the_previous_setting(ctx):
+    scoring.enable_scoring(ctx, 0.5)
+    assert scoring.set_moments(ctx, False) is True    # all five by default
+    assert scoring.set_moments(ctx, False) is False
+    assert scoring.set_moments(ctx, True) is False
 
 
 @pytest.mark.parametrize("path", ["fa-one_chunk", "fa-split_kv"])

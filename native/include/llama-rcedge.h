@@ -132,9 +132,16 @@ extern "C" {
     // statistics work. The a2sf scores lose at most n_rep*alpha^n_queries/(1-alpha) per cell and
     // KV head (the decayed weight of the queries left out; 0.0012/(1-alpha)*n_rep at alpha 0.9,
     // 64 queries); count, sum, sumsq and max describe the window's queries only (a sample of the
-    // prompt). Decode steps (one query) are exact either way. The fused CPU kernels always use
-    // every query. n_queries < 0 counts as 0. Returns the previous window, or a negative code.
+    // prompt). Decode steps (one query) are exact either way. The fused CPU kernels take it too
+    // (patch 0012). n_queries < 0 counts as 0. Returns the previous window, or a negative code.
     LLAMA_API int32_t llama_rcedge_set_query_window(struct llama_context * ctx, int32_t n_queries);
+
+    // Whether the fused CPU kernels keep the logit moments (count, sum, sumsq, max) as well as
+    // a2sf: 1 (the default) all five statistics, 0 a2sf alone, which reads and writes one float
+    // per KV head and cell per step instead of five (an A2SF policy reads nothing else). While
+    // off, the moments keep what they held (a cell written since reads count 0). The portable
+    // path always keeps all five. Returns the previous setting (0 or 1), or a negative code.
+    LLAMA_API int32_t llama_rcedge_set_moments(struct llama_context * ctx, int32_t on);
 
 #define LLAMA_RCEDGE_RESET_A2SF    1u
 #define LLAMA_RCEDGE_RESET_MOMENTS 2u

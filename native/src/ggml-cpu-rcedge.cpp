@@ -93,7 +93,8 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     if (scores == nullptr) {
         return;
     }
-    GGML_ASSERT(scores->type == GGML_TYPE_F32 && scores->ne[1] == RC_NSTAT && scores->nb[0] == sizeof(float));
+    GGML_ASSERT(scores->type == GGML_TYPE_F32 && (scores->ne[1] == RC_NSTAT || scores->ne[1] == 1) &&
+                scores->nb[0] == sizeof(float));
 
     const ggml_tensor * q = dst->src[0]; // queries (flash attention) or kq (soft_max)
     rc.scores    = (float *) scores->data;
@@ -115,6 +116,7 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     rc.ith       = params->ith;
     rc.nth       = params->nth;
     rc.chunk     = (rc.n_kv + rc.nth - 1)/rc.nth;
+    rc.moments   = scores->ne[1] == RC_NSTAT;
     GGML_ASSERT(rc.rk2*rc.n_head_kv == q->ne[2] && rc.rk3*rc.n_stream == q->ne[3]);
 
     const size_t need = ggml_cpu_rcedge_work_size(dst, rc.nth);
@@ -144,6 +146,10 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     if (!split_kv) {
         for (int64_t r = 0; r < rc.n_stream*rc.n_head_kv; ++r) {
             float * s = rc.slab + r*RC_NSTAT*rc.n_kv;
+            if (!rc.moments) {
+                memset(s, 0, rc.n_kv*sizeof(float));
+                continue;
+            }
             memset(s, 0, 4*rc.n_kv*sizeof(float));
             std::fill(s + 4*rc.n_kv, s + 5*rc.n_kv, -INFINITY);
         }
@@ -172,12 +178,19 @@ static inline int32_t rc_visible(uint32_t m)    { return m != 0xFF800000u; }
 
 // One row's n cells into the statistic rows a..mx, in one pass: a += v*fac (v: the row's
 // exponentials or probabilities, 0 where masked), the logits f (finite everywhere, masked cells
-// included), visibility from the mask mp (f16 or f32 bits; null: all visible).
+// included), visibility from the mask mp (f16 or f32 bits; null: all visible). Without the
+// moments, a alone.
 template <typename mask_t>
 static void rc_add_cells(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
                          float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx, int64_t n,
                          const float * GGML_RESTRICT v, float fac, const float * GGML_RESTRICT f,
-                         const mask_t * GGML_RESTRICT mp) {
+                         const mask_t * GGML_RESTRICT mp, bool moments) {
+    if (!moments) {
+        for (int64_t i = 0; i < n; ++i) {
+            a[i] += v[i]*fac;
+        }
+        return;
+    }
     if (mp == nullptr) {
         for (int64_t i = 0; i < n; ++i) {
             a[i]     += v[i]*fac;
@@ -267,14 +280,21 @@ void ggml_cpu_rcedge_fa_rec_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t
     rc_p_from_rec(n, t.p, rec, M, S_inv);
     // the record has f = 0 and v = 0 in masked cells
     const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic0);
-    rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, w, rec.f, mp ? mp + ic0 : nullptr);
+    rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, w, rec.f, mp ? mp + ic0 : nullptr, rc.moments);
 }
 
 
 static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
                           float * GGML_RESTRICT sumsq, float * GGML_RESTRICT mx,
                           const float * GGML_RESTRICT ia, const float * GGML_RESTRICT icnt, const float * GGML_RESTRICT isum,
-                          const float * GGML_RESTRICT isumsq, const float * GGML_RESTRICT imx, int64_t n) {
+                          const float * GGML_RESTRICT isumsq, const float * GGML_RESTRICT imx, int64_t n,
+                          bool moments) {
+    if (!moments) {
+        for (int64_t i = 0; i < n; ++i) {
+            a[i] += ia[i];
+        }
+        return;
+    }
     for (int64_t i = 0; i < n; ++i) {
         a[i]     += ia[i];
         cnt[i]   += icnt[i];
@@ -337,13 +357,13 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
                 *mt = -INFINITY; // consumed: the next Q tile starts from "not computed"
                 const int64_t k1 = std::min(nb, k0 + GGML_FA_TILE_KV);
                 rc_add_cells(acc[0] + k0, acc[1] + k0, acc[2] + k0, acc[3] + k0, acc[4] + k0, k1 - k0,
-                             v + k0, fac, fr + k0, m ? m + k0 : nullptr);
+                             v + k0, fac, fr + k0, m ? m + k0 : nullptr, rc.moments);
                 any = true;
             }
         }
         if (any) {
             rc_merge_rows(o.a + c0, o.cnt + c0, o.sum + c0, o.sumsq + c0, o.max + c0,
-                          acc[0], acc[1], acc[2], acc[3], acc[4], nb);
+                          acc[0], acc[1], acc[2], acc[3], acc[4], nb, rc.moments);
         }
     }
 }
@@ -354,9 +374,9 @@ void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_
     const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, 0);
     // f: the row's scaled logits, copied before the mask was added (finite in every cell)
     if (mp == nullptr || mask_f16) {
-        rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, p, w, f, (const ggml_fp16_t *) mp);
+        rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, p, w, f, (const ggml_fp16_t *) mp, rc.moments);
     } else {
-        rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, p, w, f, (const uint32_t *) mp);
+        rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, rc.n_kv, p, w, f, (const uint32_t *) mp, rc.moments);
     }
 }
 
@@ -381,7 +401,8 @@ void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rced
             }
             for (int t = 0; t < rc.nth; ++t) {
                 const rc_rows in = rc_slab_rows(rc, rc.slab + (t - rc.ith)*rc.thread_stride, s, g, c0);
-                rc_merge_rows(o.a, o.cnt, o.sum, o.sumsq, o.max, in.a, in.cnt, in.sum, in.sumsq, in.max, n);
+                rc_merge_rows(o.a, o.cnt, o.sum, o.sumsq, o.max, in.a, in.cnt, in.sum, in.sumsq, in.max, n,
+                              rc.moments);
             }
         }
     }
@@ -402,12 +423,23 @@ static float rc_alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
 template <int R>
 static void rc_group_update(const rc_rows & o, int64_t n, float decay, const float * const * p,
                             const float * const * f, const float * GGML_RESTRICT vis,
-                            const float * GGML_RESTRICT madd) {
+                            const float * GGML_RESTRICT madd, bool moments) {
     float * GGML_RESTRICT a     = o.a;
     float * GGML_RESTRICT cnt   = o.cnt;
     float * GGML_RESTRICT sum   = o.sum;
     float * GGML_RESTRICT sumsq = o.sumsq;
     float * GGML_RESTRICT mx    = o.max;
+    if (!moments) {
+#pragma GCC ivdep
+        for (int64_t i = 0; i < n; ++i) {
+            float ps = 0.0f;
+            for (int j = 0; j < R; ++j) {
+                ps += p[j][i];
+            }
+            a[i] = decay*a[i] + ps;
+        }
+        return;
+    }
 #pragma GCC ivdep
     for (int64_t i = 0; i < n; ++i) {
         float ps = 0.0f, fs = 0.0f, f2 = 0.0f, fm = -INFINITY;
@@ -447,14 +479,14 @@ static bool rc_group_pass(const ggml_cpu_rcedge & rc, const ggml_tensor * mask, 
         }
         const rc_rows o = rc_score_rows(rc, 0, g, c0);
         switch (rc.rk2) {
-            case 1: rc_group_update<1>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 2: rc_group_update<2>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 3: rc_group_update<3>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 4: rc_group_update<4>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 5: rc_group_update<5>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 6: rc_group_update<6>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 7: rc_group_update<7>(o, n, decay, p, f, t.vis, t.madd); break;
-            case 8: rc_group_update<8>(o, n, decay, p, f, t.vis, t.madd); break;
+            case 1: rc_group_update<1>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 2: rc_group_update<2>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 3: rc_group_update<3>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 4: rc_group_update<4>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 5: rc_group_update<5>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 6: rc_group_update<6>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 7: rc_group_update<7>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 8: rc_group_update<8>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
         }
     }
     return true;
@@ -498,7 +530,7 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
             const float S = rc.row_ms[2*h + 1];
             const rc_row_tmp t = rc_tmp_rows(rc);
             rc_p_from_rec(n, t.p, rec, rc.row_ms[2*h + 0], S > 0.0f ? 1.0f/S : 0.0f);
-            rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, 1.0f, rec.f, m); // f = v = 0 where masked
+            rc_add_cells(o.a, o.cnt, o.sum, o.sumsq, o.max, n, t.p, 1.0f, rec.f, m, rc.moments); // f = v = 0 where masked
         }
     }
 }

@@ -10,7 +10,10 @@
 //   scores[3] sumsq  of f^2
 //   scores[4] max    of f
 //
-// The scores tensor is [n_kv, 5, n_head_kv, n_stream]: a row of cells per statistic.
+// The scores tensor is [n_kv, 5, n_head_kv, n_stream]: a row of cells per statistic; or a view
+// of its first row alone, [n_kv, 1, n_head_kv, n_stream] (strides unchanged): then only a2sf is
+// kept, and each step reads and writes one float per KV head and cell instead of five (what an
+// A2SF policy reads; the moments stay as they were).
 //
 // A query window (ggml_attn_set_scores_rows' n_skip): the first n_skip queries give no
 // statistics and cost nothing here; the decay alpha^N still counts every query of the batch.
@@ -53,6 +56,7 @@ struct ggml_cpu_rcedge {
     int64_t rk2 = 1; // query heads per KV head
     int64_t rk3 = 1; // query streams per KV stream
     int64_t chunk = 0; // split-KV: cells per thread
+    bool    moments = true; // false: a2sf alone (a scores view of one row)
 
     float * row_ms = nullptr; // shared: final (M, S) per query head (split-KV)
     float * logits = nullptr; // this thread's logits buffer

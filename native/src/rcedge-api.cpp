@@ -140,6 +140,8 @@ struct llama_rcedge_scores {
     bool device_fused = false;
     // portable path: statistics from the last query_window queries of a ubatch (0: all)
     int32_t query_window = 0;
+    // fused CPU kernels: false keeps a2sf alone (the kernels get a view of its row), true all five
+    bool moments = true;
     // portable path: what the layers of the graph being built share (rcedge-graph.cpp)
     llama_rcedge_graph_shared graph_shared;
     int32_t first_layer = -1; // the first model layer with statistics: it builds graph_shared
@@ -230,7 +232,9 @@ llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, 
     ggml_tensor * t = rcedge->by_layer[il];
     const uint32_t ns = sinfo.s1 - sinfo.s0 + 1;
     llama_rcedge_layer_scores res;
-    res.scores   = ggml_view_4d(ctx, t, n_kv, RC_N, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
+    // the fused CPU kernels keep only the rows they are given (ggml_attn_set_scores)
+    const int64_t rows = rcedge->portable || rcedge->moments ? RC_N : 1;
+    res.scores   = ggml_view_4d(ctx, t, n_kv, rows, t->ne[2], ns, t->nb[1], t->nb[2], t->nb[3], t->nb[3]*sinfo.s0);
     res.alpha    = rcedge->alpha;
     res.portable = rcedge->portable;
     res.device_fused = rcedge->device_fused;
@@ -495,6 +499,20 @@ int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
     if (sc->query_window != n_queries) {
         sc->query_window = n_queries;
         rcedge_kv_cache(ctx)->rcedge_epoch++; // the window is baked into the graph's nodes
+    }
+    return prev;
+}
+
+int32_t llama_rcedge_set_moments(llama_context * ctx, int32_t on) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    const int32_t prev = sc->moments ? 1 : 0;
+    if (sc->moments != (on != 0)) {
+        sc->moments = on != 0;
+        rcedge_kv_cache(ctx)->rcedge_epoch++; // the scores views are baked into the graph's nodes
     }
     return prev;
 }

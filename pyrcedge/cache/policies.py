@@ -55,6 +55,9 @@ class Policy:
     # False: while a prompt is read with a question probe, the engine evicts by the probe's
     # scores (the built-in policies); True: select() decides, view.probe in hand (user code)
     reads_probe: ClassVar[bool] = True
+    # False: score() reads view.a2sf() alone, so the kernels may skip the logit moments (count,
+    # sum, sumsq, max: four of the five statistics read and written per cell each step)
+    reads_moments: ClassVar[bool] = True
     alpha = 1.0                                # A2SF forgetting factor the kernels run with
 
     def score(self, view: CacheView) -> npt.ArrayLike:
@@ -168,6 +171,7 @@ class A2SF(Policy):
 
     name: ClassVar[str] = "a2sf"
     reads_probe: ClassVar[bool] = False
+    reads_moments: ClassVar[bool] = False
     alpha: float = 0.3
 
     def __post_init__(self) -> None:

@@ -180,6 +180,7 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
     saved = kernel_stats.read_layers(ctx, cells)
     if attention:
         kernel_stats.set_alpha(ctx, 1.0)
+    moments = kernel_stats.set_moments(ctx, True)   # on already within a probed read
     kernel_stats.reset_stats(ctx, a2sf=attention, moments=True)
     if keep:
         kernel_stats.probe_capture(ctx, len(probe))
@@ -192,6 +193,7 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
             kernel_stats.probe_capture(ctx, 0)
         llama_cpp.llama_memory_seq_rm(mem, 0, first_pos, -1)
         kernel_stats.write_layers(ctx, cells, saved)
+        kernel_stats.set_moments(ctx, moments)
         if attention:
             kernel_stats.set_alpha(ctx, alpha)
     return got, saved

@@ -155,6 +155,7 @@ class Llama(llama_cpp.Llama):
             kernel_stats.enable_scoring(self.ctx, alpha=policy_object.alpha)
             if not self.settings.track_attention:   # attribution reads every query's moments
                 kernel_stats.set_query_window(self.ctx, policy_object.prefill_window())
+                kernel_stats.set_moments(self.ctx, policy_object.reads_moments)
         if policy_object.evicts:
             self._n_ctx = LOGICAL_CONTEXT
         self.input_ids = np.zeros(cells, np.intc)
@@ -624,12 +625,15 @@ class Llama(llama_cpp.Llama):
 
     @contextlib.contextmanager
     def _every_query(self) -> Iterator[None]:
-        """While active the kernels keep the statistics of every query, not only the policy's
-        prefill window (what reads the logit moments needs them all); restored on exit."""
+        """While active the kernels keep every statistic of every query, not only the policy's
+        prefill window and what the policy reads (the probe and attribution read the logit
+        moments); restored on exit."""
         window = kernel_stats.set_query_window(self.ctx, 0)
+        moments = kernel_stats.set_moments(self.ctx, True)
         try:
             yield
         finally:
+            kernel_stats.set_moments(self.ctx, moments)
             kernel_stats.set_query_window(self.ctx, window)
 
     # --- pyrcedge's own -----------------------------------------------------------------

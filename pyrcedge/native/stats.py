@@ -104,6 +104,17 @@ def set_query_window(ctx: Any, n_queries: int) -> int:
                   "set_query_window")
 
 
+def set_moments(ctx: Any, on: bool) -> bool:
+    """Whether the fused CPU kernels keep the logit moments (count, sum, sumsq, max) beside
+    a2sf (True, the default) or a2sf alone, reading and writing one statistic per KV head and
+    cell each step instead of five. While off the moments keep what they held, and a cell
+    written since reads count 0 (max -inf). The portable path keeps all five either way.
+    pyrcedge.Llama turns them off when nothing it runs reads them (Policy.reads_moments).
+    Returns the previous setting."""
+    return bool(_check(_native.lib().llama_rcedge_set_moments(_native.context_ptr(ctx), int(bool(on))),
+                       "set_moments"))
+
+
 def reset_stats(ctx: Any, *, a2sf: bool = True, moments: bool = True) -> None:
     """Clear the A2SF scores and/or the logit moments of every cell (a new window)."""
     what = (RESET_A2SF if a2sf else 0) | (RESET_MOMENTS if moments else 0)
