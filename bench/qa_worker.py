@@ -78,8 +78,9 @@ class Trace:
     def wrap_choose(self, choose: Callable[..., Any]) -> Callable[..., Any]:
         """recall.choose, remembering its candidates, their scores, the bound and the choice."""
         def traced(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
-                   settings: Any, bound: int, evicted: Callable[[int], bool]) -> Any:
-            chosen = choose(spans, scores, settings, bound, evicted)
+                   settings: Any, bound: int, evicted: Callable[[int], bool],
+                   rereadable: Callable[[int], bool] | None = None) -> Any:
+            chosen = choose(spans, scores, settings, bound, evicted, rereadable)
             self.choice = {"spans": [list(s) for s in spans], "bm25": scores.tolist(),
                            "bound": bound, "chosen": [list(c) for c in chosen]}
             return chosen

@@ -98,12 +98,14 @@ def test_a_long_prompt_reads_back_what_its_own_reading_evicted_before_its_questi
 def test_the_bound_holds_per_prompt_when_a_probed_read_recalls_twice(default_model):
     # a prompt that does not fit recalls before its document and again before its question:
     # both passes together read back at most max_tokens (each took the whole bound before),
-    # and the prompt counts as one recall
+    # and the prompt counts as one recall (evicted tokens alone: a whole sentence, read again
+    # with its cached tokens, takes the whole bound in the first pass here)
     events = []
     bound = 32
     llm = make(default_model, kv_budget=192, policy="window", probe="tail",
                recall=recall.Recall(max_tokens=bound, sentence_max=12, relative=0.0,
-                                    min_score=0.0, min_share=0.0), on_recall=events.append)
+                                    min_score=0.0, min_share=0.0, whole=False),
+               on_recall=events.append)
     read_fact_then_prose(llm)
     before = llm.kv_stats()
     events.clear()
@@ -277,3 +279,100 @@ def test_bm25_prefers_the_rare_shared_word():
     docs = [["the", "heron", "password"], ["sea", "wind"], ["password", "wind"]]
     s = recall.bm25(docs, ["heron", "password"])
     assert s[0] > s[2] > s[1] == 0
+
+
+def kept_but(keep: set[int], doomed: set[int]):
+    """A policy function: evict the `doomed` history indices first, keep those in `keep`, and
+    otherwise the newest first (what a2sf may do to a fact, made certain)."""
+    def score(view):
+        logical = view.logical
+        s = -logical.astype(float)
+        s[np.isin(logical, list(keep))] = 1e9
+        s[np.isin(logical, list(doomed))] = -1e9
+        return s
+    return score
+
+
+@pytest.mark.parametrize("positions", ["keep", "compact"])
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_sentence_is_read_back_whole_with_its_cached_tokens(default_model, positions, whole):
+    """Recall.whole: the fact lost one token; the question reads the fact's sentence back
+    whole, its cached tokens again beside the lost one (a lone token read after the other
+    recalled runs is encoded out of its words: "My dog is called Ruf" in a 1024-cell chat),
+    and with whole=False the lost token alone."""
+    events = []
+    fact_ids = None
+
+    def policy(view):
+        return kept_but(set(range(len(fact_ids))) - {gone}, {gone})(view)
+
+    llm = make(default_model, kv_budget=96, policy=policy, positions=positions, probe=None,
+               recall=recall.Recall(whole=whole), on_recall=events.append)
+    fact_ids = llm.tokenize(FACT.encode())
+    gone = len(fact_ids) - 2          # " heron"'s last piece, before the full stop
+    seen = watch_decodes(llm)
+    fact = read_in_pieces(llm, [fact_ids] + [" " + PROSE] * 8)
+    assert set(llm.kv_cache.cached.tolist()) & set(fact) == set(fact) - {gone}
+    events.clear()      # the prose read back its own repeated sentences
+    llm.eval(llm.tokenize(ASK.encode(), add_bos=False))
+    assert len(events) == 1
+    back = {i for a, b in events[0].spans for i in range(a, b)}
+    sentence = set(range(4, len(fact)))      # after the sink (the first 4 tokens stay)
+    if whole:
+        assert sentence <= back
+    else:
+        assert gone in back and not (sentence - {gone}) & back
+    assert set(fact) <= set(llm.kv_stats().positions.tolist())
+    assert max(seen) <= 96 and positions_agree(llm)
+
+
+def read_in_pieces(llm, pieces) -> list[int]:
+    """Read token lists or texts one eval each (a prompt read whole would evict all that may
+    go at once); returns the history indices of the first."""
+    for i, piece in enumerate(pieces):
+        llm.eval(piece if isinstance(piece, list) else
+                 llm.tokenize(piece.encode(), add_bos=False))
+        if i == 0:
+            first = list(range(llm.n_tokens))
+    return first
+
+
+FACT2 = " Please remember this too: my locker number is 4817."
+ASK2 = " What is my locker number?"
+
+
+@pytest.mark.parametrize("room,from_fact", [("recalled", True), ("policy", False)])
+def test_recalls_room_comes_from_what_earlier_prompts_recalled(default_model, room, from_fact):
+    """Recall.room "recalled": the second question's recall makes its room from the first
+    question's recalled (now released) sentence, not from the history the policy would
+    choose (here the newest prose)."""
+    evicted: list[set[int]] = []
+    recalled = []
+    doomed: set[int] = set()
+
+    def policy(view):
+        return kept_but(set(), doomed)(view)
+
+    llm = make(default_model, kv_budget=96, policy=policy, probe=None,
+               recall=recall.Recall(room=room),
+               on_evict=lambda e: evicted.append(set(e.evicted.tolist())),
+               on_recall=recalled.append)
+    fact = llm.tokenize(FACT.encode())
+    fact2 = llm.tokenize(FACT2.encode(), add_bos=False)
+    doomed.update(range(4, len(fact)), range(len(fact) + 1, len(fact) + 1 + len(fact2)))
+    read_in_pieces(llm, [fact, " The", fact2] + [" " + PROSE] * 6)
+    assert not doomed & set(llm.kv_cache.cached.tolist())     # both facts evicted
+    doomed.clear()                                            # from now on the newest first
+    llm.eval(llm.tokenize(ASK.encode(), add_bos=False))
+    first = {i for a, b in recalled[-1].spans for i in range(a, b)}
+    assert set(range(8, len(fact))) <= first
+    evicted.clear()
+    llm.eval(llm.tokenize(ASK2.encode(), add_bos=False))
+    assert len(recalled) == 2
+    second = {i for a, b in recalled[-1].spans for i in range(a, b)}
+    assert second and not second & first
+    room_made = evicted[0]        # the eviction that made room for the second recall
+    assert bool(room_made & first) == from_fact
+    # the first sentence is shorter than the second: all of it went, and the newest prose
+    assert (first <= room_made) == from_fact
+    assert positions_agree(llm)

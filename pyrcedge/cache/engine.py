@@ -14,6 +14,7 @@ stream can run past the model's trained context.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -150,6 +151,9 @@ class BudgetedKV:
         self.recalls = 0               # prompts that read evicted history back (features/recall.py)
         self.recalled_spans = 0
         self.recalled_tokens = 0
+        # history indices recall read back (some evicted since): recall's room comes from them
+        # first (Recall.room)
+        self.read_back = np.empty(0, np.int64)
 
     # --- where tokens are ---------------------------------------------------------------
 
@@ -181,10 +185,12 @@ class BudgetedKV:
         self.horizon = min(self.horizon, n)
         self.window_start = min(self.window_start, n)
         self.last_check = min(self.last_check, n)
+        self.read_back = self.read_back[self.read_back < n]
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.mem, True)
         self.cached = np.empty(0, np.int64)
+        self.read_back = np.empty(0, np.int64)
         self.horizon = self.window_start = self.last_check = 0
 
     # --- sessions ---------------------------------------------------------------------
@@ -199,7 +205,8 @@ class BudgetedKV:
         return {**{k: int(getattr(self, k)) for k in self._SAVED},
                 **{k: kind(getattr(self, k)) for k, kind in self._COUNTERS.items()},
                 "pinned": [list(s) for s in self.protection.pinned],
-                "held": [list(s) for s in self.protection.held]}
+                "held": [list(s) for s in self.protection.held],
+                "read_back": self.read_back.tolist()}
 
     def restore_bookkeeping(self, saved: dict[str, Any], cached: npt.NDArray[np.int64]) -> None:
         for k in self._SAVED:
@@ -208,6 +215,7 @@ class BudgetedKV:
             setattr(self, k, kind(saved.get(k, 0)))
         self.protection.pinned = [check_span(s) for s in saved["pinned"]]
         self.protection.held = [check_span(s) for s in saved.get("held", [])]
+        self.read_back = np.asarray(saved.get("read_back", []), np.int64)
         self.cached = np.asarray(cached, np.int64).copy()
 
     # --- recall -------------------------------------------------------------------------
@@ -227,6 +235,8 @@ class BudgetedKV:
                 raise BudgetError(f"internal: history {start}..{end} is partly cached")
         if not runs:
             return
+        self.read_back = np.union1d(self.read_back, np.concatenate(
+            [np.arange(a, b, dtype=np.int64) for a, b in runs]))
         if self.compact:
             for start, end in runs:
                 self._reinsert_compact(start, end, decode)
@@ -239,6 +249,19 @@ class BudgetedKV:
                 at += b - a
             self.cached = np.sort(np.concatenate([self.cached, indices]))
         self.horizon = n_history
+
+    def forget(self, indices: npt.NDArray[np.int64], n_history: int) -> None:
+        """Remove the cached history tokens `indices` (all evictable) without asking the policy:
+        recall reads them again at once with their sentence (Recall.whole), so they count as
+        neither evicted nor recalled elsewhere than in what recall reads."""
+        if len(indices) == 0:
+            return
+        rows = np.searchsorted(self.cached, indices)
+        if (np.any(rows >= len(self.cached)) or not np.array_equal(self.cached[rows], indices)
+                or not self.protection.evictable(indices, n_history).all()):
+            raise BudgetError(f"internal: history {indices.tolist()} is not all cached and "
+                              "evictable")
+        self._remove_rows(self._cells_by_position()[1].astype(np.int64), np.sort(rows))
 
     def _reinsert_compact(self, start: int, end: int,
                           decode: Callable[[npt.NDArray[np.int64], int], None]) -> None:
@@ -264,21 +287,26 @@ class BudgetedKV:
         return max(1, self.budget - max(protected, self.protection.sink + self.protection.recent))
 
     def make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32],
-                  probe: ProbeFn | None = None) -> None:
+                  probe: ProbeFn | None = None,
+                  first: npt.NDArray[np.int64] | None = None) -> None:
         """Evict so that n_new more tokens fit; raises and leaves the cache unchanged if that
         cannot be done. The time it takes adds up in kv_stats().eviction_seconds.
 
         probe: when an eviction is due, called with the view of the cached tokens for one score
         each, which then decides what goes (CacheView.probe; a policy that sets
-        reads_probe decides itself)."""
+        reads_probe decides itself).
+        first: history indices that go before any other cached token (the policy, or the
+        probe, chooses among them while they are enough; all of them go, and the policy
+        chooses the rest among the others, when they are not)."""
         t0 = time.perf_counter()
         try:
-            self._make_room(n_new, n_history, history, probe)
+            self._make_room(n_new, n_history, history, probe, first)
         finally:
             self.eviction_seconds += time.perf_counter() - t0
 
     def _make_room(self, n_new: int, n_history: int, history: npt.NDArray[np.int32],
-                   probe: ProbeFn | None) -> None:
+                   probe: ProbeFn | None,
+                   first: npt.NDArray[np.int64] | None = None) -> None:
         used = len(self.cached)
         need = used + n_new - self.budget
         due = self.policy.proactive and n_history - self.last_check >= self.batch
@@ -303,6 +331,17 @@ class BudgetedKV:
             view.probe = probe(view)
             self.probe_passes += 1
         shown = copy.copy(view)     # what the answer is checked against, whatever view becomes
+        forced = np.empty(0, np.int64)      # rows that go whatever the policy says
+        if first is not None and need > 0:
+            preferred = evictable & np.isin(self.cached, first)
+            if preferred.sum() >= need:     # the policy chooses among them alone
+                target = min(target, int(preferred.sum()))
+                view = dataclasses.replace(view, evictable=preferred)
+            elif preferred.any():           # all of them, and the rest from the others
+                forced = np.flatnonzero(preferred)
+                target -= len(forced)
+                view = dataclasses.replace(view, evictable=evictable & ~preferred,
+                                           n_required=need - len(forced))
         chosen: Any
         try:
             if view.probe is not None and not self.policy.reads_probe:
@@ -310,6 +349,10 @@ class BudgetedKV:
             else:
                 chosen = self.policy.select(view, target)
             chosen = np.asarray(chosen)
+            if len(forced) and chosen.ndim == 1 and (
+                    chosen.size == 0 or np.issubdtype(chosen.dtype, np.integer)):
+                chosen = np.concatenate([shown.cells[forced].astype(np.int64),
+                                         chosen.astype(np.int64)])
         except PyrcedgeError:
             raise
         except Exception as e:  # a user policy's own failure
@@ -372,20 +415,25 @@ class BudgetedKV:
                               "the new tokens to fit; the cache is unchanged")
         return np.sort(np.asarray(rows, np.int64))
 
+    def _remove_rows(self, positions: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> None:
+        """Remove the cached tokens at `rows` (ascending) of the position-ordered cells whose
+        positions are `positions`, compacting the rest when positions are compact."""
+        pos = positions[rows]
+        # remove runs of consecutive positions with one call each
+        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+        for run in np.split(pos, breaks):
+            llama_cpp.llama_memory_seq_rm(self.mem, 0, int(run[0]), int(run[-1]) + 1)
+        keep = np.ones(len(self.cached), bool)
+        keep[rows] = False
+        if self.compact:
+            self._compact(positions[keep])
+        self.cached = self.cached[keep]
+
     def _evict_rows(self, view: CacheView, rows: npt.NDArray[np.int64], n_history: int) -> None:
         before = len(self.cached)
         if len(rows):
-            pos = view.positions[rows].astype(np.int64)
-            # remove runs of consecutive positions with one call each
-            breaks = np.flatnonzero(np.diff(pos) != 1) + 1
-            for run in np.split(pos, breaks):
-                llama_cpp.llama_memory_seq_rm(self.mem, 0, int(run[0]), int(run[-1]) + 1)
-            keep = np.ones(before, bool)
-            keep[rows] = False
-            if self.compact:
-                self._compact(view.positions[keep].astype(np.int64))
             evicted = self.cached[rows]
-            self.cached = self.cached[keep]
+            self._remove_rows(view.positions.astype(np.int64), rows)
             self.horizon = n_history
             self.evictions += 1
             self.evicted_tokens += len(rows)

@@ -17,7 +17,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,8 @@ answer question remember told user assistant system one also like know
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # characters that end a sentence: a token holding one ends its sentence
 SENTENCE_ENDS = frozenset(".?!\n")
+# where recall's room comes from (Recall.room)
+ROOMS = ("recalled", "policy")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,14 @@ class Recall:
         a few of them are not what it asks about (0, the default, turns this off: 0.25 took
         the passage turns that recall from 67% to 4% and every turn from 1.21x to 1.00x recall
         off's, but the fact from 28/28 to 24/28 at 25% of the history: docs/recall.md).
+    whole: a chosen sentence is read back whole, its cached tokens read again beside its
+        evicted ones (they count in the bound), so that its words are encoded beside each
+        other; False reads back its evicted tokens alone, each run after the previous one
+        (a lone "us" of "Rufus" read after "is" answered "My dog is called Ruf").
+    room: where the cells for what is read back come from: "recalled" takes them first from
+        what earlier prompts recalled (now released), chosen among them by the policy, so
+        that recall turn after turn takes its room from its own earlier reads rather than
+        from the history it pushes out; "policy" lets the policy choose among all cells.
     """
 
     max_tokens: int = 96
@@ -76,6 +86,8 @@ class Recall:
     relative: float = 0.5
     covered: float = 0.25
     min_share: float = 0.0
+    whole: bool = True
+    room: Literal["recalled", "policy"] = "recalled"
 
     def __post_init__(self) -> None:
         for name, least in (("max_tokens", 1), ("sentence_max", 1), ("pad", 0), ("min_prompt", 1)):
@@ -91,6 +103,10 @@ class Recall:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise BudgetError(f"recall {name} must be in [0, 1], got {v!r}")
+        if not isinstance(self.whole, bool):
+            raise BudgetError(f"recall whole must be True or False, got {self.whole!r}")
+        if self.room not in ROOMS:
+            raise BudgetError(f"recall room must be one of {ROOMS}, got {self.room!r}")
 
 
 RecallLike = Recall | bool | int | None
@@ -202,10 +218,15 @@ def rank(docs: Sequence[Sequence[str]], query: Sequence[str], in_cache: set[str]
 
 
 def choose(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
-           settings: Recall, bound: int, evicted: Callable[[int], bool]) -> list[tuple[int, int]]:
+           settings: Recall, bound: int, evicted: Callable[[int], bool],
+           rereadable: Callable[[int], bool] | None = None) -> list[tuple[int, int]]:
     """The evicted tokens of the best-scoring spans, each span widened by up to `pad` evicted
     tokens on each side, while they fit in `bound` tokens: runs of history indices, in
-    order. A span scored -inf is never taken."""
+    order. A span scored -inf is never taken. rereadable: the cached tokens that are read
+    again with their span's evicted ones (Recall.whole)."""
+    def taken(i: int) -> bool:
+        return evicted(i) or (rereadable is not None and rereadable(i))
+
     picked: set[int] = set()
     if len(scores) == 0 or not np.isfinite(scores).any():
         return []
@@ -219,7 +240,7 @@ def choose(spans: Sequence[tuple[int, int]], scores: npt.NDArray[np.float64],
                 a -= 1
             if evicted(b):
                 b += 1
-        new = [i for i in range(a, b) if i not in picked and evicted(i)]
+        new = [i for i in range(a, b) if i not in picked and taken(i)]
         if len(picked) + len(new) <= bound:
             picked.update(new)
     runs: list[tuple[int, int]] = []

@@ -300,10 +300,16 @@ class Llama(llama_cpp.Llama):
         kv = self.kv_cache
         n = self.n_tokens
         total = sum(b - a for a, b in chosen)
+        # the cached tokens of the chosen sentences are read again with them (Recall.whole)
+        indices = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in chosen])
+        kv.forget(np.intersect1d(indices, kv.cached), n)
+        settings = self.settings.recall_object
+        first = kv.read_back if settings is not None and settings.room == "recalled" else None
         if read is None:
-            kv.make_room(total, n, self.input_ids)
+            kv.make_room(total, n, self.input_ids, first=first)
         else:
-            kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read))
+            kv.make_room(total + len(read.ids), n, self.input_ids, probe=self._probe_scorer(read),
+                         first=first)
         kv.reinsert(chosen, n, self._recall_decoder())
         self._recalled(chosen, spent, n)
         return total
@@ -336,8 +342,13 @@ class Llama(llama_cpp.Llama):
                     kv.max_chunk(n) - min(len(tokens), self.n_batch))
         if bound <= 0:
             return []
+        rereadable = None
+        if settings.whole:
+            # cached tokens the policy could evict may be read again with their sentence
+            free = set(kv.cached[kv.protection.evictable(kv.cached, n)].tolist())
+            rereadable = free.__contains__
         chosen = recall.choose(spans, scores, settings, bound,
-                               lambda i: 0 <= i < n and i not in cached)
+                               lambda i: 0 <= i < n and i not in cached, rereadable)
         return chosen if sum(b - a for a, b in chosen) > 0 else []
 
     def _recall_decoder(self) -> Callable[[npt.NDArray[np.int64], int], None]:
