@@ -7,6 +7,8 @@
 //   rcedge_gpu_bench profile MODEL.gguf [prompt=256] [steps=32]
 //   rcedge_gpu_bench prefill-profile MODEL.gguf [prompt=4000] [window=64]
 //   rcedge_gpu_bench prefill-loop MODEL.gguf prompt off|on|on-window [reps=5] [window=64] [flash=1]
+//   rcedge_gpu_trace prefill-trace MODEL.gguf [prompt=4000] [window=64] [flash=1] [profile=0]
+//     (the same source built with -DRCEDGE_TRACE -rdynamic -ldl: device/run_bench.sh)
 //
 // make: F16 matrices of N(0, std) values (a 16M-value pool per std, cycled from a random offset:
 //   speed does not depend on the values), F32 norms, an SPM vocabulary of n_vocab filler tokens.
@@ -16,6 +18,16 @@
 //   synchronisation; a poor man's profiler for machines without Nsight (no CUDA graphs either).
 // prefill-loop: one context of one variant, a warm-up prefill, then reps timed prefills of the prompt
 //   into a cleared cache, nothing else: for an outside profiler (nsys) to see the kernels as they run.
+// prefill-trace (trace build only): where a prefill waits on the host. The trace build defines the
+//   ggml-backend functions the scheduler calls between kernels (synchronize, tensor copies and sets,
+//   graph compute per split, graph allocation and reserve, compute buffer allocation) and forwards
+//   each to the library's (dlsym RTLD_NEXT), timing it: a poor man's nsys for the host side. For
+//   scoring off, on and on with the window: prefills of the prompt into a cleared cache, wall and CPU
+//   time; per ubatch of the last one, the time in each kind of call, the splits by backend, the
+//   inputs copied; one ubatch's calls in order; the same prefill with a synchronisation after every
+//   ubatch (host time of llama_decode, then the GPU's remaining time); the scheduler's splits and
+//   their inputs (GGML_SCHED_DEBUG=1). profile=1: the contexts compute node by node (as
+//   prefill-profile), and the calls between the first nodes of a ubatch are listed.
 // prefill-profile: the same for a prefill (the prompt in ubatches of 512 into a cleared cache), scoring
 //   off, on, and on with the query window.
 // run: for each context kind (flash attention on, off) and prompt length, one context per variant
@@ -573,6 +585,385 @@ static int prefill_loop(int argc, char ** argv) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// prefill-trace (built with -DRCEDGE_TRACE)
+
+#ifdef RCEDGE_TRACE
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+
+#include <dlfcn.h>
+#include <time.h>
+
+namespace trace {
+
+using clk = std::chrono::steady_clock;
+
+struct event {
+    int ub;          // ubatch index, -1 outside
+    int depth;       // traced calls around it
+    double t, dur;   // us since the traced prefill's start
+    std::string kind;
+    long long bytes;
+    std::string what;
+};
+
+static bool on = false;
+static int ub = -1;
+static clk::time_point t0 = clk::now();
+static std::vector<event> events;
+static std::string sched_log; // GGML_SCHED_DEBUG output while on
+static int depth = 0;         // nesting of traced calls (a copy calls a set)
+
+static double now_us() {
+    return std::chrono::duration<double, std::micro>(clk::now() - t0).count();
+}
+
+static void add(const char * kind, double t, long long bytes, std::string what) {
+    if (on) {
+        events.push_back({ub, depth, t, now_us() - t, kind, bytes, std::move(what)});
+    }
+}
+
+template <typename F> static F real(const char * name) {
+    void * p = dlsym(RTLD_NEXT, name);
+    if (p == nullptr) {
+        fprintf(stderr, "trace: %s not found\n", name);
+        abort();
+    }
+    return (F) p;
+}
+
+static std::string buf_name(const ggml_tensor * t) {
+    const ggml_tensor * s = t->view_src ? t->view_src : t;
+    return s->buffer ? ggml_backend_buffer_name(s->buffer) : "-";
+}
+
+struct scope {
+    double t = now_us();
+    scope() { ++depth; }
+    ~scope() { --depth; }
+};
+
+static double cpu_ms() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return 1e3 * ts.tv_sec + 1e-6 * ts.tv_nsec;
+}
+
+} // namespace trace
+
+extern "C" {
+
+void ggml_backend_synchronize(ggml_backend_t backend) {
+    static auto f = trace::real<void (*)(ggml_backend_t)>("ggml_backend_synchronize");
+    trace::scope s;
+    f(backend);
+    --trace::depth;
+    trace::add("sync", s.t, 0, ggml_backend_name(backend));
+    ++trace::depth;
+}
+
+enum ggml_status ggml_backend_graph_compute_async(ggml_backend_t backend, struct ggml_cgraph * g) {
+    static auto f = trace::real<enum ggml_status (*)(ggml_backend_t, struct ggml_cgraph *)>("ggml_backend_graph_compute_async");
+    trace::scope s;
+    const enum ggml_status r = f(backend, g);
+    std::string what = std::string(ggml_backend_name(backend)) + " nodes=" + std::to_string(ggml_graph_n_nodes(g));
+    if (strcmp(ggml_backend_name(backend), "CPU") == 0) {
+        for (int i = 0; i < ggml_graph_n_nodes(g) && i < 8; ++i) {
+            const ggml_tensor * n = ggml_graph_node(g, i);
+            what += std::string(" ") + ggml_op_desc(n) + ":" + n->name;
+        }
+    }
+    --trace::depth;
+    trace::add("split", s.t, 0, what);
+    ++trace::depth;
+    return r;
+}
+
+void ggml_backend_tensor_copy(const struct ggml_tensor * src, struct ggml_tensor * dst) {
+    static auto f = trace::real<void (*)(const struct ggml_tensor *, struct ggml_tensor *)>("ggml_backend_tensor_copy");
+    trace::scope s;
+    f(src, dst);
+    --trace::depth;
+    trace::add("copy", s.t, (long long) ggml_nbytes(src), std::string(src->name) + " " + trace::buf_name(src) + "->" + trace::buf_name(dst));
+    ++trace::depth;
+}
+
+void ggml_backend_tensor_copy_async(ggml_backend_t bs, ggml_backend_t bd, const struct ggml_tensor * src, struct ggml_tensor * dst) {
+    static auto f = trace::real<void (*)(ggml_backend_t, ggml_backend_t, const struct ggml_tensor *, struct ggml_tensor *)>("ggml_backend_tensor_copy_async");
+    trace::scope s;
+    f(bs, bd, src, dst);
+    --trace::depth;
+    trace::add("copy_async", s.t, (long long) ggml_nbytes(src), std::string(src->name) + " " + trace::buf_name(src) + "->" + trace::buf_name(dst));
+    ++trace::depth;
+}
+
+void ggml_backend_tensor_set(struct ggml_tensor * t, const void * data, size_t offset, size_t size) {
+    static auto f = trace::real<void (*)(struct ggml_tensor *, const void *, size_t, size_t)>("ggml_backend_tensor_set");
+    trace::scope s;
+    f(t, data, offset, size);
+    --trace::depth;
+    trace::add("set", s.t, (long long) size, std::string(t->name) + " " + trace::buf_name(t));
+    ++trace::depth;
+}
+
+void ggml_backend_tensor_get(const struct ggml_tensor * t, void * data, size_t offset, size_t size) {
+    static auto f = trace::real<void (*)(const struct ggml_tensor *, void *, size_t, size_t)>("ggml_backend_tensor_get");
+    trace::scope s;
+    f(t, data, offset, size);
+    --trace::depth;
+    trace::add("get", s.t, (long long) size, std::string(t->name) + " " + trace::buf_name(t));
+    ++trace::depth;
+}
+
+void ggml_backend_tensor_get_async(ggml_backend_t backend, const struct ggml_tensor * t, void * data, size_t offset, size_t size) {
+    static auto f = trace::real<void (*)(ggml_backend_t, const struct ggml_tensor *, void *, size_t, size_t)>("ggml_backend_tensor_get_async");
+    trace::scope s;
+    f(backend, t, data, offset, size);
+    --trace::depth;
+    trace::add("get_async", s.t, (long long) size, std::string(t->name) + " " + trace::buf_name(t));
+    ++trace::depth;
+}
+
+bool ggml_backend_sched_alloc_graph(ggml_backend_sched_t sched, struct ggml_cgraph * g) {
+    static auto f = trace::real<bool (*)(ggml_backend_sched_t, struct ggml_cgraph *)>("ggml_backend_sched_alloc_graph");
+    trace::scope s;
+    const bool r = f(sched, g);
+    --trace::depth;
+    trace::add("alloc_graph", s.t, 0, "nodes=" + std::to_string(ggml_graph_n_nodes(g)) + " splits=" + std::to_string(ggml_backend_sched_get_n_splits(sched)) + " copies=" + std::to_string(ggml_backend_sched_get_n_copies(sched)));
+    ++trace::depth;
+    return r;
+}
+
+enum ggml_status ggml_backend_sched_graph_compute_async(ggml_backend_sched_t sched, struct ggml_cgraph * g) {
+    static auto f = trace::real<enum ggml_status (*)(ggml_backend_sched_t, struct ggml_cgraph *)>("ggml_backend_sched_graph_compute_async");
+    trace::scope s;
+    const enum ggml_status r = f(sched, g);
+    --trace::depth;
+    trace::add("compute", s.t, 0, "");
+    ++trace::depth;
+    return r;
+}
+
+bool ggml_gallocr_reserve_n(ggml_gallocr_t galloc, struct ggml_cgraph * g, const int * node_ids, const int * leaf_ids) {
+    static auto f = trace::real<bool (*)(ggml_gallocr_t, struct ggml_cgraph *, const int *, const int *)>("ggml_gallocr_reserve_n");
+    trace::scope s;
+    const bool r = f(galloc, g, node_ids, leaf_ids);
+    --trace::depth;
+    trace::add("RESERVE", s.t, 0, "nodes=" + std::to_string(ggml_graph_n_nodes(g)));
+    ++trace::depth;
+    return r;
+}
+
+ggml_backend_buffer_t ggml_backend_buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
+    static auto f = trace::real<ggml_backend_buffer_t (*)(ggml_backend_buffer_type_t, size_t)>("ggml_backend_buft_alloc_buffer");
+    trace::scope s;
+    ggml_backend_buffer_t r = f(buft, size);
+    --trace::depth;
+    trace::add("BUF_ALLOC", s.t, (long long) size, ggml_backend_buft_name(buft));
+    ++trace::depth;
+    return r;
+}
+
+void ggml_backend_buffer_free(ggml_backend_buffer_t buffer) {
+    static auto f = trace::real<void (*)(ggml_backend_buffer_t)>("ggml_backend_buffer_free");
+    trace::scope s;
+    const std::string name = buffer ? ggml_backend_buffer_name(buffer) : "null";
+    f(buffer);
+    --trace::depth;
+    trace::add("BUF_FREE", s.t, 0, name);
+    ++trace::depth;
+}
+
+} // extern "C"
+
+// one prefill of toks[0, n_prompt) into a cleared cache, ubatch by ubatch; sync_each: wait for the GPU
+// after every ubatch (host[i], gpu[i]: llama_decode's time and the wait after it)
+static double trace_prefill(llama_context * ctx, const std::vector<llama_token> & toks, int n_prompt, bool sync_each,
+        std::vector<double> * host = nullptr, std::vector<double> * gpu = nullptr) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    llama_synchronize(ctx);
+    trace::events.clear();
+    trace::sched_log.clear();
+    trace::t0 = trace::clk::now();
+    for (int i = 0, k = 0; i < n_prompt; i += 512, ++k) {
+        trace::ub = k;
+        const double t = trace::now_us();
+        if (llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(toks.data()) + i, std::min(512, n_prompt - i))) != 0) {
+            fprintf(stderr, "decode failed\n");
+            exit(1);
+        }
+        trace::add("DECODE", t, 0, "");
+        if (host) {
+            host->push_back(trace::now_us() - t);
+        }
+        if (sync_each) {
+            const double ts = trace::now_us();
+            llama_synchronize(ctx);
+            if (gpu) {
+                gpu->push_back(trace::now_us() - ts);
+            }
+        }
+    }
+    trace::ub = -1;
+    const double t = trace::now_us();
+    llama_synchronize(ctx);
+    trace::add("final_sync", t, 0, "");
+    trace::ub = -1;
+    return 1e-3 * trace::now_us();
+}
+
+static bool trace_cb(ggml_tensor * t, bool ask, void *) {
+    if (ask) {
+        return true;
+    }
+    static int n = 0;
+    // the first nodes of a ubatch: GET_ROWS (the embeddings) and what follows it
+    if (t->op == GGML_OP_GET_ROWS && strncmp(t->name, "inp_embd", 8) == 0) {
+        n = 3;
+    }
+    if (n > 0) {
+        --n;
+        trace::add("NODE", trace::now_us(), 0, std::string(ggml_op_desc(t)) + " " + t->name);
+    }
+    return true;
+}
+
+static void trace_summary(int n_ub) {
+    printf("  per ubatch of the traced prefill (ms; n = calls):\n");
+    printf("    (decode: llama_decode; rest: decode - alloc - compute = graph build and inputs on the host)\n");
+    printf("    %-3s %8s %8s %8s %8s %12s %16s %14s %16s %8s %8s %s\n", "ub", "decode", "rest", "alloc", "compute",
+           "sync CUDA", "sync CPU", "copy (MB)", "set (MB)", "reserve", "buf", "splits");
+    for (int k = 0; k < n_ub; ++k) {
+        double dec = 0, alloc = 0, comp = 0, sg = 0, sc = 0, cp = 0, st = 0, rs = 0;
+        int nsg = 0, nsc = 0, ncp = 0, nst = 0, nrs = 0, nbuf = 0, n_cuda = 0, n_cpu = 0;
+        long long bcp = 0, bst = 0;
+        for (const auto & e : trace::events) {
+            if (e.ub != k) {
+                continue;
+            }
+            const std::string & kind = e.kind;
+            if (kind == "DECODE") dec += e.dur;
+            else if (kind == "alloc_graph") alloc += e.dur;
+            else if (kind == "compute") comp += e.dur;
+            else if (kind == "sync" && e.what.rfind("CUDA", 0) == 0) { sg += e.dur; ++nsg; }
+            else if (kind == "sync") { sc += e.dur; ++nsc; }
+            else if (kind == "copy" || kind == "copy_async") { cp += e.dur; ++ncp; bcp += e.bytes; }
+            else if (kind == "set" && e.depth == 0) { st += e.dur; ++nst; bst += e.bytes; } // llama's inputs
+            else if (kind == "RESERVE") { rs += e.dur; ++nrs; }
+            else if (kind == "BUF_ALLOC" || kind == "BUF_FREE") ++nbuf;
+            else if (kind == "split") { (e.what.rfind("CPU", 0) == 0 ? n_cpu : n_cuda)++; }
+        }
+        printf("    %-3d %8.3f %8.3f %8.3f %8.3f %7.3f n=%-3d %7.3f n=%-3d %6.3f n=%-2d %4.1f %6.3f n=%-3d %4.1f %5.3f/%d %8d CUDA %d CPU %d\n", k,
+               1e-3*dec, 1e-3*(dec - alloc - comp), 1e-3*alloc, 1e-3*comp, 1e-3*sg, nsg, 1e-3*sc, nsc, 1e-3*cp, ncp, bcp/1e6, 1e-3*st, nst, bst/1e6,
+               1e-3*rs, nrs, nbuf, n_cuda, n_cpu);
+    }
+}
+
+static void trace_timeline(int k) {
+    printf("  calls of ubatch %d in order (t and duration in us; inner calls indented):\n", k);
+    for (const auto & e : trace::events) {
+        if (e.ub != k) {
+            continue;
+        }
+        printf("    %9.1f %8.1f  %*s%-14s %8.2f MB  %s\n", e.t, e.dur, 2*e.depth, "", e.kind.c_str(), e.bytes / 1e6, e.what.c_str());
+    }
+}
+
+static int prefill_trace(int argc, char ** argv) {
+    const int n_prompt = argc > 3 ? atoi(argv[3]) : 4000;
+    const int window   = argc > 4 ? atoi(argv[4]) : 64;
+    const bool flash   = argc > 5 ? atoi(argv[5]) != 0 : true;
+    const bool prof    = argc > 6 ? atoi(argv[6]) != 0 : false;
+    setenv("GGML_SCHED_DEBUG", "1", 0); // the splits and their inputs (read when a context is made)
+    llama_model * model = load_gpu_model(argv[2]);
+    if (!model) {
+        return 1;
+    }
+    llama_log_set([](ggml_log_level level, const char * text, void *) {
+        if (level >= GGML_LOG_LEVEL_ERROR) {
+            fputs(text, stderr);
+        } else if (trace::on) {
+            trace::sched_log += text;
+        }
+    }, nullptr);
+    const auto toks = make_tokens(n_prompt, llama_vocab_n_tokens(llama_model_get_vocab(model)));
+    const int n_ub = (n_prompt + 511) / 512;
+    printf("## prefill-trace %s: flash=%d prompt=%d (%d ubatches of <= 512) window=%d profile=%d\n", argv[2], (int) flash,
+           n_prompt, n_ub, window, (int) prof);
+    for (int var = 0; var < N_VAR; ++var) {
+        llama_context * ctx = nullptr;
+        if (prof) {
+            llama_context_params p = llama_context_default_params();
+            p.n_ctx = (uint32_t) GGML_PAD(n_prompt + N_DECODE + 2, 256);
+            p.n_batch = 512;
+            p.n_ubatch = 512;
+            p.n_threads = p.n_threads_batch = 8;
+            p.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+            p.no_perf = true;
+            p.cb_eval = trace_cb;
+            ctx = llama_init_from_model(model, p);
+            if (var != OFF) {
+                llama_rcedge_scoring_enable(ctx, 0.9f);
+                llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
+            }
+        } else {
+            ctx = bench_ctx(model, flash, n_prompt, var, window, 0.9f);
+        }
+        trace_prefill(ctx, toks, n_prompt, false); // warm-up: the compute buffers reach their size
+        trace_prefill(ctx, toks, n_prompt, false);
+        printf("### %s\n", VAR_NAME[var]);
+        std::vector<double> wall, cpu;
+        for (int rep = 0; rep < 5; ++rep) {
+            const double c0 = trace::cpu_ms();
+            trace::on = rep == 4;
+            wall.push_back(trace_prefill(ctx, toks, n_prompt, false));
+            trace::on = false;
+            cpu.push_back(trace::cpu_ms() - c0);
+        }
+        const result rw = summarize(wall), rc = summarize(cpu);
+        printf("  prefill (pipelined, as the bench): %.3f ms [%.3f, %.3f], CPU %.3f ms [%.3f, %.3f], n=5; %.0f tok/s\n",
+               rw.med, rw.lo, rw.hi, rc.med, rc.lo, rc.hi, 1e3 * n_prompt / rw.med);
+        trace_summary(n_ub);
+        trace_timeline(n_ub - 2);
+        // the splits and their inputs of the traced prefill's graphs (one line per split and ubatch)
+        printf("  scheduler splits (GGML_SCHED_DEBUG=1), the last two ubatches:\n");
+        {
+            std::vector<std::string> lines;
+            size_t a = 0;
+            while (a < trace::sched_log.size()) {
+                size_t b = trace::sched_log.find('\n', a);
+                if (b == std::string::npos) b = trace::sched_log.size();
+                const std::string l = trace::sched_log.substr(a, b - a);
+                if (l.find("## SPLIT") != std::string::npos) lines.push_back(l);
+                a = b + 1;
+            }
+            const size_t per = lines.size() / (size_t) n_ub;
+            for (size_t i = lines.size() >= 2*per ? lines.size() - 2*per : 0; i < lines.size(); ++i) {
+                printf("    %s\n", lines[i].c_str());
+            }
+            printf("    (%zu split lines over %d ubatches)\n", lines.size(), n_ub);
+        }
+        // serialized: the GPU's time per ubatch shows as the wait after llama_decode
+        std::vector<double> host, gpu;
+        const double ser = trace_prefill(ctx, toks, n_prompt, true, &host, &gpu);
+        printf("  serialized (llama_synchronize after each ubatch): %.3f ms; per ubatch host | wait (ms):", ser);
+        double sh = 0, sg = 0;
+        for (size_t i = 0; i < host.size(); ++i) {
+            printf(" %.2f|%.2f", 1e-3 * host[i], 1e-3 * gpu[i]);
+            sh += host[i];
+            sg += gpu[i];
+        }
+        printf("; sums %.3f | %.3f\n", 1e-3 * sh, 1e-3 * sg);
+        fflush(stdout);
+        llama_free(ctx);
+    }
+    llama_model_free(model);
+    return 0;
+}
+#endif // RCEDGE_TRACE
+
 int main(int argc, char ** argv) {
     if (argc >= 2 && strcmp(argv[1], "make") == 0) {
         return make_model(argc, argv);
@@ -589,6 +980,11 @@ int main(int argc, char ** argv) {
     if (argc >= 5 && strcmp(argv[1], "prefill-loop") == 0) {
         return prefill_loop(argc, argv);
     }
+#ifdef RCEDGE_TRACE
+    if (argc >= 3 && strcmp(argv[1], "prefill-trace") == 0) {
+        return prefill_trace(argc, argv);
+    }
+#endif
     fprintf(stderr, "usage: %s make ... | run ...\n", argv[0]);
     return 2;
 }

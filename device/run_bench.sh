@@ -14,6 +14,8 @@
 #   RCEDGE_PREFILL_PROFILE="SHAPE..."   where those shapes' 4000-token prefill goes, node by node
 #   RCEDGE_BENCH_GRAPH_OPS="SHAPE..."   those shapes timed once more with the portable graph ops
 #                                      (LLAMA_RCEDGE_DEVICE_FUSED=0)
+#   RCEDGE_BUILD_ONLY=1                 build (libllama, rcedge_gpu_bench, rcedge_gpu_check and the
+#                                      tracing rcedge_gpu_trace) and stop
 set -uo pipefail
 OUT=${OUT:-/tmp/rcedge-out}
 mkdir -p "$OUT"
@@ -42,7 +44,11 @@ for prog in rcedge_gpu_bench rcedge_gpu_check; do
     g++ -O2 -std=c++17 -I"$S/llama.cpp/include" -I"$S/llama.cpp/ggml/include" -I"$S/native/include" \
         device/$prog.cpp -L"$B/lib" -lllama -lggml -lggml-base -Wl,-rpath,"$B/lib" -o "$B/$prog" || exit 1
 done
+# the bench with the host-side tracer (prefill-trace): its ggml-backend calls timed on the way
+g++ -O2 -std=c++17 -DRCEDGE_TRACE -rdynamic -I"$S/llama.cpp/include" -I"$S/llama.cpp/ggml/include" -I"$S/native/include" \
+    device/rcedge_gpu_bench.cpp -L"$B/lib" -lllama -lggml -lggml-base -ldl -Wl,-rpath,"$B/lib" -o "$B/rcedge_gpu_trace" || exit 1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; } | tee -a "$LOG"
+[ "${RCEDGE_BUILD_ONLY:-0}" = 1 ] && exit 0
 
 CHECK_MODEL=${RCEDGE_CHECK_MODEL:-device/tiny-llama-exact.gguf}
 if [ "${RCEDGE_CHECK:-1}" != 0 ] && [ -f "$CHECK_MODEL" ]; then

@@ -31,6 +31,7 @@ OWNERS = {
     "0010-ggml-cuda-fused-ffn-inputs-alive.patch": ["ggml/src/ggml-cuda/ggml-cuda.cu"],
     "0012-cpu-attention-scores-query-window.patch": ["ggml/include/ggml.h", "ggml/src/ggml-cpu/ops.cpp",
                                                     "ggml/src/ggml.c", "src/llama-graph.cpp"],
+    "0013-llama-context-reserve-after-graph-change.patch": ["src/llama-context.h"],
 }
 
 

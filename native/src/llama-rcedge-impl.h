@@ -46,6 +46,11 @@ struct llama_rcedge_graph_shared {
     // stacks [n_kv, 1, n_head, n_layer] of every layer's q.k and probabilities
     ggml_tensor * all_cleared = nullptr;
     ggml_tensor * stack_kq = nullptr, * stack_p = nullptr;
+    // beside flash attention: the view of the window's rows of the mask that every layer's
+    // statistics read, and the mask and window it was made for
+    ggml_tensor * mask_rows = nullptr;
+    const ggml_tensor * mask_rows_of = nullptr;
+    int64_t mask_rows_n_q = 0, mask_rows_n_w = 0;
 };
 
 // One layer's attention statistics for one ubatch, as the KV cache hands them to the graph

@@ -44,6 +44,20 @@ static llama_kv_cache * rcedge_kv_cache(const llama_context * ctx, int32_t * sta
     return kv;
 }
 
+// Scoring changed the graph (statistics on or off, alpha, the query window, a probe's copies: what
+// the epoch counts): the next graph must not reuse the last one, and the scheduler must reserve
+// its worst case again (patch 0013). Without that reserve its buffers keep the plan of the graph
+// without the statistics' nodes, and in a GPU context every prefill ubatch that is larger than the
+// ubatch before in one tensor is planned again, the backends drained first (docs/gpu.md).
+// LLAMA_RCEDGE_RESERVE=0 leaves the reserve out (to measure what it saves).
+static void rcedge_graph_changed(llama_context * ctx, llama_kv_cache * kv) {
+    kv->rcedge_epoch++;
+    const char * env = getenv("LLAMA_RCEDGE_RESERVE");
+    if (env == nullptr || strcmp(env, "0") != 0) {
+        ctx->set_need_reserve();
+    }
+}
+
 int32_t llama_rcedge_kv_cells_used(const llama_context * ctx) {
     const llama_kv_cache * kv = rcedge_kv_cache(ctx);
     if (kv == nullptr) {
@@ -415,7 +429,7 @@ int32_t llama_rcedge_scoring_enable(llama_context * ctx, float alpha) {
     rcedge_clear_all(*sc, LLAMA_RCEDGE_RESET_A2SF | LLAMA_RCEDGE_RESET_MOMENTS);
 
     kv->rcedge = std::move(sc);
-    kv->rcedge_epoch++;
+    rcedge_graph_changed(ctx, kv);
     return LLAMA_RCEDGE_OK;
 }
 
@@ -427,7 +441,7 @@ int32_t llama_rcedge_scoring_disable(llama_context * ctx) {
     }
     if (kv->rcedge) {
         kv->rcedge.reset();
-        kv->rcedge_epoch++;
+        rcedge_graph_changed(ctx, kv);
     }
     return LLAMA_RCEDGE_OK;
 }
@@ -483,7 +497,7 @@ int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
     }
     if (sc->alpha != alpha) {
         sc->alpha = alpha;
-        rcedge_kv_cache(ctx)->rcedge_epoch++; // alpha is baked into the graph's nodes
+        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx)); // alpha is baked into the graph's nodes
     }
     return LLAMA_RCEDGE_OK;
 }
@@ -498,7 +512,7 @@ int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
     n_queries = std::max(0, n_queries);
     if (sc->query_window != n_queries) {
         sc->query_window = n_queries;
-        rcedge_kv_cache(ctx)->rcedge_epoch++; // the window is baked into the graph's nodes
+        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx)); // the window is baked into the graph's nodes
     }
     return prev;
 }
@@ -695,7 +709,7 @@ int32_t llama_rcedge_probe_capture(llama_context * ctx, int32_t n_max) {
     }
     llama_kv_cache * kv = rcedge_kv_cache(ctx);
     if (sc->probe_capturing != (n_max > 0)) {
-        kv->rcedge_epoch++; // the copies are nodes of the graph
+        rcedge_graph_changed(ctx, kv); // the copies are nodes of the graph
     }
     sc->probe_capturing = n_max > 0;
     const bool fits = !sc->probe.empty() && n_max > 0 && std::all_of(sc->probe.begin(), sc->probe.end(),

@@ -329,8 +329,24 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
         rcedge_add(ctx, gf, rc, kq, nullptr, kq_mask, n_q, kq_scale); // one soft_max for all layers
         return;
     }
-    ggml_tensor * m = ggml_view_4d(ctx, kq_mask, kq_mask->ne[0], n_w, kq_mask->ne[2], kq_mask->ne[3],
-                                   kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], (n_q - n_w)*kq_mask->nb[1]);
+    // The mask is a graph input, computed on the host: the scheduler uploads every tensor made from
+    // it that a GPU node reads, each on its own, a view per layer included (a synchronous copy of
+    // [n_kv, n_w] F16 per layer and ubatch: 110 MB and 2.5 ms of a 135M-shape ubatch at 3.5k
+    // cells, docs/bench/gpu-cost.md). So every query reads the mask itself, which flash attention
+    // has uploaded already (soft_max takes a mask with more rows than its input), and a window
+    // reads one view of its rows that all layers share.
+    ggml_tensor * m = kq_mask;
+    if (n_w < n_q) {
+        llama_rcedge_graph_shared & sh = *rc.shared;
+        if (sh.mask_rows == nullptr || sh.mask_rows_of != kq_mask || sh.mask_rows_n_q != n_q || sh.mask_rows_n_w != n_w) {
+            sh.mask_rows = ggml_view_4d(ctx, kq_mask, kq_mask->ne[0], n_w, kq_mask->ne[2], kq_mask->ne[3],
+                                        kq_mask->nb[1], kq_mask->nb[2], kq_mask->nb[3], (n_q - n_w)*kq_mask->nb[1]);
+            sh.mask_rows_of = kq_mask;
+            sh.mask_rows_n_q = n_q;
+            sh.mask_rows_n_w = n_w;
+        }
+        m = sh.mask_rows;
+    }
     if (rc.device_fused) {
         GGML_ASSERT(max_bias == 0.0f && "device-fused scores: no ALiBi");
         rcedge_fused(ctx, gf, rc.scores, rc.alpha, kq, m, kq_scale, sinks, 0, n_q - n_w);
