@@ -107,6 +107,7 @@ def test_an_evicted_token_is_never_attended_again(default_model):
                eviction_batch=16, on_evict=events.append)
     tokens = llm.tokenize((PROSE * 3).encode())[:64]
     llm.eval(tokens)                       # fills the cache
+    scoring.set_moments(llm.ctx, True)     # h2o reads a2sf alone: count the queries here
     scoring.reset_stats(llm.ctx, a2sf=False, moments=True)
     llm.eval(llm.tokenize(b" Then"))       # evicts 16 cells, takes one, attends once
     assert len(events) == 1 and len(events[0].evicted) == 16
