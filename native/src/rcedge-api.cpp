@@ -58,6 +58,15 @@ static void rcedge_graph_changed(llama_context * ctx, llama_kv_cache * kv) {
     }
 }
 
+// set a scoring setting that the graph's nodes are built with: a change rebuilds the graph
+template <typename T>
+static void rcedge_set_graph_setting(llama_context * ctx, T & setting, T value) {
+    if (setting != value) {
+        setting = value;
+        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx));
+    }
+}
+
 int32_t llama_rcedge_kv_cells_used(const llama_context * ctx) {
     const llama_kv_cache * kv = rcedge_kv_cache(ctx);
     if (kv == nullptr) {
@@ -495,10 +504,7 @@ int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
     if (!rcedge_alpha_ok(alpha)) {
         return LLAMA_RCEDGE_ERR_ALPHA;
     }
-    if (sc->alpha != alpha) {
-        sc->alpha = alpha;
-        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx)); // alpha is baked into the graph's nodes
-    }
+    rcedge_set_graph_setting(ctx, sc->alpha, alpha);
     return LLAMA_RCEDGE_OK;
 }
 
@@ -509,11 +515,7 @@ int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
         return status;
     }
     const int32_t prev = sc->query_window;
-    n_queries = std::max(0, n_queries);
-    if (sc->query_window != n_queries) {
-        sc->query_window = n_queries;
-        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx)); // the window is baked into the graph's nodes
-    }
+    rcedge_set_graph_setting(ctx, sc->query_window, std::max(0, n_queries));
     return prev;
 }
 
@@ -524,10 +526,7 @@ int32_t llama_rcedge_set_moments(llama_context * ctx, int32_t on) {
         return status;
     }
     const int32_t prev = sc->moments ? 1 : 0;
-    if (sc->moments != (on != 0)) {
-        sc->moments = on != 0;
-        rcedge_kv_cache(ctx)->rcedge_epoch++; // the scores views are baked into the graph's nodes
-    }
+    rcedge_set_graph_setting(ctx, sc->moments, on != 0);
     return prev;
 }
 
