@@ -202,7 +202,7 @@ def main() -> None:
     summaries = {c: summary(rows[c], rows["full"], None if c in ("full", a.baseline)
                             else rows[a.baseline]) for c in caches}
     record = {"command": command(), "machine": machine(), "model": a.model, "dataset": a.dataset,
-              "n": a.n, "share": a.share, "baseline": a.baseline,
+              "n": a.n, "context_chars": a.context_chars, "share": a.share, "baseline": a.baseline,
               "context_tokens_mean": float(np.mean([r["context_tokens"] for r in rows["full"]])),
               "summary": summaries, "rows": rows}
     out = REPO / "docs" / "bench" / a.out
