@@ -186,6 +186,9 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
         kernel_stats.probe_capture(ctx, len(probe))
     try:
         batch.set_batch(batch=list(probe), n_past=first_pos, logits_all=False)
+        # no logits: the probe is read for its statistics (the vocabulary's projection is a
+        # large part of a token's cost in small models)
+        batch.batch.logits[len(probe) - 1] = False
         decode(batch)
         got = kernel_stats.read_layers(ctx, cells)
     finally:
