@@ -178,6 +178,20 @@ def test_shares_weigh_the_words_no_candidate_holds_most():
         recall.Recall(min_share=2.0)
 
 
+def test_a_question_word_the_cache_holds_still_ranks_its_sentence():
+    # the probe kept the question's words of the sentence that answers it and let its answer
+    # go: that sentence must outrank one sharing a single, evicted question word (with the
+    # former covered 0.25, a word the cache holds weighed a quarter and it did not)
+    docs = [["capital", "france", "paris"], ["largest", "river", "loire"]] + \
+        [[f"w{i}"] for i in range(20)]
+    question = ["capital", "france", "largest"]
+    in_cache = {"capital", "france"}
+    scores = recall.rank(docs, question, in_cache, recall.Recall())
+    assert scores[0] > scores[1] > 0
+    discounted = recall.rank(docs, question, in_cache, recall.Recall(covered=0.25))
+    assert discounted[0] < discounted[1]
+
+
 def test_prompts_about_nothing_evicted_recall_nothing(default_model):
     llm = make(default_model, kv_budget=96, policy="window", recall=True)
     read_fact_then_prose(llm)
