@@ -178,18 +178,18 @@ def test_shares_weigh_the_words_no_candidate_holds_most():
         recall.Recall(min_share=2.0)
 
 
-def test_a_question_word_the_cache_holds_still_ranks_its_sentence():
+def test_covered_weighs_the_question_words_the_cache_holds():
     # the probe kept the question's words of the sentence that answers it and let its answer
-    # go: that sentence must outrank one sharing a single, evicted question word (with the
-    # former covered 0.25, a word the cache holds weighed a quarter and it did not)
+    # go: at covered 1 that sentence outranks one sharing a single, evicted question word; at
+    # the default 0.25 a word the cache holds weighs a quarter and it does not
     docs = [["capital", "france", "paris"], ["largest", "river", "loire"]] + \
         [[f"w{i}"] for i in range(20)]
     question = ["capital", "france", "largest"]
     in_cache = {"capital", "france"}
-    scores = recall.rank(docs, question, in_cache, recall.Recall())
+    scores = recall.rank(docs, question, in_cache, recall.Recall(covered=1.0))
     assert scores[0] > scores[1] > 0
-    discounted = recall.rank(docs, question, in_cache, recall.Recall(covered=0.25))
-    assert discounted[0] < discounted[1]
+    discounted = recall.rank(docs, question, in_cache, recall.Recall())
+    assert recall.Recall().covered == 0.25 and discounted[0] < discounted[1]
 
 
 def test_prompts_about_nothing_evicted_recall_nothing(default_model):
