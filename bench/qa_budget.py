@@ -207,7 +207,9 @@ def main() -> None:
               "summary": summaries, "rows": rows}
     out = REPO / "docs" / "bench" / a.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    # compact: every question's rows (cached cells, recall's candidates) make indented files of
+    # megabytes
+    out.with_suffix(".json").write_text(json.dumps(record, separators=(",", ":")) + "\n")
     lines = report(a, record)
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
