@@ -11,7 +11,7 @@ the share of the answer's tokens among the top `--keep` of the cells, as a one-s
 at that budget would keep them (the streaming read keeps at most this well). Scores:
 relmax/relmean (probe max or mean logit minus the document's mean logit, standardised per layer
 and head), raw max logit, post-softmax attention; heads reduced by max or sum; all layers or the
-middle half.
+middle half, the last half, the first half (early) or the first two thirds (early67).
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def reduce(x: np.ndarray, heads: str, layers: str) -> np.ndarray:
         x = x[n // 4: 3 * n // 4]
     elif layers == "late":
         x = x[n // 2:]
+    elif layers == "early":
+        x = x[: n // 2]
+    elif layers == "early67":
+        x = x[: round(2 * n / 3)]
     per = x.max(axis=2) if heads == "max" else x.sum(axis=2)
     return per.sum(axis=0)
 
@@ -103,7 +107,7 @@ def main() -> None:
                                            llm._ctx.decode, 1.0, attention=True)
             for vname, x in variants(got, docst).items():
                 for heads in ("max", "sum"):
-                    for layers in ("all", "mid", "late"):
+                    for layers in ("all", "mid", "late", "early", "early67"):
                         cands[f"{pname} {vname} {heads} {layers}"] = reduce(x, heads, layers)
         ctx0 = text.find("Context:")
         first = int(np.searchsorted(offs, ctx0))

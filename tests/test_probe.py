@@ -131,6 +131,65 @@ def test_a_probed_read_reusing_kept_queries_decodes_the_probe_less(default_model
         scoring.probe_max(reuse.ctx, [0], 0)         # ... but the read freed the queries
 
 
+def test_a_probe_decode_stopped_early_gives_the_first_layers_exactly(default_model):
+    # one thread: with two, the statistics of two whole decodes of a probe differ in the last
+    # bits (the order in which threads add them up)
+    llm = make(default_model, kv_budget=256, policy="a2sf", alpha=0.9, n_threads=1,
+               n_threads_batch=1)
+    llm.eval(llm.tokenize((PROSE * 2).encode()))
+    cells, _ = llm.kv_cache.cached_cells()
+    kv, question = llm.kv_cache, llm.tokenize(QUESTION.encode(), add_bos=False)
+    n_layer, k = scoring.n_layer(llm.ctx), scoring.n_layer(llm.ctx) // 2
+
+    def read(layers):
+        got, _ = probe.probe_stats(llm.ctx, kv.mem, cells, question, kv.next_pos(), llm._batch,
+                                   llm._ctx.decode, 0.9, attention=False, keep=True, layers=layers)
+        return got, scoring.probe_max(llm.ctx, cells, 0, layers)
+
+    full, full_max = read(0)
+    used, before = _native.kv_cells_used(llm.ctx), scoring.read_layers(llm.ctx, cells)
+    part, part_max = read(k)
+    # the first k layers are the whole decode's, bit for bit; the later ones were not computed
+    np.testing.assert_array_equal(part[:k], full[:k])
+    np.testing.assert_array_equal(part_max[:k], full_max[:k])
+    assert np.all(part[k:][..., scoring.COUNT] == 0) and np.all(full[k:][..., scoring.COUNT] > 0)
+    assert np.all(part_max[k:] == -np.inf) and part_max.shape[0] == n_layer
+    # and it left nothing behind: cells, statistics, and the decodes after run the whole model
+    assert _native.kv_cells_used(llm.ctx) == used
+    np.testing.assert_array_equal(scoring.read_layers(llm.ctx, cells), before)
+    assert scoring.set_stop_layer(llm.ctx, 0) == 0
+    again, _ = read(0)
+    np.testing.assert_array_equal(again, full)
+
+
+def test_decodes_stop_early_only_where_they_can(default_model):
+    llm = make(default_model, kv_budget=128, policy="a2sf")
+    assert scoring.set_stop_layer(llm.ctx, 3) == 0
+    assert scoring.set_stop_layer(llm.ctx, 10_000) == 3     # the whole model again
+    assert scoring.set_stop_layer(llm.ctx, 0) == 0
+    portable = make(default_model, kv_budget=128, policy="window")
+    scoring.enable_scoring(portable.ctx, 0.9, portable=True)
+    with pytest.raises(pyrcedge.ScoringError, match="cannot stop early"):
+        scoring.set_stop_layer(portable.ctx, 3)
+
+
+def test_a_probe_scoring_the_first_layers_reads_as_if_it_decoded_them_all(default_model,
+                                                                          monkeypatch):
+    prompt = (PROSE * 12 + QUESTION).encode()
+    settings = probe.Probe(tokens=32, layers=(0.25, 0.5), score="relmax_sd")
+    one = {"n_threads": 1, "n_threads_batch": 1}    # the same sums, bit for bit
+    stopped = make(default_model, kv_budget=96, probe=settings, **one)
+    stopped.eval(stopped.tokenize(prompt))
+    # the same read with every probe decode running the whole model (as on the portable path)
+    monkeypatch.setattr(scoring, "set_stop_layer", lambda ctx, n: 0 if n == 0 else
+                        (_ for _ in ()).throw(pyrcedge.ScoringError("no")))
+    whole = make(default_model, kv_budget=96, probe=settings, **one)
+    whole.eval(whole.tokenize(prompt))
+    a, b = stopped.kv_stats(), whole.kv_stats()
+    assert a.probe_passes == b.probe_passes > 4 and a.probe_tokens == b.probe_tokens
+    np.testing.assert_array_equal(a.positions, b.positions)
+
+
 def test_a_probe_turns_the_statistics_on_for_the_read_only(default_model):
     llm = make(default_model, kv_budget=96, policy="window", probe=32)
     assert not scoring.scoring_enabled(llm.ctx)
@@ -208,7 +267,8 @@ def test_bad_probes_are_refused_before_the_model_loads(default_model, spec, matc
 @pytest.mark.parametrize("kw,match", [
     ({"pool_before": -1}, "pool_before"), ({"heads": "mean"}, "heads"),
     ({"refill": 1.0}, "refill"), ({"tokens": 0}, "tokens"), ({"score": "max"}, "score"),
-    ({"reuse": -1}, "reuse"),
+    ({"reuse": -1}, "reuse"), ({"layers": (0.5, 0.5)}, "layers"), ({"layers": 0.5}, "layers"),
+    ({"layers": (-0.1, 1.0)}, "layers"), ({"layers": ("a", 1)}, "layers"),
 ])
 def test_bad_probe_settings(kw, match):
     with pytest.raises(BudgetError, match=match):
@@ -226,6 +286,27 @@ def test_the_cli_reads_with_a_probe_and_reports_it(cli):
               "--probe", "off", "--threads", "2", "--json")
     assert off.returncode == 0, off.stderr[-2000:]
     assert json.loads(off.stdout.strip().splitlines()[-1])["probe_passes"] == 0
+
+
+def test_a_probe_sums_the_layers_it_is_set_to():
+    rng = np.random.default_rng(1)
+    got, doc = rng.normal(size=(2, 8, 5, 2, 5)).astype(np.float32)
+    doc[..., scoring.COUNT] = 4.0
+    doc[..., scoring.SUMSQ] = doc[..., scoring.SUM] ** 2 + 1.0   # a spread over the queries
+    whole = probe.cell_scores(got, doc, probe.Probe())
+    per = [probe.cell_scores(got[i:i + 1], doc[i:i + 1], probe.Probe()) for i in range(8)]
+    np.testing.assert_allclose(whole, np.sum(per, axis=0))
+    mid = probe.cell_scores(got, doc, probe.Probe(layers=[0.25, 0.75]))
+    np.testing.assert_allclose(mid, np.sum(per[2:6], axis=0))
+    assert probe.scored_layers(24, (0.25, 0.75)) == (6, 18)
+    assert probe.scored_layers(3, (0.9, 1.0)) == (2, 3)             # never empty
+    # relmax_sd: where the document's logits spread wider, the same excess counts for less
+    mean, var = doc[..., scoring.SUM] / 4.0, np.full(doc.shape[:3], 4.0, np.float32)
+    var[:, 0] = 400.0
+    doc[..., scoring.SUMSQ] = 4.0 * (mean ** 2 + var)
+    got[..., scoring.MAX] = mean + 1.0                               # 1 above the mean logit
+    sd = probe.cell_scores(got, doc, probe.Probe(score="relmax_sd"))
+    assert np.argmin(sd) == 0 and np.ptp(sd[1:]) < 1e-6
 
 
 def test_pooling_leans_back_over_history_indices():

@@ -94,6 +94,8 @@ extern "C" {
                                                // (several streams, or a quantised V cache)
         LLAMA_RCEDGE_ERR_NO_QUERIES     = -12, // no question probe's queries are kept
         LLAMA_RCEDGE_ERR_K_TYPE         = -13, // K is stored quantised (kept queries not scored)
+        LLAMA_RCEDGE_ERR_STOP           = -14, // decodes cannot stop early here (the portable path,
+                                               // or an eval callback of the context's own)
     };
 
     // Turn scoring on with forgetting factor alpha in [0, 1] (1: H2O, 0: newest query only).
@@ -211,16 +213,29 @@ extern "C" {
     // does; no mask or ALiBi bias) that a kept query of the head's GQA group gives the cell, with the
     // queries moved `shift` positions later than where they were decoded (the model's RoPE rotation
     // by shift; 0 leaves them). This is the max statistic a decode of the probe at those positions
-    // would give the cells, had its queries been the same. out[il][i][g], so n_out must be at least
-    // n_layer*n_cells*n_head_kv; -INFINITY for layers without KV. LLAMA_RCEDGE_ERR_NO_QUERIES before
-    // any is kept; LLAMA_RCEDGE_ERR_K_TYPE for a quantised K cache (which may be stored rotated).
+    // would give the cells, had its queries been the same. Only the first n_layer layers are scored
+    // (0: every layer). out[il][i][g] for every layer of the model, so n_out must be at least
+    // n_layer(model)*n_cells*n_head_kv; -INFINITY for layers without KV or not scored.
+    // LLAMA_RCEDGE_ERR_NO_QUERIES before any is kept; LLAMA_RCEDGE_ERR_K_TYPE for a quantised K
+    // cache (which may be stored rotated).
     LLAMA_API int32_t llama_rcedge_probe_max(
             const struct llama_context * ctx,
                        const int32_t   * cells,
                              int32_t     n_cells,
                              int32_t     shift,
+                             int32_t     n_layer,
                                float   * out,
                               size_t     n_out);
+
+    // From the next decode on, stop each decode after the attention of its first n_layer layers
+    // (0, or the model's layer count or more: decode the whole model again); returns the previous
+    // n_layer. For a probe read only for what attention gives in those layers (the statistics,
+    // the kept queries): the later layers, the output and the logits are not computed, and the
+    // probe's cells hold K and V for the first n_layer layers only, so they must be removed before
+    // anything else is decoded. It ends the computation through the scheduler's eval callback
+    // (patch 0014): LLAMA_RCEDGE_ERR_STOP when the context has one of its own, and on the
+    // portable path (which updates every layer's decode statistics in the last layer's nodes).
+    LLAMA_API int32_t llama_rcedge_set_stop_layer(struct llama_context * ctx, int32_t n_layer);
 
 #ifdef __cplusplus
 }

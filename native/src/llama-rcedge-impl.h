@@ -126,7 +126,8 @@ ggml_tensor * llama_rcedge_graph_keep_queries(ggml_context * ctx, const llama_rc
         ggml_tensor * q, float kq_scale);
 
 // For llama_rcedge_probe_max (llama-rcedge.h): every layer's largest logit of the kept queries on
-// each cell, out[il][i][g], from `layers` (indexed by model layer) and the keys kv holds.
+// each cell, out[il][i][g], from `layers` (indexed by model layer) and the keys kv holds; layers
+// from n_layer on (n_layer > 0) are left -INFINITY.
 int32_t llama_rcedge_probe_max_logits(const llama_context * lctx, const llama_kv_cache & kv,
         const std::vector<llama_rcedge_probe_layer> & layers, const int32_t * cells, int32_t n_cells,
-        int32_t shift, float * out, size_t n_out);
+        int32_t shift, int32_t n_layer, float * out, size_t n_out);

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -180,6 +181,10 @@ struct llama_rcedge_scores {
     bool                    probe_capturing = false; // the graph copies the queries into `probe`
     ggml_context_ptr        probe_ctx;
     ggml_backend_buffer_ptr probe_buf;
+    // decodes end after this many layers' attention (llama_rcedge_set_stop_layer; 0: the whole
+    // model), at the node of this name
+    int32_t stop_layer = 0;
+    char    stop_node[GGML_MAX_NAME] = {0};
 };
 
 // statistic k of a cell, in a tensor's data or a host copy of it (base)
@@ -449,6 +454,9 @@ int32_t llama_rcedge_scoring_disable(llama_context * ctx) {
         return status;
     }
     if (kv->rcedge) {
+        if (kv->rcedge->stop_layer > 0) {
+            ctx->set_eval_callback(nullptr, nullptr);
+        }
         kv->rcedge.reset();
         rcedge_graph_changed(ctx, kv);
     }
@@ -508,26 +516,26 @@ int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
     return LLAMA_RCEDGE_OK;
 }
 
-int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
+// Sets one graph setting of the statistics and returns its previous value (as an int32), or a
+// negative status when scoring is off.
+template <typename T>
+static int32_t rcedge_swap_graph_setting(llama_context * ctx, T llama_rcedge_scores::* setting, T value) {
     int32_t status;
     llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
     if (sc == nullptr) {
         return status;
     }
-    const int32_t prev = sc->query_window;
-    rcedge_set_graph_setting(ctx, sc->query_window, std::max(0, n_queries));
+    const int32_t prev = (int32_t) (sc->*setting);
+    rcedge_set_graph_setting(ctx, sc->*setting, value);
     return prev;
 }
 
+int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
+    return rcedge_swap_graph_setting(ctx, &llama_rcedge_scores::query_window, std::max(0, n_queries));
+}
+
 int32_t llama_rcedge_set_moments(llama_context * ctx, int32_t on) {
-    int32_t status;
-    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
-    if (sc == nullptr) {
-        return status;
-    }
-    const int32_t prev = sc->moments ? 1 : 0;
-    rcedge_set_graph_setting(ctx, sc->moments, on != 0);
-    return prev;
+    return rcedge_swap_graph_setting(ctx, &llama_rcedge_scores::moments, on != 0);
 }
 
 int32_t llama_rcedge_reset_stats(llama_context * ctx, uint32_t what) {
@@ -768,7 +776,8 @@ int32_t llama_rcedge_probe_n_kept(const llama_context * ctx) {
     return std::max(n, 0);
 }
 
-int32_t llama_rcedge_probe_max(const llama_context * ctx, const int32_t * cells, int32_t n_cells, int32_t shift, float * out, size_t n_out) {
+int32_t llama_rcedge_probe_max(const llama_context * ctx, const int32_t * cells, int32_t n_cells, int32_t shift,
+        int32_t n_layer, float * out, size_t n_out) {
     int32_t status;
     const llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
     if (sc == nullptr) {
@@ -780,5 +789,41 @@ int32_t llama_rcedge_probe_max(const llama_context * ctx, const int32_t * cells,
     if (sc->probe.empty()) {
         return LLAMA_RCEDGE_ERR_NO_QUERIES;
     }
-    return llama_rcedge_probe_max_logits(ctx, *rcedge_kv_cache(ctx), sc->probe, cells, n_cells, shift, out, n_out);
+    return llama_rcedge_probe_max_logits(ctx, *rcedge_kv_cache(ctx), sc->probe, cells, n_cells, shift, n_layer, out, n_out);
+}
+
+// The scheduler's eval callback while decodes stop early (llama_rcedge_set_stop_layer; patch 0014):
+// it asks for the stop node alone, so the scheduler computes the graph up to it in one piece, and
+// answers false once it is computed, which ends the computation there. data: the KV cache.
+static bool rcedge_stop_eval(ggml_tensor * t, bool ask, void * data) {
+    const llama_rcedge_scores * sc = static_cast<const llama_kv_cache *>(data)->rcedge.get();
+    const bool stop = sc != nullptr && sc->stop_layer > 0 && strcmp(t->name, sc->stop_node) == 0;
+    return ask ? stop : !stop;
+}
+
+int32_t llama_rcedge_set_stop_layer(llama_context * ctx, int32_t n_layer) {
+    int32_t status;
+    llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
+    if (sc == nullptr) {
+        return status;
+    }
+    const int32_t prev = sc->stop_layer;
+    const int32_t n = n_layer > 0 && n_layer < (int32_t) sc->by_layer.size() ? n_layer : 0;
+    if (n == prev) {
+        return prev;
+    }
+    if (n > 0) {
+        const llama_cparams & cparams = ctx->get_cparams();
+        // the portable path updates every layer's decode statistics in the last layer's nodes
+        if (sc->portable || (cparams.cb_eval != nullptr && cparams.cb_eval != rcedge_stop_eval)) {
+            return LLAMA_RCEDGE_ERR_STOP;
+        }
+        // build_attn names each layer's attention output so (llama_context::graph_get_cb)
+        snprintf(sc->stop_node, sizeof(sc->stop_node), "kqv_out-%d", n - 1);
+        ctx->set_eval_callback(rcedge_stop_eval, rcedge_kv_cache(ctx));
+    } else {
+        ctx->set_eval_callback(nullptr, nullptr);
+    }
+    sc->stop_layer = n;
+    return prev;
 }

@@ -152,9 +152,13 @@ static float rcedge_dot(const float * a, const float * b, int64_t n) {
 }
 
 int32_t llama_rcedge_probe_max_logits(const llama_context * lctx, const llama_kv_cache & kv,
-        const std::vector<llama_rcedge_probe_layer> & layers, const int32_t * cells, int32_t n_cells,
-        int32_t shift, float * out, size_t n_out) {
+        const std::vector<llama_rcedge_probe_layer> & layers_all, const int32_t * cells, int32_t n_cells,
+        int32_t shift, int32_t n_layer, float * out, size_t n_out) {
     const llama_hparams & hparams = lctx->get_model().hparams;
+    // the first n_layer layers are scored; out keeps a row of every layer, the others -INFINITY
+    const size_t n_scored = n_layer > 0 ? std::min(layers_all.size(), (size_t) n_layer) : layers_all.size();
+    const std::vector<llama_rcedge_probe_layer> layers(layers_all.begin(), layers_all.begin() + n_scored);
+    const size_t n_out_layers = layers_all.size();
     int32_t n = 0;
     int64_t n_head_kv = -1;
     for (size_t il = 0; il < layers.size(); ++il) {
@@ -170,7 +174,7 @@ int32_t llama_rcedge_probe_max_logits(const llama_context * lctx, const llama_kv
     if (n_head_kv < 0 || n <= 0) {
         return LLAMA_RCEDGE_ERR_NO_QUERIES;
     }
-    if (n_out < (size_t) layers.size()*n_cells*n_head_kv) {
+    if (n_out < n_out_layers*n_cells*n_head_kv) {
         return LLAMA_RCEDGE_ERR_BUFFER;
     }
     if (ggml_is_quantized(kv.type_k())) {
@@ -191,7 +195,7 @@ int32_t llama_rcedge_probe_max_logits(const llama_context * lctx, const llama_kv
 
     const float softcap = hparams.attn_soft_cap ? hparams.f_attn_logit_softcapping : 0.0f;
     const uint32_t stream = kv.get_stream(0);
-    std::fill(out, out + layers.size()*n_cells*n_head_kv, -INFINITY);
+    std::fill(out, out + n_out_layers*n_cells*n_head_kv, -INFINITY);
     std::vector<float> krow;
     std::vector<uint8_t> raw;
     for (size_t il = 0; il < layers.size(); ++il) {

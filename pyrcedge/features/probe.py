@@ -40,7 +40,9 @@ from ..native import stats as kernel_stats
 # InfiniPot's "catalyst" prompt: a generic question for a document read before its questions
 CATALYST = "Summarize the previous context highlighting the most important parts."
 HEAD_REDUCTIONS = ("sum", "max")
-SCORES = ("relmax", "attention")
+SCORES = ("relmax", "relmax_sd", "attention")
+# the scores read from the logit moments (the rest from the attention the probe pays)
+LOGIT_SCORES = ("relmax", "relmax_sd")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
 # Probe.reuse's default: one pass on the kept queries between two that decode the probe. 1k
@@ -59,12 +61,15 @@ class Probe:
     tokens: the probe is the prompt's last `tokens` tokens (its question), or
     text: a fixed probe (CATALYST, or any question), read after the cached cells instead.
     score: "relmax" (the probe's largest logit on a cell against the document's mean logit on
-        it) or "attention" (the probe's summed attention probabilities).
+        it), "relmax_sd" (the same divided by the spread of the document's logits on it) or
+        "attention" (the probe's summed attention probabilities).
     pool_before, pool_after: a cached token scores the most any token from pool_before history
         indices before it to pool_after after it scored (max-pooling, as SnapKV does, leaning
         back: the question matches a fact's key, and the value follows the key), so that a fact
         survives whole rather than token by token.
     heads: how the score aggregates over KV heads ("max" or "sum"); layers are summed.
+    layers: the layers whose scores are summed, (first, end) as shares of the model's layers
+        ((0.25, 0.75): the middle half); a decode of the probe stops after the last of them.
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
         larger evictions mean fewer probe passes).
     reuse: how many passes after one that decodes the probe score the cells against the queries
@@ -82,6 +87,7 @@ class Probe:
     pool_before: int = 12
     pool_after: int = 2
     heads: str = "max"
+    layers: tuple[float, float] = (0.0, 1.0)
     refill: float = 0.25
     reuse: int = DEFAULT_REUSE
     min_prompt: int = 64
@@ -100,6 +106,14 @@ class Probe:
             raise BudgetError(f"probe score must be one of {SCORES}, got {self.score!r}")
         if self.heads not in HEAD_REDUCTIONS:
             raise BudgetError(f"probe heads must be one of {HEAD_REDUCTIONS}, got {self.heads!r}")
+        try:
+            first, end = (float(x) for x in self.layers)
+        except (TypeError, ValueError):
+            raise BudgetError(f"probe layers must be (first, end) shares, got {self.layers!r}") from None
+        if not 0.0 <= first < end <= 1.0:
+            raise BudgetError(f"probe layers must be shares with 0 <= first < end <= 1, got "
+                              f"{self.layers!r}")
+        object.__setattr__(self, "layers", (first, end))     # a JSON list becomes the tuple
         if not 0.0 < float(self.refill) < 1.0:
             raise BudgetError(f"probe refill must be in (0, 1), got {self.refill!r}")
 
@@ -163,20 +177,37 @@ def cell_scores(probe_stats: npt.NDArray[np.float32], document_stats: npt.NDArra
         head_mean = np.divide((doc_mean * seen).sum(axis=1, keepdims=True), n_seen,
                               out=np.zeros_like(n_seen, dtype=np.float64), where=n_seen > 0)
         doc_mean = np.where(seen, doc_mean, head_mean)
-        x = standardised(np.where(np.isfinite(probe_max), probe_max, 0.0) - doc_mean)
+        x = np.where(np.isfinite(probe_max), probe_max, 0.0) - doc_mean
+        if settings.score == "relmax_sd":
+            square = document_stats[..., kernel_stats.SUMSQ].astype(np.float64)
+            var = np.divide(square, count, out=np.zeros_like(square), where=seen) - doc_mean ** 2
+            sd = np.sqrt(np.maximum(var, 0.0))
+            head_sd = np.divide((sd * seen).sum(axis=1, keepdims=True), n_seen,
+                                out=np.ones_like(n_seen, dtype=np.float64), where=n_seen > 0)
+            x = x / (np.where(seen, sd, head_sd) + 1e-3)
+        x = standardised(x)
     per_layer = x.max(axis=2) if settings.heads == "max" else x.sum(axis=2)     # [layer, cell]
-    return np.asarray(per_layer.sum(axis=0), np.float64)
+    first, end = scored_layers(len(per_layer), settings.layers)
+    return np.asarray(per_layer[first:end].sum(axis=0), np.float64)
+
+
+def scored_layers(n_layer: int, shares: tuple[float, float]) -> tuple[int, int]:
+    """The layers [first, end) that a probe with Probe.layers `shares` scores with."""
+    first = min(n_layer - 1, round(shares[0] * n_layer))
+    return first, max(first + 1, min(n_layer, round(shares[1] * n_layer)))
 
 
 def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequence[int],
                 first_pos: int, batch: Any, decode: Any, alpha: float, attention: bool = True,
-                keep: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+                keep: bool = False, layers: int = 0,
+                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(the probe's statistics, the document's) for `cells`, [layer, cell, KV head, stat]: the
     probe decoded at positions first_pos.. with fresh statistics, then its cells removed and
     the cells' statistics restored as they were. With attention, a2sf is the probe's summed
     attention (alpha 1 while it runs); without, only its logit moments are fresh (changing
     alpha rebuilds the graph, which relmax does not need). keep: the decode keeps the probe's
-    queries (for kept_probe_stats)."""
+    queries (for kept_probe_stats). layers > 0: the decode stops after that many layers'
+    attention where it can (the later layers' statistics stay as reset)."""
     saved = kernel_stats.read_layers(ctx, cells)
     if attention:
         kernel_stats.set_alpha(ctx, 1.0)
@@ -185,6 +216,11 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
     if keep:
         kernel_stats.probe_capture(ctx, len(probe))
     try:
+        if layers > 0:
+            try:
+                kernel_stats.set_stop_layer(ctx, layers)
+            except ScoringError:
+                pass                                # the portable path: the whole model
         batch.set_batch(batch=list(probe), n_past=first_pos, logits_all=False)
         # no logits: the probe is read for its statistics (the vocabulary's projection is a
         # large part of a token's cost in small models)
@@ -192,6 +228,8 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
         decode(batch)
         got = kernel_stats.read_layers(ctx, cells)
     finally:
+        if layers > 0:
+            kernel_stats.set_stop_layer(ctx, 0)
         if keep:
             kernel_stats.probe_capture(ctx, 0)
         llama_cpp.llama_memory_seq_rm(mem, 0, first_pos, -1)
@@ -202,14 +240,15 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
     return got, saved
 
 
-def kept_probe_stats(ctx: Any, cells: npt.NDArray[np.int32], shift: int,
+def kept_probe_stats(ctx: Any, cells: npt.NDArray[np.int32], shift: int, layers: int = 0,
                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """What probe_stats returns for relmax, from the queries an earlier decode kept, moved
     `shift` positions later, without decoding: the document's statistics, and as the probe's
-    the same with the max statistic replaced by the kept queries' largest logits."""
+    the same with the max statistic replaced by the kept queries' largest logits (of the
+    first `layers` layers; 0: all)."""
     document = kernel_stats.read_layers(ctx, cells)
     got = document.copy()
-    got[..., kernel_stats.MAX] = kernel_stats.probe_max(ctx, cells, shift)
+    got[..., kernel_stats.MAX] = kernel_stats.probe_max(ctx, cells, shift, layers)
     return got, document
 
 
@@ -259,11 +298,15 @@ class ProbedRead:
         """One pass's (probe statistics, document statistics, probe tokens decoded), the probe
         sitting at first_pos: from the kept queries while `reuse` allows, else decoded."""
         s = self.settings
-        relmax = s.score == "relmax"
+        relmax = s.score in LOGIT_SCORES
         keep = relmax and s.reuse > 0 and not self.decode_only
+        # the probe's decode needs the layers up to the last it scores (0: every layer)
+        n_layer = kernel_stats.n_layer(ctx)
+        _, layers = scored_layers(n_layer, s.layers)
+        layers = 0 if layers >= n_layer else layers
         if keep and self.kept_pos is not None and self.reused < s.reuse:
             try:
-                got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos)
+                got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos, layers)
             except ScoringError:
                 keep, self.decode_only = False, True    # a quantised K cache
                 self.close(ctx)
@@ -271,7 +314,7 @@ class ProbedRead:
                 self.reused += 1
                 return got, document, 0
         got, document = probe_stats(ctx, mem, cells, self.ids, first_pos, batch, decode, alpha,
-                                    attention=not relmax, keep=keep)
+                                    attention=not relmax, keep=keep, layers=layers)
         if keep:
             self.kept_pos, self.reused = first_pos, 0
         return got, document, len(self.ids)

@@ -50,7 +50,8 @@ int32_t llama_rcedge_get_scores( const struct llama_context * ctx, int32_t il, c
 int32_t llama_rcedge_set_scores( struct llama_context * ctx, int32_t il, const int32_t * cells, int32_t n_cells, const float * in, size_t n_in);
 int32_t llama_rcedge_probe_capture(struct llama_context * ctx, int32_t n_max);
 int32_t llama_rcedge_probe_n_kept(const struct llama_context * ctx);
-int32_t llama_rcedge_probe_max( const struct llama_context * ctx, const int32_t * cells, int32_t n_cells, int32_t shift, float * out, size_t n_out);
+int32_t llama_rcedge_probe_max( const struct llama_context * ctx, const int32_t * cells, int32_t n_cells, int32_t shift, int32_t n_layer, float * out, size_t n_out);
+int32_t llama_rcedge_set_stop_layer(struct llama_context * ctx, int32_t n_layer);
 """
 
 ffi = FFI()

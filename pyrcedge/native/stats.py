@@ -41,6 +41,7 @@ _ERRORS: dict[int, tuple[type[Exception], str]] = {
     -11: (NativeLibraryError, "the portable scoring path cannot serve this KV cache (several streams, or a quantised V cache)"),
     -12: (ScoringError, "no question probe's queries are kept: call probe_capture and decode first"),
     -13: (ScoringError, "kept probe queries are not scored against a quantised K cache"),
+    -14: (ScoringError, "decodes cannot stop early on this context (the portable scoring path, or an eval callback of its own)"),
 }
 
 
@@ -219,16 +220,28 @@ def probe_n_kept(ctx: Any) -> int:
     return _check(_native.lib().llama_rcedge_probe_n_kept(_native.context_ptr(ctx)), "probe_n_kept")
 
 
-def probe_max(ctx: Any, cells: npt.ArrayLike, shift: int = 0) -> npt.NDArray[np.float32]:
+def probe_max(ctx: Any, cells: npt.ArrayLike, shift: int = 0,
+              layers: int = 0) -> npt.NDArray[np.float32]:
     """[layer, cell, KV head]: the largest logit a kept query gives each cell (what the max
     statistic would hold after decoding the probe again `shift` positions later, its queries
-    unchanged; native/include/llama-rcedge.h)."""
+    unchanged; native/include/llama-rcedge.h), for the first `layers` layers (0: all; the
+    others -inf)."""
     idx = np.ascontiguousarray(cells, dtype=np.int32)
     if idx.ndim != 1:
         raise ScoringInputError("cells must be a one-dimensional list of cell indices")
     out = np.empty((n_layer(ctx), len(idx), n_head_kv(ctx, 0)), np.float32)
     code = _native.lib().llama_rcedge_probe_max(
         _native.context_ptr(ctx), _native.ffi.from_buffer("int32_t[]", idx) if len(idx) else _native.ffi.NULL,
-        len(idx), int(shift), _native.ffi.from_buffer("float[]", out) if len(idx) else _native.ffi.NULL, out.size)
+        len(idx), int(shift), int(layers),
+        _native.ffi.from_buffer("float[]", out) if len(idx) else _native.ffi.NULL, out.size)
     _check(code, "probe_max")
     return out
+
+
+def set_stop_layer(ctx: Any, layers: int) -> int:
+    """Make the next decodes stop after the attention of their first `layers` layers (0: decode
+    the whole model); returns the previous setting. For a probe decoded only for its statistics
+    and kept queries: its cells hold the first layers' K and V alone and must be removed before
+    anything else is decoded. ScoringError where decodes cannot stop early (the portable path)."""
+    return _check(_native.lib().llama_rcedge_set_stop_layer(_native.context_ptr(ctx), int(layers)),
+                  "set_stop_layer")
