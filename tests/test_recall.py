@@ -355,20 +355,17 @@ FACT2 = " Please remember this too: my locker number is 4817."
 ASK2 = " What is my locker number?"
 
 
-@pytest.mark.parametrize("room,from_fact", [("recalled", True), ("policy", False)])
-def test_recalls_room_comes_from_what_earlier_prompts_recalled(default_model, room, from_fact):
-    """Recall.room "recalled": the second question's recall makes its room from the first
-    question's recalled (now released) sentence, not from the history the policy would
-    choose (here the newest prose)."""
+def first_fact_read_back(default_model, settings: recall.Recall):
+    """(llm, evictions seen, recall events, the first fact's history indices read back): both
+    facts read and evicted, then the first asked about and read back; evictions cleared."""
     evicted: list[set[int]] = []
-    recalled = []
+    recalled: list = []
     doomed: set[int] = set()
 
     def policy(view):
         return kept_but(set(), doomed)(view)
 
-    llm = make(default_model, kv_budget=96, policy=policy, probe=None,
-               recall=recall.Recall(room=room),
+    llm = make(default_model, kv_budget=96, policy=policy, probe=None, recall=settings,
                on_evict=lambda e: evicted.append(set(e.evicted.tolist())),
                on_recall=recalled.append)
     fact = llm.tokenize(FACT.encode())
@@ -381,6 +378,15 @@ def test_recalls_room_comes_from_what_earlier_prompts_recalled(default_model, ro
     first = {i for a, b in recalled[-1].spans for i in range(a, b)}
     assert set(range(8, len(fact))) <= first
     evicted.clear()
+    return llm, evicted, recalled, first
+
+
+@pytest.mark.parametrize("room,from_fact", [("recalled", True), ("policy", False)])
+def test_recalls_room_comes_from_what_earlier_prompts_recalled(default_model, room, from_fact):
+    """Recall.room "recalled": the second question's recall makes its room from the first
+    question's recalled (now released) sentence, not from the history the policy would
+    choose (here the newest prose)."""
+    llm, evicted, recalled, first = first_fact_read_back(default_model, recall.Recall(room=room))
     llm.eval(llm.tokenize(ASK2.encode(), add_bos=False))
     assert len(recalled) == 2
     second = {i for a, b in recalled[-1].spans for i in range(a, b)}
@@ -390,3 +396,29 @@ def test_recalls_room_comes_from_what_earlier_prompts_recalled(default_model, ro
     # the first sentence is shorter than the second: all of it went, and the newest prose
     assert (first <= room_made) == from_fact
     assert positions_agree(llm)
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_what_an_earlier_prompt_read_back_stays_while_a_prompt_asks_for_it(default_model, hold):
+    """Recall.room "recalled" makes room from what earlier prompts read back; with hold_asked
+    not from what the prompt asks about: a question for both facts reads the second back and
+    keeps the first, which the question before read back (the 1024-cell chats lost a locker
+    number's digits so: docs/recall.md, "Room"). Without it the room takes the first."""
+    llm, evicted, recalled, first = first_fact_read_back(default_model,
+                                                         recall.Recall(hold_asked=hold))
+    llm.eval(llm.tokenize(b" What are the vault password and my locker number?", add_bos=False))
+    second = {i for a, b in recalled[-1].spans for i in range(a, b)}
+    assert len(recalled) == 2 and second and not second & first
+    assert bool(first & set().union(*evicted)) != hold      # the password stayed, or not
+    assert (first <= set(llm.kv_cache.cached.tolist())) == hold and positions_agree(llm)
+
+
+def test_read_back_sentences_are_the_whole_cached_ones_recall_touched():
+    ends = np.zeros(12, bool)
+    ends[[3, 7]] = True
+    cached = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9, 10], np.int64)
+    assert recall.read_back_sentences(ends, cached, np.array([1, 5, 10]), 40) == [(0, 4), (4, 8)]
+    asked = recall.asked_again([["sea", "wind"]], [["vault", "password"], ["gull", "wind"]],
+                               ["vault", "password"], {"vault", "password", "gull"},
+                               recall.Recall())
+    assert asked.tolist() == [0]

@@ -78,6 +78,11 @@ class Recall:
         what earlier prompts recalled (now released), chosen among them by the policy, so
         that recall turn after turn takes its room from its own earlier reads rather than
         from the history it pushes out; "policy" lets the policy choose among all cells.
+    hold_asked: with room "recalled", hold for the prompt, within the bound, the sentences
+        earlier prompts read back that the cache holds whole and the prompt would recall were
+        they evicted, so that its recall's room does not take them (off: traced, it kept a
+        chat's fact that the room took, but the 30-chat hit rate with it is not measured yet;
+        docs/recall.md, "Room").
     """
 
     max_tokens: int = 96
@@ -91,6 +96,7 @@ class Recall:
     min_share: float = 0.0
     whole: bool = True
     room: Literal["recalled", "policy"] = "recalled"
+    hold_asked: bool = False
 
     def __post_init__(self) -> None:
         for name, least in (("max_tokens", 1), ("sentence_max", 1), ("pad", 0), ("min_prompt", 1)):
@@ -106,8 +112,10 @@ class Recall:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise BudgetError(f"recall {name} must be in [0, 1], got {v!r}")
-        if not isinstance(self.whole, bool):
-            raise BudgetError(f"recall whole must be True or False, got {self.whole!r}")
+        for name in ("whole", "hold_asked"):
+            if not isinstance(getattr(self, name), bool):
+                raise BudgetError(f"recall {name} must be True or False, got "
+                                  f"{getattr(self, name)!r}")
         if self.room not in ROOMS:
             raise BudgetError(f"recall room must be one of {ROOMS}, got {self.room!r}")
 
@@ -155,6 +163,40 @@ def evicted_sentences(ends: npt.NDArray[np.bool_], cached: npt.NDArray[np.int64]
     evicted[cached] = 0
     before = np.concatenate([[0], np.cumsum(evicted)])     # evicted tokens before each index
     return [(a, b) for a, b in sentences(ends, longest) if before[b] > before[a]]
+
+
+def read_back_sentences(ends: npt.NDArray[np.bool_], cached: npt.NDArray[np.int64],
+                        read_back: npt.NDArray[np.int64], longest: int) -> list[tuple[int, int]]:
+    """The sentences (as `sentences` cuts them) that the cache holds whole and of which recall
+    read some token back: what recall's room takes first (Recall.room)."""
+    n = len(ends)
+    held = np.zeros(n + 1, np.int64)
+    held[cached[cached < n]] = 1
+    again = np.zeros(n + 1, np.int64)
+    again[read_back[read_back < n]] = 1
+    held_before = np.concatenate([[0], np.cumsum(held[:n])])
+    again_before = np.concatenate([[0], np.cumsum(again[:n])])
+    return [(a, b) for a, b in sentences(ends, longest)
+            if held_before[b] - held_before[a] == b - a and again_before[b] > again_before[a]]
+
+
+def asked_again(candidates: Sequence[Sequence[str]], cached: Sequence[Sequence[str]],
+                query: Sequence[str], in_cache: set[str], settings: Recall
+                ) -> npt.NDArray[np.int64]:
+    """The `cached` sentences (read back earlier, held whole by the cache) that the query asks
+    about, best first: those it would recall, were they evicted, beside the evicted candidates
+    (ranked as rank ranks them, their own words not counted as cached, over choose's bar:
+    min_score and `relative` of the best)."""
+    if not cached:
+        return np.zeros(0, np.int64)
+    own = set().union(*map(set, cached))
+    scores = rank(list(candidates) + list(cached), query, in_cache - own, settings)
+    finite = scores[np.isfinite(scores)]
+    if len(finite) == 0:
+        return np.zeros(0, np.int64)
+    least = max(settings.min_score, settings.relative * float(finite.max()))
+    mine = scores[len(candidates):]
+    return np.asarray([j for j in np.argsort(-mine, kind="stable") if mine[j] >= least], np.int64)
 
 
 def idf(docs: Sequence[Sequence[str]], words: set[str]) -> dict[str, float]:

@@ -342,6 +342,8 @@ class Llama(llama_cpp.Llama):
                     kv.max_chunk(n) - min(len(tokens), self.n_batch))
         if bound <= 0:
             return []
+        if settings.room == "recalled" and settings.hold_asked:
+            self._hold_asked_again(history, docs, query, in_cache, bound)
         rereadable = None
         if settings.whole:
             # cached tokens the policy could evict may be read again with their sentence
@@ -350,6 +352,27 @@ class Llama(llama_cpp.Llama):
         chosen = recall.choose(spans, scores, settings, bound,
                                lambda i: 0 <= i < n and i not in cached, rereadable)
         return chosen if sum(b - a for a, b in chosen) > 0 else []
+
+    def _hold_asked_again(self, history: npt.NDArray[np.intc], candidates: list[list[str]],
+                          query: list[str], in_cache: set[str], bound: int) -> None:
+        """Hold, while this prompt is read and answered, what earlier prompts read back, the
+        cache still holds whole and this prompt asks about (up to `bound` tokens, the best
+        first): recall's room comes from earlier reads first (Recall.room), and without this
+        took the digits of a fact that the turn before had read back, for the question that
+        asked for it (docs/recall.md, "Room")."""
+        settings = self.settings.recall_object
+        assert settings is not None
+        kv = self.kv_cache
+        again = recall.read_back_sentences(self._sentence_ends(history), kv.cached,
+                                           kv.read_back, settings.sentence_max)
+        words = [self._words_of(history, a, b) for a, b in again]
+        held, total = [], 0
+        for j in recall.asked_again(candidates, words, query, in_cache, settings):
+            a, b = again[j]
+            if total + b - a <= bound:
+                held.append((a, b))
+                total += b - a
+        kv.protection.held = sorted(kv.protection.held + held)
 
     def _recall_decoder(self) -> Callable[[npt.NDArray[np.int64], int], None]:
         """decode(indices, pos) for BudgetedKV.reinsert: the history tokens at `indices`, with no
