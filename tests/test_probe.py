@@ -293,10 +293,11 @@ def test_a_probe_sums_the_layers_it_is_set_to():
     got, doc = rng.normal(size=(2, 8, 5, 2, 5)).astype(np.float32)
     doc[..., scoring.COUNT] = 4.0
     doc[..., scoring.SUMSQ] = doc[..., scoring.SUM] ** 2 + 1.0   # a spread over the queries
-    whole = probe.cell_scores(got, doc, probe.Probe())
-    per = [probe.cell_scores(got[i:i + 1], doc[i:i + 1], probe.Probe()) for i in range(8)]
+    every = probe.Probe(score="relmax", layers=(0.0, 1.0))
+    whole = probe.cell_scores(got, doc, every)
+    per = [probe.cell_scores(got[i:i + 1], doc[i:i + 1], every) for i in range(8)]
     np.testing.assert_allclose(whole, np.sum(per, axis=0))
-    mid = probe.cell_scores(got, doc, probe.Probe(layers=[0.25, 0.75]))
+    mid = probe.cell_scores(got, doc, probe.Probe(score="relmax", layers=[0.25, 0.75]))
     np.testing.assert_allclose(mid, np.sum(per[2:6], axis=0))
     assert probe.scored_layers(24, (0.25, 0.75)) == (6, 18)
     assert probe.scored_layers(3, (0.9, 1.0)) == (2, 3)             # never empty
@@ -325,7 +326,7 @@ def test_relmax_singles_out_what_the_probe_attends_to_more_than_the_document():
     got = np.zeros_like(doc)
     got[..., scoring.MAX] = doc[..., scoring.SUM] / 10           # the probe = the document...
     got[1, 4, 0, scoring.MAX] += 5.0                             # ...but for cell 4, in one head
-    s = probe.cell_scores(got, doc, probe.Probe())
+    s = probe.cell_scores(got, doc, probe.Probe(score="relmax"))
     assert int(np.argmax(s)) == 4
 
 

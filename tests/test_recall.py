@@ -33,8 +33,9 @@ def positions_agree(llm) -> bool:
 @pytest.mark.parametrize("positions", ["keep", "compact"])
 def test_a_question_reads_the_evicted_fact_back(default_model, positions):
     events = []
+    # no probe: which of the fact's tokens a probe of the prose's tail keeps is beside the point
     llm = make(default_model, kv_budget=96, policy="window", recall=True, positions=positions,
-               on_recall=events.append)
+               probe=None, on_recall=events.append)
     seen = watch_decodes(llm)
     fact = read_fact_then_prose(llm)
     assert not set(fact[6:]) & set(llm.kv_cache.cached.tolist())   # the window evicted it
@@ -201,14 +202,14 @@ def test_prompts_about_nothing_evicted_recall_nothing(default_model):
 
 @pytest.mark.parametrize("kw,recalls", [({}, 1), ({"recall": None}, 0), ({"recall": False}, 0)])
 def test_recall_is_on_unless_turned_off(default_model, kw, recalls):
-    llm = make(default_model, kv_budget=96, policy="window", **kw)
+    llm = make(default_model, kv_budget=96, policy="window", probe=None, **kw)
     read_fact_then_prose(llm)
     llm.eval(llm.tokenize(ASK.encode(), add_bos=False))
     assert llm.kv_stats().recalls == recalls
 
 
 def test_a_session_saved_after_a_recall_continues_identically(default_model):
-    kw = dict(kv_budget=96, policy="a2sf", recall=True)
+    kw = dict(kv_budget=96, policy="a2sf", recall=True, probe=None)
     llm = make(default_model, **kw)
     read_fact_then_prose(llm)
     llm.eval(llm.tokenize(ASK.encode(), add_bos=False))

@@ -17,11 +17,15 @@ relmax reads, but for queries that have not seen the cells read since they were 
 
 What a cell scores is read from what the kernels already keep (nothing is added to them): the
 statistics are reset before the probe, so that afterwards they describe the probe's queries
-alone, and saved beforehand, when they describe the queries that read the document. The default
-score ("relmax") is, per layer and KV head, the probe's largest raw logit on the cell minus the
+alone, and saved beforehand, when they describe the queries that read the document. The score
+("relmax") is, per layer and KV head, the probe's largest raw logit on the cell minus the
 document queries' mean logit on it, standardised over the cells; then the largest over KV
 heads, summed over layers. It is RCStat's idea turned to eviction: what the question singles
-out relative to what every query attends to. Summed post-softmax attention ("attention") is
+out relative to what every query attends to. The default ("relmax_sd" over the middle half of
+the layers) divides that excess by the spread of the document queries' logits on the cell
+before standardising, and sums the layers from a quarter to three quarters of the model: it
+kept more SQuAD answers than relmax over every layer, and the probe's decode stops after the
+last layer it needs (docs/probe.md). Summed post-softmax attention ("attention") is
 dominated by attention sinks (" the", ".", the first token), which every query attends to.
 """
 
@@ -83,11 +87,11 @@ class Probe:
 
     tokens: int = 24
     text: str | None = None
-    score: str = "relmax"
+    score: str = "relmax_sd"
     pool_before: int = 12
     pool_after: int = 2
     heads: str = "max"
-    layers: tuple[float, float] = (0.0, 1.0)
+    layers: tuple[float, float] = (0.25, 0.75)
     refill: float = 0.25
     reuse: int = DEFAULT_REUSE
     min_prompt: int = 64
