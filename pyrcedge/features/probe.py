@@ -175,24 +175,27 @@ def cell_scores(probe_stats: npt.NDArray[np.float32], document_stats: npt.NDArra
         count = document_stats[..., kernel_stats.COUNT].astype(np.float64)
         total = document_stats[..., kernel_stats.SUM].astype(np.float64)
         seen = count > 0
-        doc_mean = np.divide(total, count, out=np.zeros_like(total), where=seen)
-        # a cell no document query has seen (the newest) takes its layer and head's mean
-        n_seen = seen.sum(axis=1, keepdims=True)
-        head_mean = np.divide((doc_mean * seen).sum(axis=1, keepdims=True), n_seen,
-                              out=np.zeros_like(n_seen, dtype=np.float64), where=n_seen > 0)
-        doc_mean = np.where(seen, doc_mean, head_mean)
+        doc_mean = seen_or_head_mean(np.divide(total, count, out=np.zeros_like(total),
+                                               where=seen), seen, 0.0)
         x = np.where(np.isfinite(probe_max), probe_max, 0.0) - doc_mean
         if settings.score == "relmax_sd":
             square = document_stats[..., kernel_stats.SUMSQ].astype(np.float64)
             var = np.divide(square, count, out=np.zeros_like(square), where=seen) - doc_mean ** 2
-            sd = np.sqrt(np.maximum(var, 0.0))
-            head_sd = np.divide((sd * seen).sum(axis=1, keepdims=True), n_seen,
-                                out=np.ones_like(n_seen, dtype=np.float64), where=n_seen > 0)
-            x = x / (np.where(seen, sd, head_sd) + 1e-3)
+            x = x / (seen_or_head_mean(np.sqrt(np.maximum(var, 0.0)), seen, 1.0) + 1e-3)
         x = standardised(x)
     per_layer = x.max(axis=2) if settings.heads == "max" else x.sum(axis=2)     # [layer, cell]
     first, end = scored_layers(len(per_layer), settings.layers)
     return np.asarray(per_layer[first:end].sum(axis=0), np.float64)
+
+
+def seen_or_head_mean(x: npt.NDArray[np.float64], seen: npt.NDArray[np.bool_],
+                      none: float) -> npt.NDArray[np.float64]:
+    """x where a document query saw the cell; elsewhere (the newest cells) the mean of x over
+    the seen cells of its layer and head, or `none` where the layer and head saw no cell."""
+    n_seen = seen.sum(axis=1, keepdims=True)
+    head = np.divide((x * seen).sum(axis=1, keepdims=True), n_seen,
+                     out=np.full(n_seen.shape, none), where=n_seen > 0)
+    return np.where(seen, x, head)
 
 
 def scored_layers(n_layer: int, shares: tuple[float, float]) -> tuple[int, int]:

@@ -159,25 +159,25 @@ def evicted_sentences(ends: npt.NDArray[np.bool_], cached: npt.NDArray[np.int64]
     """The sentences (as `sentences` cuts them) of which some token is evicted: the
     candidates. A sentence is ranked whole, by all its words, so that one the eviction cut in
     two (the digits of a number gone, its words kept) is found by the words it kept."""
-    evicted = np.ones(len(ends), np.int64)
-    evicted[cached] = 0
-    before = np.concatenate([[0], np.cumsum(evicted)])     # evicted tokens before each index
-    return [(a, b) for a, b in sentences(ends, longest) if before[b] > before[a]]
+    held = counted_before(len(ends), cached)
+    return [(a, b) for a, b in sentences(ends, longest) if held[b] - held[a] < b - a]
+
+
+def counted_before(n: int, indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """[n + 1]: how many of `indices` (history indices, those from n on left out) lie before
+    each index 0..n."""
+    flags = np.zeros(n, np.int64)
+    flags[indices[indices < n]] = 1
+    return np.concatenate([[0], np.cumsum(flags)])
 
 
 def read_back_sentences(ends: npt.NDArray[np.bool_], cached: npt.NDArray[np.int64],
                         read_back: npt.NDArray[np.int64], longest: int) -> list[tuple[int, int]]:
     """The sentences (as `sentences` cuts them) that the cache holds whole and of which recall
     read some token back: what recall's room takes first (Recall.room)."""
-    n = len(ends)
-    held = np.zeros(n + 1, np.int64)
-    held[cached[cached < n]] = 1
-    again = np.zeros(n + 1, np.int64)
-    again[read_back[read_back < n]] = 1
-    held_before = np.concatenate([[0], np.cumsum(held[:n])])
-    again_before = np.concatenate([[0], np.cumsum(again[:n])])
+    held, again = counted_before(len(ends), cached), counted_before(len(ends), read_back)
     return [(a, b) for a, b in sentences(ends, longest)
-            if held_before[b] - held_before[a] == b - a and again_before[b] > again_before[a]]
+            if held[b] - held[a] == b - a and again[b] > again[a]]
 
 
 def asked_again(candidates: Sequence[Sequence[str]], cached: Sequence[Sequence[str]],
