@@ -10,7 +10,10 @@ the machine hits all alike; each measurement decodes `steps` tokens one at a tim
 of `context` tokens, then removes them. Each variant runs in --procs processes with environments of
 random sizes, round r on process r % procs (a process's speed carries a fixed bias of a few per
 cent from where its stack lands: bench/scoring_prefill.py, common.padded_env). --clock cpu takes
-the worker's CPU time instead of wall time. Reports medians and ratios (median [min, max] over
+the worker's CPU time instead of wall time. --before PYTHON adds "before" variants: those
+chosen, run by another environment's llama-cpp-python (an earlier build of the kernels), so a
+kernel change is timed side by side with what it replaces (ratios "a2sf/a2sf before" and so on).
+Reports medians and ratios (median [min, max] over
 rounds of the ratio within a round) to docs/bench/NAME.md (and .json), with the command and the
 machine.
 """
@@ -42,7 +45,11 @@ VARIANTS = {
 # (name, numerator, denominator)
 RATIOS = (("on/off", "scoring on", "scoring off"), ("a2sf/off", "scoring a2sf", "scoring off"),
           ("off/stock", "scoring off", "stock"), ("on/stock", "scoring on", "stock"),
-          ("a2sf/stock", "scoring a2sf", "stock"))
+          ("a2sf/stock", "scoring a2sf", "stock"),
+          ("a2sf/a2sf before", "scoring a2sf", "scoring a2sf before"),
+          ("on/on before", "scoring on", "scoring on before"),
+          ("a2sf before/off", "scoring a2sf before", "scoring off"),
+          ("on before/off", "scoring on before", "scoring off"))
 
 
 def text_file() -> Path:
@@ -77,13 +84,19 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=3, help="worker processes per variant")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--before", type=Path, metavar="PYTHON",
+                    help="also run the chosen scoring variants with this environment's build")
     ap.add_argument("--out", default="scoring-decode")
     args = ap.parse_args()
 
+    chosen = {name: v for name, v in VARIANTS.items() if name in args.variants}
+    if args.before is not None:
+        chosen.update({f"{name} before": (args.before, sc) for name, (_, sc) in VARIANTS.items()
+                       if name in args.variants and sc in ("on", "a2sf")})
     rng = random.Random(0)
     workers = {name: [worker(py, args.model, sc, args.flash, args.threads, padded_env(rng))
                       for _ in range(args.procs)]
-               for name, (py, sc) in VARIANTS.items() if name in args.variants}
+               for name, (py, sc) in chosen.items()}
     speed = "tok_s" if args.clock == "wall" else "cpu_tok_s"
     try:
         for n in args.contexts:

@@ -237,8 +237,10 @@ static result summarize(std::vector<double> v) {
 
 static const int N_DECODE = 256;
 
-enum { OFF, ON, ON_WINDOW, N_VAR };
-static const char * VAR_NAME[N_VAR] = {"off", "on", "on-window"};
+// on-read: what pyrcedge.Llama runs for an A2SF cache reading a prompt: the window, and the calls
+// with at least the window's tokens after them giving no statistics (llama_rcedge_set_decay_only)
+enum { OFF, ON, ON_WINDOW, ON_READ, N_VAR };
+static const char * VAR_NAME[N_VAR] = {"off", "on", "on-window", "on-read"};
 
 // the backends, and the model with every layer on the GPU (only errors logged); nullptr on failure
 static llama_model * load_gpu_model(const char * path) {
@@ -275,7 +277,7 @@ static llama_context * bench_ctx(llama_model * model, bool flash, int n_prompt, 
             fprintf(stderr, "scoring_enable failed\n");
             exit(1);
         }
-        llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
+        llama_rcedge_set_query_window(ctx, var == ON_WINDOW || var == ON_READ ? window : 0);
         if (llama_rcedge_scoring_portable(ctx) != 1 && getenv("RCEDGE_BENCH_NGL") == nullptr) {
             printf("WARNING: scoring did not take the portable path\n");
         }
@@ -283,12 +285,32 @@ static llama_context * bench_ctx(llama_model * model, bool flash, int n_prompt, 
     return ctx;
 }
 
-// seconds of one prefill of the prompt into a cleared cache (the clearing not timed)
-static double time_prefill(llama_context * ctx, const std::vector<llama_token> & toks, int n_prompt) {
+// A prompt read as pyrcedge.Llama reads it (on-read): calls of `step`, those with at least `window`
+// tokens after them with llama_rcedge_set_decay_only on.
+static void feed_read(llama_context * ctx, const llama_token * toks, int n, int step, int window) {
+    for (int i = 0; i < n; i += step) {
+        const int k = std::min(step, n - i);
+        llama_rcedge_set_decay_only(ctx, n - (i + k) >= window);
+        if (llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(toks) + i, k)) != 0) {
+            fprintf(stderr, "decode failed at %d\n", i);
+            exit(1);
+        }
+    }
+    llama_rcedge_set_decay_only(ctx, 0);
+    llama_synchronize(ctx);
+}
+
+// seconds of one prefill of the prompt into a cleared cache (the clearing not timed); window > 0:
+// read as pyrcedge.Llama reads it (feed_read)
+static double time_prefill(llama_context * ctx, const std::vector<llama_token> & toks, int n_prompt, int window = 0) {
     llama_memory_clear(llama_get_memory(ctx), true);
     llama_synchronize(ctx);
     const auto t0 = std::chrono::steady_clock::now();
-    feed(ctx, toks.data(), n_prompt, 512);
+    if (window > 0) {
+        feed_read(ctx, toks.data(), n_prompt, 512, window);
+    } else {
+        feed(ctx, toks.data(), n_prompt, 512);
+    }
     return seconds_since(t0);
 }
 
@@ -345,7 +367,7 @@ int run_bench(int argc, char ** argv) {
                     const int var = (rep + k) % N_VAR; // a different order each sample
                     double t = 0;
                     for (int i = 0; i < inner; ++i) {
-                        t += time_prefill(ctx[var], toks, n_prompt);
+                        t += time_prefill(ctx[var], toks, n_prompt, var == ON_READ ? window : 0);
                     }
                     tps[var] = inner * n_prompt / t;
                 }
@@ -382,7 +404,7 @@ int run_bench(int argc, char ** argv) {
                 if (var != OFF) {
                     printf("  on/off %.3f [%.3f, %.3f]", rpre[var].med, rpre[var].lo, rpre[var].hi);
                 }
-                if (var != ON_WINDOW) {
+                if (var == OFF || var == ON) {
                     dec[var] = summarize(vd[var]);
                     printf("  decode %8.1f tok/s (spread %.3f)", dec[var].med, dec[var].spread);
                 }
@@ -392,17 +414,18 @@ int run_bench(int argc, char ** argv) {
             printf("%s flash=%d prompt=%d decode on/off %.3f [%.3f, %.3f]\n", label, (int) flash, n_prompt,
                    rdec.med, rdec.lo, rdec.hi);
             fflush(stdout);
-            char row[640];
-            snprintf(row, sizeof row, "| %s | %s%s | %d | %.1f | %.1f | **%.2f** [%.2f, %.2f] | %.0f | %.0f | %.0f | **%.2f** [%.2f, %.2f] | **%.2f** [%.2f, %.2f] |",
+            char row[768];
+            snprintf(row, sizeof row, "| %s | %s%s | %d | %.1f | %.1f | **%.2f** [%.2f, %.2f] | %.0f | %.0f | %.0f | %.0f | **%.2f** [%.2f, %.2f] | **%.2f** [%.2f, %.2f] | **%.2f** [%.2f, %.2f] |",
                      label, flash ? "flash" : "soft_max", fused == 1 ? "" : ", graph ops", n_prompt, dec[OFF].med, dec[ON].med,
-                     rdec.med, rdec.lo, rdec.hi, pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med,
-                     rpre[ON].med, rpre[ON].lo, rpre[ON].hi, rpre[ON_WINDOW].med, rpre[ON_WINDOW].lo, rpre[ON_WINDOW].hi);
+                     rdec.med, rdec.lo, rdec.hi, pre[OFF].med, pre[ON].med, pre[ON_WINDOW].med, pre[ON_READ].med,
+                     rpre[ON].med, rpre[ON].lo, rpre[ON].hi, rpre[ON_WINDOW].med, rpre[ON_WINDOW].lo, rpre[ON_WINDOW].hi,
+                     rpre[ON_READ].med, rpre[ON_READ].lo, rpre[ON_READ].hi);
             md.push_back(row);
         }
     }
     printf("\non/off: the median of the paired ratios [min, max] over the interleaved samples\n");
-    printf("| model | context | prompt | decode off | decode on | on/off | prefill off | prefill on | prefill on, window %d | on/off | window on/off |\n", window);
-    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| model | context | prompt | decode off | decode on | on/off | prefill off | prefill on | prefill on, window %d | prefill on, read | on/off | window on/off | read on/off |\n", window);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto & r : md) {
         printf("%s\n", r.c_str());
     }
@@ -531,7 +554,7 @@ static int prefill_profile(int argc, char ** argv) {
                 if (llama_rcedge_scoring_enable(ctx, 0.9f) != 0) {
                     return 1;
                 }
-                llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
+                llama_rcedge_set_query_window(ctx, var == ON_WINDOW || var == ON_READ ? window : 0);
             }
             feed(ctx, toks.data(), n_prompt, 512);
             llama_memory_clear(llama_get_memory(ctx), true);
@@ -563,7 +586,7 @@ static int prefill_loop(int argc, char ** argv) {
     const int window = argc > 6 ? atoi(argv[6]) : 64;
     const bool flash = argc > 7 ? atoi(argv[7]) != 0 : true;
     if (var < 0) {
-        fprintf(stderr, "variant: off, on or on-window\n");
+        fprintf(stderr, "variant: off, on, on-window or on-read\n");
         return 2;
     }
     llama_model * model = load_gpu_model(argv[2]);
@@ -906,7 +929,7 @@ static int prefill_trace(int argc, char ** argv) {
             ctx = llama_init_from_model(model, p);
             if (var != OFF) {
                 llama_rcedge_scoring_enable(ctx, 0.9f);
-                llama_rcedge_set_query_window(ctx, var == ON_WINDOW ? window : 0);
+                llama_rcedge_set_query_window(ctx, var == ON_WINDOW || var == ON_READ ? window : 0);
             }
         } else {
             ctx = bench_ctx(model, flash, n_prompt, var, window, 0.9f);

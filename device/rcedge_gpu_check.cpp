@@ -41,8 +41,14 @@ static llama_context * make_ctx(llama_model * model, bool flash, int n_ctx, int 
     return llama_init_from_model(model, p);
 }
 
+// the first decay_only_calls decode calls of each feed run with llama_rcedge_set_decay_only on
+static int decay_only_calls = 0;
+
 static void feed(llama_context * ctx, const std::vector<llama_token> & toks, int n_pre, int ubatch) {
-    for (int i = 0; i < (int) toks.size();) {
+    for (int i = 0, call = 0; i < (int) toks.size(); ++call) {
+        if (decay_only_calls > 0) {
+            llama_rcedge_set_decay_only(ctx, call < decay_only_calls); // an error code while scoring is off
+        }
         const int n = i < n_pre ? std::min(ubatch, n_pre - i) : 1;
         if (llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(toks.data()) + i, n)) != 0) {
             fprintf(stderr, "decode failed at %d\n", i);
@@ -271,6 +277,35 @@ int main(int argc, char ** argv) {
             fails += compare(rf.end, rp.end, rtol, 1 << 30, "after decode ");
         }
     }
+
+    // decay only (llama_rcedge_set_decay_only) in the first two calls of the prompt and of the
+    // decode steps: the device-fused kernels and the graph ops against the CPU kernels, and
+    // against each other
+    decay_only_calls = 2;
+    for (const bool flash : {true, false}) {
+        const gpu_run rf = run_gpu(gpu_model, flash, 0.9f, true, 0, toks, n_prompt, n_vocab);
+        const gpu_run rp = run_gpu(gpu_model, flash, 0.9f, false, 0, toks, n_prompt, n_vocab);
+        printf("decay only in the first 2 calls, alpha 0.9, flash_attn=%d: device-fused (%d) vs graph ops (%d)\n",
+               (int) flash, rf.fused, rp.fused);
+        fails += rf.logits != logits_off[flash];
+        fails += rp.logits != logits_off[flash];
+        fails += compare(rf.prefill, rp.prefill, rtol, 1 << 30, "after prefill");
+        fails += compare(rf.end, rp.end, rtol, 1 << 30, "after decode ");
+        if (gpu_only) {
+            continue;
+        }
+        llama_context * c = make_ctx(cpu_model, false, (int) GGML_PAD(toks.size(), 256), n_ubatch, false);
+        llama_rcedge_scoring_enable(c, 0.9f);
+        feed(c, std::vector<llama_token>(toks.begin(), toks.begin() + n_prompt), n_prompt, n_ubatch);
+        const stats pc = read_all(c);
+        feed(c, std::vector<llama_token>(toks.begin() + n_prompt, toks.end()), 0, 1);
+        const stats ec = read_all(c);
+        printf("  device-fused vs the CPU kernels:\n");
+        fails += compare(rf.prefill, pc, rtol, n_layer_checked, "after prefill");
+        fails += compare(rf.end, ec, rtol, n_layer_checked, "after decode ");
+        llama_free(c);
+    }
+    decay_only_calls = 0;
     unsetenv("LLAMA_RCEDGE_DEVICE_FUSED");
 
     // 2. decode speed on the GPU

@@ -101,6 +101,7 @@ class Run:
     # [ubatch][layer] raw scaled logits (head, query, cell), read or recomputed in float64
     logits_f64: list[list[np.ndarray]] = field(default_factory=list)
     batch_pos: list[np.ndarray] = field(default_factory=list)  # positions of each ubatch's queries
+    decay_only: int = 0  # the first decay_only decode calls gave no statistics (only the decay)
     logits: np.ndarray | None = None  # last token's logits
 
 
@@ -119,12 +120,14 @@ def model(path: str) -> int:
 def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: int = 512,
         type_k: int = 1, type_v: int = 1, alpha: float | None = None, capture: bool = False,
         n_ctx: int = 1024, prefill: int | None = None, portable: bool | None = None,
-        evict: tuple[int, int, list[int]] | None = None, moments: bool = True) -> Run:
+        evict: tuple[int, int, list[int]] | None = None, moments: bool = True,
+        decay_only: int = 0) -> Run:
     """Evaluate `tokens`: the first `prefill` (default: all) in ubatches of `batch`, each its own
     decode call, then the rest one at a time, as generation feeds them. portable: scoring's path
     (None: the backend's choice). evict=(p0, p1, more): after that, remove positions [p0, p1) from
     the cache and feed `more` one at a time (their tokens land in freed cells). moments=False:
-    the kernels keep a2sf alone (llama_rcedge_set_moments)."""
+    the kernels keep a2sf alone (llama_rcedge_set_moments). decay_only: the first that many decode
+    calls run with llama_rcedge_set_decay_only on."""
     m = model(path)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
@@ -178,15 +181,17 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
             scoring.enable_scoring(ctx, alpha, portable=portable)
             if not moments:
                 scoring.set_moments(ctx, False)
-        out = Run(scores=None, cells=None)  # type: ignore[arg-type]
+        out = Run(scores=None, cells=None, decay_only=decay_only)  # type: ignore[arg-type]
         n_layer = scoring.n_layer(ctx)
         n_pre = len(tokens) if prefill is None else prefill
         starts = [*range(0, n_pre, batch), *range(n_pre, len(tokens))]
         ends = [*starts[1:], len(tokens)]
-        for start, end in zip(starts, ends):
+        for call, (start, end) in enumerate(zip(starts, ends)):
             chunk = tokens[start:end]
             arr = (llama_cpp.llama_token * len(chunk))(*chunk)
             captured.clear()
+            if alpha is not None and decay_only:
+                scoring.set_decay_only(ctx, call < decay_only)
             rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
             assert rc == 0, f"llama_decode returned {rc}"
             if capture:
@@ -220,12 +225,12 @@ def run(path: str, tokens: list[int], *, flash: bool, threads: int = 2, batch: i
 def reference_stats(run_: Run, alpha: float, n_head_kv: int, window: int = 0) -> np.ndarray:
     """Float64 statistics [layer, cell, kv head, stat] over run_.cells, from its captured logits;
     window > 0: each batch's statistics from its last `window` queries (the A2SF decay counting
-    every query)."""
+    every query); the first run_.decay_only batches give none (the decay alone)."""
     cells = run_.cells
     n_layer = len(run_.logits_f64[0])
     out = np.zeros((n_layer, len(cells), n_head_kv, 5))
     out[..., 4] = -np.inf
-    for layers, qpos in zip(run_.logits_f64, run_.batch_pos):
+    for b, (layers, qpos) in enumerate(zip(run_.logits_f64, run_.batch_pos)):
         N = len(qpos)
         for il, logits in enumerate(layers):
             n_head, n_q, n_kv = logits.shape
@@ -239,6 +244,7 @@ def reference_stats(run_: Run, alpha: float, n_head_kv: int, window: int = 0) ->
             p = np.exp(z - z.max(axis=2, keepdims=True))
             p /= p.sum(axis=2, keepdims=True)
             scored = np.arange(N) >= (N - window if 0 < window < N else 0)  # per query
+            scored &= b >= run_.decay_only
             visible = visible & scored[:, None]
             w = alpha ** (N - 1 - np.arange(N, dtype=np.float64)) * scored  # per query
             o = out[il]

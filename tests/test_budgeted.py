@@ -263,6 +263,39 @@ def test_the_kernels_keep_what_the_policy_reads(default_model, kw, window, momen
         llm.close()
 
 
+@pytest.mark.parametrize("alpha", [0.3, 0.9])
+def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, monkeypatch, alpha):
+    # an A2SF cache reads a prompt that fits in chunks of n_batch; the chunks with at least the
+    # prefill window (64) still to read after them only decay the scores
+    # (llama_rcedge_set_decay_only), which then differ from those of a read giving every chunk's
+    # window statistics by at most what the window leaves out: n_rep * alpha^64 / (1 - alpha)
+    from pyrcedge.llama import drop_in
+
+    def read(decay_only: bool) -> tuple[list[bool], np.ndarray]:
+        calls: list[bool] = []
+        real = drop_in.kernel_stats.set_decay_only
+        with monkeypatch.context() as m:
+            m.setattr(drop_in.kernel_stats, "set_decay_only", lambda ctx, on: calls.append(on) or real(ctx, on))
+            if not decay_only:
+                m.setattr(drop_in.Llama, "_unread_chunk", lambda *a: False)
+            llm = make(default_model, kv_budget=512, n_batch=64, policy="a2sf", alpha=alpha)
+            try:
+                tokens = llm.tokenize((PROSE * 12).encode())[:300]
+                llm.eval(tokens)
+                scores = np.stack([scoring.read_scores(llm.ctx, il)[..., 0] for il in range(scoring.n_layer(llm.ctx))])
+            finally:
+                llm.close()
+        return calls, scores
+
+    calls, got = read(True)
+    assert calls == [True, False]      # on from the first chunk, off for the last two (44 and 0 after)
+    calls, want = read(False)
+    assert calls == []
+    # (and float32 rounding: two threads add in whichever order rows come)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=3 * alpha ** 64 / (1 - alpha) + 1e-7)
+    assert np.abs(want).max() > 0.1
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,match", [

@@ -119,6 +119,27 @@ def test_query_window(default_model, tokens, flash, monkeypatch):
     np.testing.assert_array_equal(got[..., 1], np.broadcast_to(expected[None, :, None], got.shape[:3]))
 
 
+@pytest.mark.parametrize("flash", [False, True])
+@pytest.mark.parametrize("prefill", [None, 150])
+def test_decay_only(default_model, tokens, flash, prefill):
+    # llama_rcedge_set_decay_only on the portable path: the graph multiplies a2sf by alpha^n and
+    # computes nothing else, as the fused kernels skip every row; the first two calls (two
+    # ubatches of 50, or of a prefill then a decode step) that way, the rest as usual
+    def go(portable):
+        return ar.run(str(default_model), tokens[:200 if prefill is None else 153], flash=flash, threads=2,
+                      batch=50 if prefill is None else 512, prefill=prefill, alpha=0.9, portable=portable,
+                      decay_only=2)
+
+    fused, portable = go(False), go(True)
+    assert_same_stats(portable.scores, fused.scores)
+    np.testing.assert_array_equal(portable.logits, fused.logits)
+    # counted: the queries of the calls after the first two (n_rep = 3 query heads per KV head)
+    counted = np.arange(100, 200) if prefill is None else np.array([151, 152])
+    cells = np.arange(fused.scores.shape[1])
+    expected = 3 * (counted[None, :] >= cells[:, None]).sum(axis=1)
+    np.testing.assert_array_equal(fused.scores[..., 1], np.broadcast_to(expected[None, :, None], fused.scores.shape[:3]))
+
+
 @pytest.mark.parametrize("case", ["prefill-ubatches", "prefill+decode"])
 def test_portable_matches_reference(default_model, tokens, case):
     n, batch, prefill = CASES[case]

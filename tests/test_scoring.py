@@ -127,6 +127,35 @@ def test_a2sf_alone(default_model, tokens, path, threads):
     assert np.all(err <= 1e-4 * np.maximum(np.abs(ref[..., 0][seen]), 1e-6))
 
 
+@pytest.mark.parametrize(("path", "batch", "calls"), [
+    ("softmax-prefill", 16, 2), ("fa-one_chunk", 16, 2), ("fa-tiled", 64, 2), ("fa-split_kv", 512, 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("moments", [True, False])
+def test_decay_only(default_model, tokens, path, batch, calls, threads, moments):
+    # llama_rcedge_set_decay_only: the first `calls` decode calls give no statistics and only
+    # decay a2sf (fa-split_kv: the 260-token prefill and the first decode step), the later ones
+    # add theirs as usual: the float64 reference with those calls' queries left out; the logits
+    # are those of scoring off
+    n, _, prefill, flash = PATHS[path]
+    run = ar.run(str(default_model), tokens[:n], flash=flash, threads=threads, batch=batch, prefill=prefill,
+                 type_k=F16, alpha=0.9, capture=True, moments=moments, decay_only=calls)
+    ref = ar.reference_stats(run, 0.9, N_HEAD_KV)
+    seen = ref[..., 1] > 0
+    err = np.abs(run.scores[..., 0].astype(np.float64) - ref[..., 0])[seen]
+    assert seen.any() and np.all(err <= 1e-4 * np.maximum(np.abs(ref[..., 0][seen]), 1e-6))
+    assert (run.scores[..., 1] > 0).sum() == (seen.sum() if moments else 0)
+    off = ar.run(str(default_model), tokens[:n], flash=flash, threads=threads, batch=batch,
+                 prefill=prefill, type_k=F16, alpha=None)
+    np.testing.assert_array_equal(run.logits, off.logits)
+
+
+def test_decay_only_returns_the_previous_setting(ctx):
+    scoring.enable_scoring(ctx, 0.5)
+    assert scoring.set_decay_only(ctx, True) is False
+    assert scoring.set_decay_only(ctx, True) is True
+    assert scoring.set_decay_only(ctx, False) is True
+
+
 def test_set_moments_returns_the_previous_setting(ctx):
     scoring.enable_scoring(ctx, 0.5)
     assert scoring.set_moments(ctx, False) is True    # all five by default

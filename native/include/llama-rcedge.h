@@ -138,6 +138,16 @@ extern "C" {
     // (patch 0012). n_queries < 0 counts as 0. Returns the previous window, or a negative code.
     LLAMA_API int32_t llama_rcedge_set_query_window(struct llama_context * ctx, int32_t n_queries);
 
+    // While on (1), no query of the next decodes gives statistics: the A2SF scores only decay,
+    // by alpha per query (the decay a2sf would apply anyway), and the moments stay as they are.
+    // For the chunks of a long prompt that nothing reads the statistics of before the next chunk
+    // (no eviction in between, no attribution): with alpha < 1 a chunk's queries weigh at most
+    // alpha^(tokens read after them) in the scores read later (below 1e-23 after a 512-token
+    // chunk at alpha 0.9), and cost nothing here; the cells they write are cleared as always. Every
+    // path (fused CPU kernels, portable graph ops, ggml-cuda's fused kernels). Returns the previous
+    // setting (0 by default), or a negative code.
+    LLAMA_API int32_t llama_rcedge_set_decay_only(struct llama_context * ctx, int32_t on);
+
     // Whether the fused CPU kernels keep the logit moments (count, sum, sumsq, max) as well as
     // a2sf: 1 (the default) all five statistics, 0 a2sf alone, which reads and writes one float
     // per KV head and cell per step instead of five (an A2SF policy reads nothing else). While

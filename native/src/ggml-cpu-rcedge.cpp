@@ -108,8 +108,9 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
     int32_t n_skip = 0, n_before = 0;
     bool scores_only = false;
     ggml_attn_get_scores_rows(dst, &n_skip, &n_before, &scores_only);
-    // a query window skips rows; these kernels give the output too, so nothing else applies
-    GGML_ASSERT(n_skip >= 0 && n_skip < rc.N && n_before == 0 && !scores_only);
+    // a query window skips rows (all of them: the decay alone, llama_rcedge_set_decay_only); these
+    // kernels give the output too, so nothing else applies
+    GGML_ASSERT(n_skip >= 0 && n_skip <= rc.N && n_before == 0 && !scores_only);
     rc.n_skip    = n_skip;
     rc.rk2       = q->ne[2]/rc.n_head_kv;
     rc.rk3       = q->ne[3]/rc.n_stream;
@@ -143,7 +144,7 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
         std::fill(rc.tile_m, rc.tile_m + GGML_FA_TILE_Q*rc.n_kv_tiles, -INFINITY);
     }
 
-    if (!split_kv) {
+    if (!split_kv && rc.n_skip < rc.N) {
         for (int64_t r = 0; r < rc.n_stream*rc.n_head_kv; ++r) {
             float * s = rc.slab + r*RC_NSTAT*rc.n_kv;
             if (!rc.moments) {
@@ -263,6 +264,7 @@ ggml_cpu_rcedge_rec ggml_cpu_rcedge_rec_row(const ggml_cpu_rcedge & rc, int64_t 
     rec.v      = rc.v      + slot*rc.chunk;
     rec.seg_at = rc.seg_at + slot*rc.chunk;
     rec.seg_m  = rc.seg_m  + slot*rc.chunk;
+    rec.keep_f = rc.moments;
     return rec;
 }
 
@@ -399,6 +401,9 @@ void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rced
             for (int64_t i = 0; i < n; ++i) {
                 o.a[i] *= decay;
             }
+            if (rc.n_skip >= rc.N) {
+                continue; // every row skipped: the slabs hold nothing
+            }
             for (int t = 0; t < rc.nth; ++t) {
                 const rc_rows in = rc_slab_rows(rc, rc.slab + (t - rc.ith)*rc.thread_stride, s, g, c0);
                 rc_merge_rows(o.a, o.cnt, o.sum, o.sumsq, o.max, in.a, in.cnt, in.sum, in.sumsq, in.max, n,
@@ -418,43 +423,87 @@ static float rc_alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
     return h < n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1);
 }
 
-// Split-KV, all heads of a group at once: the heads' probabilities replace their recorded v
-// rows in place, then one pass per group updates the statistics (R = query heads per KV head).
+// Split-KV, all heads of a group at once, read from their records: head j's probability of
+// cell i is v_j[i]*fac_j, fac_j constant between the cells where the head's running max changed
+// (rc_p_from_rec). The cells are walked in runs where no head's factor changes, so each recorded
+// exponential is read once and no row of probabilities is written first (R = query heads per
+// KV head; with the moments, each head's recorded logits f_j too).
+struct rc_head_rec {
+    const float   * v;
+    const float   * f;
+    const int32_t * seg_at;
+    const float   * seg_m;
+    int32_t nseg;
+    float   M, S_inv;
+};
+
+// The cell where head r's factor next changes after segment k (n: none), and the factor of
+// segment k (0 before the first: those cells are masked, v = 0).
+static inline int64_t rc_seg_end(const rc_head_rec & r, int32_t k, int64_t n) {
+    return k + 1 < r.nseg ? r.seg_at[k + 1] : n;
+}
+static inline float rc_seg_fac(const rc_head_rec & r, int32_t k) {
+    return k < 0 ? 0.0f : expf(r.seg_m[k] - r.M)*r.S_inv;
+}
+
 template <int R>
-static void rc_group_update(const rc_rows & o, int64_t n, float decay, const float * const * p,
-                            const float * const * f, const float * GGML_RESTRICT vis,
-                            const float * GGML_RESTRICT madd, bool moments) {
+static void rc_group_update(const rc_rows & o, int64_t n, float decay, const rc_head_rec * hr,
+                            const float * GGML_RESTRICT vis, const float * GGML_RESTRICT madd,
+                            bool moments) {
     float * GGML_RESTRICT a     = o.a;
     float * GGML_RESTRICT cnt   = o.cnt;
     float * GGML_RESTRICT sum   = o.sum;
     float * GGML_RESTRICT sumsq = o.sumsq;
     float * GGML_RESTRICT mx    = o.max;
-    if (!moments) {
-#pragma GCC ivdep
-        for (int64_t i = 0; i < n; ++i) {
-            float ps = 0.0f;
-            for (int j = 0; j < R; ++j) {
-                ps += p[j][i];
-            }
-            a[i] = decay*a[i] + ps;
-        }
-        return;
+    int32_t k[R];
+    int64_t end[R];
+    float   fac[R];
+    for (int j = 0; j < R; ++j) {
+        const bool none = hr[j].nseg == 0 || hr[j].M == -INFINITY; // every cell masked
+        k[j]   = -1;
+        end[j] = none ? n : hr[j].seg_at[0];
+        fac[j] = 0.0f;
     }
-#pragma GCC ivdep
-    for (int64_t i = 0; i < n; ++i) {
-        float ps = 0.0f, fs = 0.0f, f2 = 0.0f, fm = -INFINITY;
+    for (int64_t i0 = 0; i0 < n; ) {
+        int64_t i1 = n;
         for (int j = 0; j < R; ++j) {
-            const float fv = f[j][i];
-            ps += p[j][i];
-            fs += fv;
-            f2 += fv*fv;
-            fm  = std::max(fm, fv);
+            i1 = std::min(i1, end[j]);
         }
-        a[i]     = decay*a[i] + ps;
-        cnt[i]  += (float) R*vis[i];
-        sum[i]  += fs;
-        sumsq[i] += f2;
-        mx[i]    = std::max(mx[i], fm + madd[i]);
+        if (!moments) {
+#pragma GCC ivdep
+            for (int64_t i = i0; i < i1; ++i) {
+                float ps = 0.0f;
+                for (int j = 0; j < R; ++j) {
+                    ps += hr[j].v[i]*fac[j];
+                }
+                a[i] = decay*a[i] + ps;
+            }
+        } else {
+#pragma GCC ivdep
+            for (int64_t i = i0; i < i1; ++i) {
+                float ps = 0.0f, fs = 0.0f, f2 = 0.0f, fm = -INFINITY;
+                for (int j = 0; j < R; ++j) {
+                    const float fv = hr[j].f[i];
+                    ps += hr[j].v[i]*fac[j];
+                    fs += fv;
+                    f2 += fv*fv;
+                    fm  = std::max(fm, fv);
+                }
+                a[i]     = decay*a[i] + ps;
+                cnt[i]  += (float) R*vis[i];
+                sum[i]  += fs;
+                sumsq[i] += f2;
+                mx[i]    = std::max(mx[i], fm + madd[i]);
+            }
+        }
+        for (int j = 0; j < R; ++j) {
+            if (end[j] == i1 && i1 < n) {
+                k[j]  += 1;
+                fac[j] = rc_seg_fac(hr[j], k[j]);
+                end[j] = rc_seg_end(hr[j], k[j], n);
+            }
+        }
+        i0 = i1;
     }
 }
 
@@ -464,29 +513,28 @@ static bool rc_group_pass(const ggml_cpu_rcedge & rc, const ggml_tensor * mask, 
         return false;
     }
     const rc_row_tmp t = rc_tmp_rows(rc);
-    rc_mask_row(n, t, (const ggml_fp16_t *) mask->data + c0);
+    if (rc.moments) {
+        rc_mask_row(n, t, (const ggml_fp16_t *) mask->data + c0);
+    }
     for (int64_t g = 0; g < rc.n_head_kv; ++g) {
-        const float * p[8];
-        const float * f[8];
+        rc_head_rec hr[8];
         for (int64_t j = 0; j < rc.rk2; ++j) {
             const int64_t h = g*rc.rk2 + j;
-            ggml_cpu_rcedge_rec rec = ggml_cpu_rcedge_rec_row(rc, h);
-            rec.nseg = rc.nseg[h];
+            const ggml_cpu_rcedge_rec rec = ggml_cpu_rcedge_rec_row(rc, h);
             const float S = rc.row_ms[2*h + 1];
-            rc_p_from_rec(n, rec.v, rec, rc.row_ms[2*h + 0], S > 0.0f ? 1.0f/S : 0.0f); // in place
-            p[j] = rec.v;
-            f[j] = rec.f;
+            hr[j] = { rec.v, rec.f, rec.seg_at, rec.seg_m, rc.nseg[h], rc.row_ms[2*h + 0],
+                      S > 0.0f ? 1.0f/S : 0.0f };
         }
         const rc_rows o = rc_score_rows(rc, 0, g, c0);
         switch (rc.rk2) {
-            case 1: rc_group_update<1>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 2: rc_group_update<2>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 3: rc_group_update<3>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 4: rc_group_update<4>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 5: rc_group_update<5>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 6: rc_group_update<6>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 7: rc_group_update<7>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
-            case 8: rc_group_update<8>(o, n, decay, p, f, t.vis, t.madd, rc.moments); break;
+            case 1: rc_group_update<1>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 2: rc_group_update<2>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 3: rc_group_update<3>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 4: rc_group_update<4>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 5: rc_group_update<5>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 6: rc_group_update<6>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 7: rc_group_update<7>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
+            case 8: rc_group_update<8>(o, n, decay, hr, t.vis, t.madd, rc.moments); break;
         }
     }
     return true;
@@ -512,6 +560,17 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
         return;
     }
     const float decay = rc.alpha; // one query
+
+    if (rc.n_skip >= rc.N) {
+        // no statistics from this query (nothing was recorded): the decay alone
+        for (int64_t g = 0; g < rc.n_head_kv; ++g) {
+            const rc_rows o = rc_score_rows(rc, 0, g, c0);
+            for (int64_t i = 0; i < n; ++i) {
+                o.a[i] *= decay;
+            }
+        }
+        return;
+    }
 
     // one mask row for every head (llama.cpp's case): a GQA group in a single pass
     if (rc_group_pass(rc, mask, max_bias, c0, n, decay)) {

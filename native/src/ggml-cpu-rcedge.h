@@ -87,15 +87,23 @@ struct ggml_cpu_rcedge_rec {
     int32_t * seg_at = nullptr;
     float   * seg_m  = nullptr;
     int32_t   nseg   = 0;
+    bool      keep_f = true;    // false: a2sf alone, which reads no logits: f is not written
 
     explicit operator bool() const { return f != nullptr; }
 
     // cell i (relative to the row's first) is masked
-    void masked(int64_t i) { f[i] = 0.0f; v[i] = 0.0f; }
+    void masked(int64_t i) {
+        if (keep_f) {
+            f[i] = 0.0f;
+        }
+        v[i] = 0.0f;
+    }
 
     // cell i has logit fv, the kernel's exp value vs, and the running max went from Mold to M
     void key(int64_t i, float fv, float vs, float Mold, float M) {
-        f[i] = fv;
+        if (keep_f) {
+            f[i] = fv;
+        }
         v[i] = vs;
         if (M != Mold) {
             seg_at[nseg] = (int32_t) i;

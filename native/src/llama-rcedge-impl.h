@@ -51,6 +51,9 @@ struct llama_rcedge_graph_shared {
     ggml_tensor * mask_rows = nullptr;
     const ggml_tensor * mask_rows_of = nullptr;
     int64_t mask_rows_n_q = 0, mask_rows_n_w = 0;
+    // decay only (llama_rcedge_set_decay_only): alpha^n_q, and the n_q it was made for
+    ggml_tensor * decay_only = nullptr;
+    int64_t decay_only_n_q = 0;
 };
 
 // One layer's attention statistics for one ubatch, as the KV cache hands them to the graph
@@ -68,9 +71,12 @@ struct llama_rcedge_layer_scores {
     // statistics come from soft_max nodes of their own that carry them (ggml_attn_set_scores)
     // instead of graph ops; the cells are cleared and the layout chosen as on the portable path
     bool device_fused = false;
-    // portable path: statistics from the last query_window queries of the ubatch (0: all;
+    // statistics from the last query_window queries of the ubatch (0: all;
     // llama_rcedge_set_query_window)
     int32_t query_window = 0;
+    // no query gives statistics; the A2SF scores only decay, by alpha per query
+    // (llama_rcedge_set_decay_only)
+    bool decay_only = false;
     // portable path: what the layers of the graph share; `first` for the layer that builds it
     llama_rcedge_graph_shared * shared = nullptr;
     bool first = false;
@@ -106,7 +112,16 @@ ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_la
 void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
         ggml_tensor * kq, float kq_scale, ggml_tensor * kq_mask, ggml_tensor * kq_soft_max);
 
-// Fused CPU kernels (patch 0012; rcedge-api.cpp): the query window (rc.query_window) on the node
+// How many of a ubatch's last n_q queries give statistics: the query window's, none while the
+// statistics only decay.
+inline int64_t llama_rcedge_window(const llama_rcedge_layer_scores & rc, int64_t n_q) {
+    if (rc.decay_only) {
+        return 0;
+    }
+    return rc.query_window > 0 && rc.query_window < n_q ? rc.query_window : n_q;
+}
+
+// Fused CPU kernels (patch 0012; rcedge-api.cpp): the query window (llama_rcedge_window) on the node
 // that carries the statistics (ggml_attn_set_scores), n_q: the node's queries per stream.
 void llama_rcedge_set_fused_window(ggml_tensor * node, const llama_rcedge_layer_scores & rc, int64_t n_q);
 

@@ -51,20 +51,22 @@ static llama_kv_cache * rcedge_kv_cache(const llama_context * ctx, int32_t * sta
 // without the statistics' nodes, and in a GPU context every prefill ubatch that is larger than the
 // ubatch before in one tensor is planned again, the backends drained first (docs/gpu.md).
 // LLAMA_RCEDGE_RESERVE=0 leaves the reserve out (to measure what it saves).
-static void rcedge_graph_changed(llama_context * ctx, llama_kv_cache * kv) {
+// A change that only takes nodes out (decay_only) needs no reserve: the plan of the larger graph
+// covers it.
+static void rcedge_graph_changed(llama_context * ctx, llama_kv_cache * kv, bool reserve = true) {
     kv->rcedge_epoch++;
     const char * env = getenv("LLAMA_RCEDGE_RESERVE");
-    if (env == nullptr || strcmp(env, "0") != 0) {
+    if (reserve && (env == nullptr || strcmp(env, "0") != 0)) {
         ctx->set_need_reserve();
     }
 }
 
 // set a scoring setting that the graph's nodes are built with: a change rebuilds the graph
 template <typename T>
-static void rcedge_set_graph_setting(llama_context * ctx, T & setting, T value) {
+static void rcedge_set_graph_setting(llama_context * ctx, T & setting, T value, bool reserve = true) {
     if (setting != value) {
         setting = value;
-        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx));
+        rcedge_graph_changed(ctx, rcedge_kv_cache(ctx), reserve);
     }
 }
 
@@ -162,8 +164,10 @@ struct llama_rcedge_scores {
     // portable path, with the statistics in soft_max nodes that the backend's kernels update
     // (ggml-cuda) instead of graph ops
     bool device_fused = false;
-    // portable path: statistics from the last query_window queries of a ubatch (0: all)
+    // statistics from the last query_window queries of a ubatch (0: all)
     int32_t query_window = 0;
+    // no query gives statistics, the A2SF scores decay (llama_rcedge_set_decay_only)
+    bool decay_only = false;
     // fused CPU kernels: false keeps a2sf alone (the kernels get a view of its row), true all five
     bool moments = true;
     // portable path: what the layers of the graph being built share (rcedge-graph.cpp)
@@ -267,6 +271,7 @@ llama_rcedge_layer_scores llama_kv_cache::rcedge_get_scores(ggml_context * ctx, 
     res.portable = rcedge->portable;
     res.device_fused = rcedge->device_fused;
     res.query_window = rcedge->query_window;
+    res.decay_only   = rcedge->decay_only;
     res.shared   = &rcedge->graph_shared;
     res.first    = il == rcedge->first_layer;
     res.last     = il == rcedge->last_layer;
@@ -332,8 +337,9 @@ static bool rcedge_device_fused_ok(ggml_backend_buffer_type_t buft) {
 
 // the fused CPU kernels' query window (patch 0012), on the node that carries the statistics
 void llama_rcedge_set_fused_window(ggml_tensor * node, const llama_rcedge_layer_scores & rc, int64_t n_q) {
-    if (rc.query_window > 0 && rc.query_window < n_q) {
-        ggml_attn_set_scores_rows(node, (int32_t) (n_q - rc.query_window), 0, false);
+    const int64_t n_w = llama_rcedge_window(rc, n_q);
+    if (n_w < n_q) {
+        ggml_attn_set_scores_rows(node, (int32_t) (n_q - n_w), 0, false); // every row skipped: the decay alone
     }
 }
 
@@ -519,19 +525,27 @@ int32_t llama_rcedge_set_alpha(llama_context * ctx, float alpha) {
 // Sets one graph setting of the statistics and returns its previous value (as an int32), or a
 // negative status when scoring is off.
 template <typename T>
-static int32_t rcedge_swap_graph_setting(llama_context * ctx, T llama_rcedge_scores::* setting, T value) {
+static int32_t rcedge_swap_graph_setting(llama_context * ctx, T llama_rcedge_scores::* setting, T value,
+                                         bool reserve = true) {
     int32_t status;
     llama_rcedge_scores * sc = rcedge_scores(ctx, &status);
     if (sc == nullptr) {
         return status;
     }
     const int32_t prev = (int32_t) (sc->*setting);
-    rcedge_set_graph_setting(ctx, sc->*setting, value);
+    rcedge_set_graph_setting(ctx, sc->*setting, value, reserve);
     return prev;
 }
 
 int32_t llama_rcedge_set_query_window(llama_context * ctx, int32_t n_queries) {
     return rcedge_swap_graph_setting(ctx, &llama_rcedge_scores::query_window, std::max(0, n_queries));
+}
+
+// The graph of a decode with decay_only has fewer nodes than one without: the scheduler's plan of
+// the larger graph covers it, so no reserve (a reserve made while it is on plans the smaller
+// graph; the first larger graph after is then planned as it comes, as any larger graph is).
+int32_t llama_rcedge_set_decay_only(llama_context * ctx, int32_t on) {
+    return rcedge_swap_graph_setting(ctx, &llama_rcedge_scores::decay_only, on != 0, false);
 }
 
 int32_t llama_rcedge_set_moments(llama_context * ctx, int32_t on) {

@@ -19,7 +19,8 @@
 // of all layers are cleared by one set_rows, and the statistics of all layers are updated at once
 // by the last layer from a stack of every layer's q.k. A prefill ubatch is bound by passes over
 // [n_kv, n_queries, n_head] tensors: each layer updates its own, with one pool per statistic, and
-// the statistics can be limited to the last queries of a ubatch (llama_rcedge_set_query_window).
+// the statistics can be limited to the last queries of a ubatch (llama_rcedge_set_query_window),
+// or to none (llama_rcedge_set_decay_only: one multiply per layer).
 //
 // Where the backend has kernels for it (ggml-cuda, patches 0007 and 0008; rc.device_fused), the
 // statistics ops are replaced by one soft_max of their own that carries the statistics
@@ -79,11 +80,6 @@ ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_la
 
     return ggml_view_4d(ctx, r, scores->ne[0], scores->ne[1], scores->ne[2], scores->ne[3],
                         scores->nb[1], scores->nb[2], scores->nb[3], rc.all != nullptr ? rc.slot*rc.all->nb[3] : 0);
-}
-
-// how many of a ubatch's n_q queries give statistics
-static int64_t rcedge_window(const llama_rcedge_layer_scores & rc, int64_t n_q) {
-    return rc.query_window > 0 && rc.query_window < n_q ? rc.query_window : n_q;
 }
 
 // Builds (once per graph) what every layer shares, for the last n_w of n_q queries of kq_mask.
@@ -275,10 +271,30 @@ static void rcedge_add(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_
     rcedge_accumulate(ctx, gf, all, kq_all, p_all, kq_mask, n_q, kq_scale);
 }
 
+// No query gives statistics (llama_rcedge_set_decay_only): the layer's a2sf decays by alpha^n_q,
+// one multiply; nothing else is computed.
+static void rcedge_decay_only(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc, int64_t n_q) {
+    if (rc.alpha == 1.0f) {
+        return;
+    }
+    llama_rcedge_graph_shared & sh = *rc.shared;
+    if (sh.decay_only == nullptr || sh.decay_only_n_q != n_q) {
+        sh.decay_only = ggml_scale_bias(ctx, ggml_arange(ctx, 0.0f, 1.0f, 1.0f), 0.0f, powf(rc.alpha, (float) n_q));
+        sh.decay_only_n_q = n_q;
+    }
+    ggml_tensor * s = rc.scores;
+    ggml_tensor * a = ggml_view_4d(ctx, s, s->ne[0], 1, s->ne[2], s->ne[3], s->nb[1], s->nb[2], s->nb[3], 0);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_mul(ctx, a, sh.decay_only), a));
+}
+
 void llama_rcedge_graph_accumulate(ggml_context * ctx, ggml_cgraph * gf, const llama_rcedge_layer_scores & rc,
         ggml_tensor * kq, float kq_scale, ggml_tensor * kq_mask, ggml_tensor * kq_soft_max) {
     const int64_t n_q = kq->ne[1];
-    const int64_t n_w = rcedge_window(rc, n_q);
+    const int64_t n_w = llama_rcedge_window(rc, n_q);
+    if (n_w == 0) {
+        rcedge_decay_only(ctx, gf, rc, n_q);
+        return;
+    }
     // the window's rows of each head
     auto rows = [&](ggml_tensor * x) {
         return n_w == n_q ? x : ggml_view_4d(ctx, x, x->ne[0], n_w, x->ne[2], x->ne[3], x->nb[1], x->nb[2], x->nb[3], (n_q - n_w)*x->nb[1]);
@@ -301,7 +317,11 @@ void llama_rcedge_graph_accumulate_flash(ggml_context * ctx, ggml_cgraph * gf, c
         float kq_scale, float softcap, float max_bias) {
     // q [head_dim, n_q, n_head, 1], k [head_dim, n_kv, n_head_kv, 1] (views of the cache)
     const int64_t n_q = q->ne[1];
-    const int64_t n_w = rcedge_window(rc, n_q);
+    const int64_t n_w = llama_rcedge_window(rc, n_q);
+    if (n_w == 0) {
+        rcedge_decay_only(ctx, gf, rc, n_q);
+        return;
+    }
     ggml_tensor * qw = ggml_view_4d(ctx, q, q->ne[0], n_w, q->ne[2], q->ne[3], q->nb[1], q->nb[2], q->nb[3], (n_q - n_w)*q->nb[1]);
 
     // as the soft_max path computes them (llm_graph_context::build_attn_mha)

@@ -116,6 +116,8 @@ class Llama(llama_cpp.Llama):
         self.answer_start: int | None = None   # history index where the last answer began
         self._reset_a2sf_at_answer = False
         self._deadline: float | None = None     # time.monotonic() when generation must end
+        self._every_query_on = False            # inside _every_query
+        self._decay_only = False                # the kernels' llama_rcedge_set_decay_only
         policy_object = self.settings.policy_object
         if kwargs.get("draft_model") is not None and policy_object.evicts:
             raise BudgetError("draft models (speculative decoding) are not supported with eviction")
@@ -239,6 +241,13 @@ class Llama(llama_cpp.Llama):
     def _read(self, tokens: list[int], read: probe.ProbedRead | None, begin: int = 0,
               end: int | None = None) -> None:
         """Evaluate tokens[begin:end] (all by default), chunk by chunk, evicting as needed."""
+        try:
+            self._read_chunks(tokens, read, begin, end)
+        finally:
+            self._set_decay_only(False)
+
+    def _read_chunks(self, tokens: list[int], read: probe.ProbedRead | None, begin: int,
+                     end: int | None) -> None:
         kv = self.kv_cache
         logits_all = self._logits_all or self.on_logits is not None
         stop = len(tokens) if end is None else end
@@ -270,6 +279,7 @@ class Llama(llama_cpp.Llama):
             else:
                 kv.make_room(n + reserve, self.n_tokens, self.input_ids,
                              probe=self._probe_scorer(read))
+            self._set_decay_only(self._unread_chunk(read, i + n, stop, n))
             self._batch.set_batch(batch=chunk, n_past=kv.next_pos(), logits_all=logits_all)
             self._ctx.decode(self._batch)
             if logits_all:
@@ -285,6 +295,25 @@ class Llama(llama_cpp.Llama):
             i += n
             if self.on_progress is not None:
                 self.on_progress(i, len(tokens))
+
+    def _unread_chunk(self, read: probe.ProbedRead | None, end: int, stop: int, n: int) -> bool:
+        """Whether nothing needs the statistics of the n-token chunk about to be decoded, up to
+        `end` of the tokens being read to `stop`: a plain read (no probe, no attribution) under a
+        policy that takes only the last queries before a read of the scores (its prefill window),
+        at least that many tokens still to read after the chunk, and room for the next chunk
+        without an eviction. Its queries then only decay the scores: what they leave out weighs
+        no more than what the window leaves out (docs/scoring.md, "Decay only")."""
+        if read is not None or self._every_query_on or not self.statistics or self.settings.track_attention:
+            return False
+        window = self.settings.policy_object.prefill_window()
+        if window <= 0 or stop - end < window:
+            return False
+        return min(stop - end, self.n_batch) <= self.kv_cache.room_without_eviction() - n
+
+    def _set_decay_only(self, on: bool) -> None:
+        if on != self._decay_only:
+            kernel_stats.set_decay_only(self.ctx, on)
+            self._decay_only = on
 
     def _recall(self, tokens: list[int], release: bool = True,
                 read: probe.ProbedRead | None = None, spent: int = 0) -> int:
@@ -664,9 +693,11 @@ class Llama(llama_cpp.Llama):
         moments); restored on exit."""
         window = kernel_stats.set_query_window(self.ctx, 0)
         moments = kernel_stats.set_moments(self.ctx, True)
+        outer, self._every_query_on = self._every_query_on, True
         try:
             yield
         finally:
+            self._every_query_on = outer
             kernel_stats.set_moments(self.ctx, moments)
             kernel_stats.set_query_window(self.ctx, window)
 

@@ -42,6 +42,7 @@ int32_t llama_rcedge_scoring_enabled(const struct llama_context * ctx);
 int32_t llama_rcedge_set_alpha(struct llama_context * ctx, float alpha);
 int32_t llama_rcedge_set_query_window(struct llama_context * ctx, int32_t n_queries);
 int32_t llama_rcedge_set_moments(struct llama_context * ctx, int32_t on);
+int32_t llama_rcedge_set_decay_only(struct llama_context * ctx, int32_t on);
 int32_t llama_rcedge_reset_stats(struct llama_context * ctx, uint32_t what);
 int32_t llama_rcedge_n_layer(const struct llama_context * ctx);
 int32_t llama_rcedge_n_head_kv(const struct llama_context * ctx, int32_t il);

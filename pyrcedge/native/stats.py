@@ -116,6 +116,16 @@ def set_moments(ctx: Any, on: bool) -> bool:
                        "set_moments"))
 
 
+def set_decay_only(ctx: Any, on: bool) -> bool:
+    """While on, the next decodes' queries give no statistics: the A2SF scores only decay, by
+    alpha per query, and the moments stay as they were (every path: fused CPU kernels, portable
+    graph ops, ggml-cuda). For the chunks of a long prompt whose statistics nothing reads before
+    the next chunk (docs/scoring.md, "Decay only"): pyrcedge.Llama sets it for them when its
+    policy takes a prefill window. Returns the previous setting."""
+    return bool(_check(_native.lib().llama_rcedge_set_decay_only(_native.context_ptr(ctx), int(bool(on))),
+                       "set_decay_only"))
+
+
 def reset_stats(ctx: Any, *, a2sf: bool = True, moments: bool = True) -> None:
     """Clear the A2SF scores and/or the logit moments of every cell (a new window)."""
     what = (RESET_A2SF if a2sf else 0) | (RESET_MOMENTS if moments else 0)
