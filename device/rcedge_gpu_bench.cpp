@@ -804,7 +804,7 @@ void ggml_backend_buffer_free(ggml_backend_buffer_t buffer) {
 // one prefill of toks[0, n_prompt) into a cleared cache, ubatch by ubatch; sync_each: wait for the GPU
 // after every ubatch (host[i], gpu[i]: llama_decode's time and the wait after it)
 static double trace_prefill(llama_context * ctx, const std::vector<llama_token> & toks, int n_prompt, bool sync_each,
-        std::vector<double> * host = nullptr, std::vector<double> * gpu = nullptr) {
+        std::vector<double> * host = nullptr, std::vector<double> * gpu = nullptr, int read_window = 0) {
     llama_memory_clear(llama_get_memory(ctx), true);
     llama_synchronize(ctx);
     trace::events.clear();
@@ -813,6 +813,9 @@ static double trace_prefill(llama_context * ctx, const std::vector<llama_token> 
     for (int i = 0, k = 0; i < n_prompt; i += 512, ++k) {
         trace::ub = k;
         const double t = trace::now_us();
+        if (read_window > 0) { // as feed_read (on-read)
+            llama_rcedge_set_decay_only(ctx, n_prompt - (i + std::min(512, n_prompt - i)) >= read_window);
+        }
         if (llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(toks.data()) + i, std::min(512, n_prompt - i))) != 0) {
             fprintf(stderr, "decode failed\n");
             exit(1);
@@ -830,6 +833,9 @@ static double trace_prefill(llama_context * ctx, const std::vector<llama_token> 
         }
     }
     trace::ub = -1;
+    if (read_window > 0) {
+        llama_rcedge_set_decay_only(ctx, 0);
+    }
     const double t = trace::now_us();
     llama_synchronize(ctx);
     trace::add("final_sync", t, 0, "");
@@ -934,14 +940,15 @@ static int prefill_trace(int argc, char ** argv) {
         } else {
             ctx = bench_ctx(model, flash, n_prompt, var, window, 0.9f);
         }
-        trace_prefill(ctx, toks, n_prompt, false); // warm-up: the compute buffers reach their size
-        trace_prefill(ctx, toks, n_prompt, false);
+        const int read_w = var == ON_READ ? window : 0;
+        trace_prefill(ctx, toks, n_prompt, false, nullptr, nullptr, read_w); // warm-up: the compute buffers reach their size
+        trace_prefill(ctx, toks, n_prompt, false, nullptr, nullptr, read_w);
         printf("### %s\n", VAR_NAME[var]);
         std::vector<double> wall, cpu;
         for (int rep = 0; rep < 5; ++rep) {
             const double c0 = trace::cpu_ms();
             trace::on = rep == 4;
-            wall.push_back(trace_prefill(ctx, toks, n_prompt, false));
+            wall.push_back(trace_prefill(ctx, toks, n_prompt, false, nullptr, nullptr, read_w));
             trace::on = false;
             cpu.push_back(trace::cpu_ms() - c0);
         }
@@ -970,7 +977,7 @@ static int prefill_trace(int argc, char ** argv) {
         }
         // serialized: the GPU's time per ubatch shows as the wait after llama_decode
         std::vector<double> host, gpu;
-        const double ser = trace_prefill(ctx, toks, n_prompt, true, &host, &gpu);
+        const double ser = trace_prefill(ctx, toks, n_prompt, true, &host, &gpu, read_w);
         printf("  serialized (llama_synchronize after each ubatch): %.3f ms; per ubatch host | wait (ms):", ser);
         double sh = 0, sg = 0;
         for (size_t i = 0; i < host.size(); ++i) {

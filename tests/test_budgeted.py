@@ -296,6 +296,26 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
     assert np.abs(want).max() > 0.1
 
 
+@pytest.mark.parametrize(("n", "flash", "used"), [(300, True, False), (400, True, True), (400, False, False)])
+def test_the_portable_path_reads_without_statistics_only_where_that_pays(default_model, monkeypatch, n, flash, used):
+    # on the portable path (GPUs) a change of llama_rcedge_set_decay_only makes the scheduler wait
+    # for the device: used only with flash attention and at least 4 chunks left out (n_batch 64,
+    # window 64: 300 tokens leave out 3, 400 leave out 5)
+    from pyrcedge.llama import drop_in
+
+    monkeypatch.setenv("LLAMA_RCEDGE_PORTABLE", "1")
+    calls: list[bool] = []
+    real = drop_in.kernel_stats.set_decay_only
+    monkeypatch.setattr(drop_in.kernel_stats, "set_decay_only", lambda ctx, on: calls.append(on) or real(ctx, on))
+    llm = make(default_model, kv_budget=512, n_batch=64, policy="a2sf", flash_attn=flash)
+    try:
+        assert scoring.scoring_portable(llm.ctx)
+        llm.eval(llm.tokenize((PROSE * 16).encode())[:n])
+    finally:
+        llm.close()
+    assert (calls == [True, False]) if used else (calls == [])
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,match", [

@@ -44,6 +44,9 @@ from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
 DEFAULT_N_CTX = 512  # llama_cpp.Llama's default
+# on the portable path, a read gives no statistics from its early chunks only when at least this
+# many chunks go without (Llama._decay_only_pays)
+DECAY_ONLY_MIN_CHUNKS = 4
 # sentences whose words recall remembers (by token ids) before it starts again
 SENTENCE_WORDS_KEPT = 8192
 # the columns of Llama._token_kinds: what recall and the chat structure ask of a token
@@ -118,6 +121,7 @@ class Llama(llama_cpp.Llama):
         self._deadline: float | None = None     # time.monotonic() when generation must end
         self._every_query_on = False            # inside _every_query
         self._decay_only = False                # the kernels' llama_rcedge_set_decay_only
+        self._decay_only_ok = False             # the read under way may use it (_decay_only_pays)
         policy_object = self.settings.policy_object
         if kwargs.get("draft_model") is not None and policy_object.evicts:
             raise BudgetError("draft models (speculative decoding) are not supported with eviction")
@@ -241,6 +245,8 @@ class Llama(llama_cpp.Llama):
     def _read(self, tokens: list[int], read: probe.ProbedRead | None, begin: int = 0,
               end: int | None = None) -> None:
         """Evaluate tokens[begin:end] (all by default), chunk by chunk, evicting as needed."""
+        stop = len(tokens) if end is None else end
+        self._decay_only_ok = self._decay_only_pays(stop - begin)
         try:
             self._read_chunks(tokens, read, begin, end)
         finally:
@@ -303,12 +309,27 @@ class Llama(llama_cpp.Llama):
         at least that many tokens still to read after the chunk, and room for the next chunk
         without an eviction. Its queries then only decay the scores: what they leave out weighs
         no more than what the window leaves out (docs/scoring.md, "Decay only")."""
-        if read is not None or self._every_query_on or not self.statistics or self.settings.track_attention:
+        if (read is not None or not self._decay_only_ok or self._every_query_on or not self.statistics
+                or self.settings.track_attention):
             return False
         window = self.settings.policy_object.prefill_window()
         if window <= 0 or stop - end < window:
             return False
         return min(stop - end, self.n_batch) <= self.kv_cache.room_without_eviction() - n
+
+    def _decay_only_pays(self, n_tokens: int) -> bool:
+        """Whether reading n_tokens with their early chunks giving no statistics saves time.
+        With the CPU kernels always. On the portable path (GPUs) the graph loses and regains its
+        statistics' nodes when the setting changes, and ggml's scheduler then waits for the GPU
+        before it plans the graph again: measured on an H100 (docs/gpu.md, "Decay only"), that
+        costs more than it saves in soft_max contexts and with one chunk left out, and saves in
+        flash-attention contexts with seven; so there, flash attention and at least
+        DECAY_ONLY_MIN_CHUNKS chunks left out."""
+        if not self.statistics or not kernel_stats.scoring_portable(self.ctx):
+            return True
+        window = self.settings.policy_object.prefill_window()
+        flash = self.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        return flash and (n_tokens - window) // max(1, self.n_batch) >= DECAY_ONLY_MIN_CHUNKS
 
     def _set_decay_only(self, on: bool) -> None:
         if on != self._decay_only:
