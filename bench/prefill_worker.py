@@ -1,7 +1,8 @@
 """Benchmark worker: times prompt reading (prefill) in one environment. Uses llama_cpp alone
 (pyrcedge.scoring only when scoring is on: "on" every query, "window" the query window that
 pyrcedge.Llama uses with A2SF, "a2sf" that window and a2sf alone without the logit moments, as
-pyrcedge.Llama runs an A2SF policy), so the same file runs in the stock and the patched
+pyrcedge.Llama ran an A2SF policy before the ninth session, "read" that and decay only for the
+calls with at least the window's tokens after them, as it runs it now), so the same file runs in the stock and the patched
 environment. Protocol: one JSON command per stdin line, one JSON reply per stdout line.
 
   {"n": 2048, "threads": 2, "flash": true, "type_k": "f16"} -> {"seconds": ..., "tok_s": ..., "cpu_s": ...}
@@ -52,15 +53,15 @@ def main() -> None:
             ctx = llama_cpp.llama_init_from_model(model, params)
             if not ctx:
                 raise SystemExit(f"no context for {key}")
-            if scoring_mode in ("on", "window", "a2sf"):
+            if scoring_mode in ("on", "window", "a2sf", "read"):
                 from pyrcedge import scoring
 
                 scoring.enable_scoring(ctx, 0.9)
-                if scoring_mode in ("window", "a2sf"):    # what pyrcedge.Llama runs with A2SF
+                if scoring_mode in ("window", "a2sf", "read"):    # what pyrcedge.Llama runs with A2SF
                     from pyrcedge.cache.policies import A2SF
 
                     scoring.set_query_window(ctx, A2SF(alpha=0.9).prefill_window())
-                if scoring_mode == "a2sf":      # and a2sf alone (A2SF.reads_moments)
+                if scoring_mode in ("a2sf", "read"):      # and a2sf alone (A2SF.reads_moments)
                     scoring.set_moments(ctx, False)
             contexts[key] = ctx
         ctx = contexts[key]
@@ -69,6 +70,10 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, n, 512):
             part = tokens[i:min(n, i + 512)]
+            if scoring_mode == "read":      # as Llama._unread_chunk chooses
+                from pyrcedge import scoring
+
+                scoring.set_decay_only(ctx, n - (i + len(part)) >= 64)
             arr = (llama_cpp.llama_token * len(part))(*part)
             rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(part)))
             if rc != 0:

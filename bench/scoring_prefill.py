@@ -8,7 +8,9 @@ side (issue 17).
 Workers (bench/prefill_worker.py), one per variant: stock (.venv-stock), patched with scoring
 off, patched with scoring on (alpha 0.9) with every query ("on"), with the query window that
 pyrcedge.Llama sets for A2SF ("window": each ubatch's last 64 queries; docs/scoring.md) and with
-that window and a2sf alone ("a2sf": what pyrcedge.Llama runs with an A2SF policy). A round
+that window and a2sf alone ("a2sf": what pyrcedge.Llama ran with an A2SF policy until the ninth
+session), and with that and decay only for the calls with 64 or more tokens after them ("read":
+what it runs now, docs/scoring.md "Decay only"). A round
 times one prefill of every configuration (prompt length, threads, flash attention, K type) in
 every variant, the variants of a configuration back to back in a rotating order, so drift of the
 machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
@@ -49,9 +51,10 @@ VARIANTS = {
     "on": (Path(sys.executable), "on"),
     "window": (Path(sys.executable), "window"),
     "a2sf": (Path(sys.executable), "a2sf"),
+    "read": (Path(sys.executable), "read"),
 }
-RATIOS = (("on", "off"), ("window", "off"), ("a2sf", "off"), ("off", "stock"), ("on", "stock"),
-          ("window", "stock"), ("a2sf", "stock"))
+RATIOS = (("on", "off"), ("window", "off"), ("a2sf", "off"), ("read", "off"), ("off", "stock"),
+          ("on", "stock"), ("window", "stock"), ("a2sf", "stock"), ("read", "stock"))
 
 
 def main() -> None:
