@@ -265,11 +265,14 @@ def test_the_kernels_keep_what_the_policy_reads(default_model, kw, window, momen
 
 @pytest.mark.parametrize("alpha", [0.3, 0.9])
 def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, monkeypatch, alpha):
-    # an A2SF cache reads a prompt that fits in chunks of n_batch; the chunks with at least the
-    # prefill window (64) still to read after them only decay the scores
-    # (llama_rcedge_set_decay_only), which then differ from those of a read giving every chunk's
-    # window statistics by at most what the window leaves out: n_rep * alpha^64 / (1 - alpha)
+    # an A2SF cache on the portable path with flash attention reads a prompt that fits in chunks
+    # of n_batch; the chunks with at least the prefill window (64) still to read after them only
+    # decay the scores (llama_rcedge_set_decay_only), which then differ from those of a read
+    # giving every chunk's window statistics by at most what the window leaves out:
+    # n_rep * alpha^64 / (1 - alpha)
     from pyrcedge.llama import drop_in
+
+    monkeypatch.setenv("LLAMA_RCEDGE_PORTABLE", "1")
 
     def read(decay_only: bool) -> tuple[list[bool], np.ndarray]:
         calls: list[bool] = []
@@ -280,7 +283,7 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
                 m.setattr(drop_in.Llama, "_unread_chunk", lambda *a: False)
             llm = make(default_model, kv_budget=512, n_batch=64, policy="a2sf", alpha=alpha)
             try:
-                tokens = llm.tokenize((PROSE * 12).encode())[:300]
+                tokens = llm.tokenize((PROSE * 16).encode())[:400]
                 llm.eval(tokens)
                 scores = np.stack([scoring.read_scores(llm.ctx, il)[..., 0] for il in range(scoring.n_layer(llm.ctx))])
             finally:
@@ -288,7 +291,7 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
         return calls, scores
 
     calls, got = read(True)
-    assert calls == [True, False]      # on from the first chunk, off for the last two (44 and 0 after)
+    assert calls == [True, False]      # on from the first chunk, off for the last two (16 and 0 after)
     calls, want = read(False)
     assert calls == []
     # (and float32 rounding: two threads add in whichever order rows come)
@@ -296,20 +299,22 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
     assert np.abs(want).max() > 0.1
 
 
-@pytest.mark.parametrize(("n", "flash", "used"), [(300, True, False), (400, True, True), (400, False, False)])
-def test_the_portable_path_reads_without_statistics_only_where_that_pays(default_model, monkeypatch, n, flash, used):
-    # on the portable path (GPUs) a change of llama_rcedge_set_decay_only makes the scheduler wait
-    # for the device: used only with flash attention and at least 4 chunks left out (n_batch 64,
-    # window 64: 300 tokens leave out 3, 400 leave out 5)
+@pytest.mark.parametrize(("n", "flash", "portable", "used"), [
+    (300, True, True, False), (400, True, True, True), (400, False, True, False), (400, True, False, False)])
+def test_reads_without_statistics_only_where_that_pays(default_model, monkeypatch, n, flash, portable, used):
+    # decay only is used where it was measured to pay: the portable path (GPUs) with flash
+    # attention and at least 4 chunks left out (n_batch 64, window 64: 300 tokens leave out 3,
+    # 400 leave out 5); not with the CPU kernels
     from pyrcedge.llama import drop_in
 
-    monkeypatch.setenv("LLAMA_RCEDGE_PORTABLE", "1")
+    if portable:
+        monkeypatch.setenv("LLAMA_RCEDGE_PORTABLE", "1")
     calls: list[bool] = []
     real = drop_in.kernel_stats.set_decay_only
     monkeypatch.setattr(drop_in.kernel_stats, "set_decay_only", lambda ctx, on: calls.append(on) or real(ctx, on))
     llm = make(default_model, kv_budget=512, n_batch=64, policy="a2sf", flash_attn=flash)
     try:
-        assert scoring.scoring_portable(llm.ctx)
+        assert scoring.scoring_portable(llm.ctx) is portable
         llm.eval(llm.tokenize((PROSE * 16).encode())[:n])
     finally:
         llm.close()
