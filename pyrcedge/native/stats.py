@@ -121,7 +121,8 @@ def set_decay_only(ctx: Any, on: bool) -> bool:
     alpha per query, and the moments stay as they were (every path: fused CPU kernels, portable
     graph ops, ggml-cuda). For the chunks of a long prompt whose statistics nothing reads before
     the next chunk (docs/scoring.md, "Decay only"): pyrcedge.Llama sets it for them when its
-    policy takes a prefill window. Returns the previous setting."""
+    policy takes a prefill window, where that was measured to pay (GPUs, flash attention, long
+    reads: Llama._decay_only_pays). Returns the previous setting."""
     return bool(_check(_native.lib().llama_rcedge_set_decay_only(_native.context_ptr(ctx), int(bool(on))),
                        "set_decay_only"))
 
