@@ -241,6 +241,15 @@ static bool rc_mask_row(int64_t n, const rc_row_tmp & t, const ggml_fp16_t * GGM
 // p[i] = v[i] * exp(M_seg - M) * S_inv: the kernel's exp(s - running max), rescaled per segment
 // of constant running max to the row's final max. Masked cells have v = 0.
 // (p may be rec.v itself: the update is elementwise in place.)
+// The factor exp(M_seg - M)*S_inv of segment k of a record (0 before the first: those cells are
+// masked, v = 0), and the cell where segment k ends (n: the row's end).
+static inline float rc_seg_fac(const ggml_cpu_rcedge_rec & rec, int32_t k, float M, float S_inv) {
+    return k < 0 ? 0.0f : expf(rec.seg_m[k] - M)*S_inv;
+}
+static inline int64_t rc_seg_end(const ggml_cpu_rcedge_rec & rec, int32_t k, int64_t n) {
+    return k + 1 < rec.nseg ? rec.seg_at[k + 1] : n;
+}
+
 static void rc_p_from_rec(int64_t n, float * p, const ggml_cpu_rcedge_rec & rec, float M, float S_inv) {
     if (rec.nseg == 0 || M == -INFINITY) {
         memset(p, 0, n*sizeof(float));
@@ -249,8 +258,8 @@ static void rc_p_from_rec(int64_t n, float * p, const ggml_cpu_rcedge_rec & rec,
     memset(p, 0, rec.seg_at[0]*sizeof(float));
     for (int32_t k = 0; k < rec.nseg; ++k) {
         const int64_t i0  = rec.seg_at[k];
-        const int64_t i1  = k + 1 < rec.nseg ? rec.seg_at[k + 1] : n;
-        const float   fac = expf(rec.seg_m[k] - M)*S_inv;
+        const int64_t i1  = rc_seg_end(rec, k, n);
+        const float   fac = rc_seg_fac(rec, k, M, S_inv);
         const float * v = rec.v;
         for (int64_t i = i0; i < i1; ++i) {
             p[i] = v[i]*fac;
@@ -382,6 +391,13 @@ void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_
     }
 }
 
+// a2sf <- decay * a2sf over n cells
+static void rc_decay(float * GGML_RESTRICT a, int64_t n, float decay) {
+    for (int64_t i = 0; i < n; ++i) {
+        a[i] *= decay;
+    }
+}
+
 void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rcedge & rc) {
     if (!rc) {
         return;
@@ -398,9 +414,7 @@ void ggml_cpu_rcedge_end(const ggml_compute_params * params, const ggml_cpu_rced
     for (int64_t s = 0; s < rc.n_stream; ++s) {
         for (int64_t g = 0; g < rc.n_head_kv; ++g) {
             const rc_rows o = rc_score_rows(rc, s, g, c0);
-            for (int64_t i = 0; i < n; ++i) {
-                o.a[i] *= decay;
-            }
+            rc_decay(o.a, n, decay);
             if (rc.n_skip >= rc.N) {
                 continue; // every row skipped: the slabs hold nothing
             }
@@ -428,23 +442,11 @@ static float rc_alibi_slope(float max_bias, uint32_t n_head, uint32_t h) {
 // (rc_p_from_rec). The cells are walked in runs where no head's factor changes, so each recorded
 // exponential is read once and no row of probabilities is written first (R = query heads per
 // KV head; with the moments, each head's recorded logits f_j too).
+// a head's record with its row's final max and 1/sum
 struct rc_head_rec {
-    const float   * v;
-    const float   * f;
-    const int32_t * seg_at;
-    const float   * seg_m;
-    int32_t nseg;
-    float   M, S_inv;
+    ggml_cpu_rcedge_rec rec;
+    float M, S_inv;
 };
-
-// The cell where head r's factor next changes after segment k (n: none), and the factor of
-// segment k (0 before the first: those cells are masked, v = 0).
-static inline int64_t rc_seg_end(const rc_head_rec & r, int32_t k, int64_t n) {
-    return k + 1 < r.nseg ? r.seg_at[k + 1] : n;
-}
-static inline float rc_seg_fac(const rc_head_rec & r, int32_t k) {
-    return k < 0 ? 0.0f : expf(r.seg_m[k] - r.M)*r.S_inv;
-}
 
 template <int R>
 static void rc_group_update(const rc_rows & o, int64_t n, float decay, const rc_head_rec * hr,
@@ -459,9 +461,9 @@ static void rc_group_update(const rc_rows & o, int64_t n, float decay, const rc_
     int64_t end[R];
     float   fac[R];
     for (int j = 0; j < R; ++j) {
-        const bool none = hr[j].nseg == 0 || hr[j].M == -INFINITY; // every cell masked
+        const bool none = hr[j].rec.nseg == 0 || hr[j].M == -INFINITY; // every cell masked
         k[j]   = -1;
-        end[j] = none ? n : hr[j].seg_at[0];
+        end[j] = none ? n : hr[j].rec.seg_at[0];
         fac[j] = 0.0f;
     }
     for (int64_t i0 = 0; i0 < n; ) {
@@ -474,7 +476,7 @@ static void rc_group_update(const rc_rows & o, int64_t n, float decay, const rc_
             for (int64_t i = i0; i < i1; ++i) {
                 float ps = 0.0f;
                 for (int j = 0; j < R; ++j) {
-                    ps += hr[j].v[i]*fac[j];
+                    ps += hr[j].rec.v[i]*fac[j];
                 }
                 a[i] = decay*a[i] + ps;
             }
@@ -483,8 +485,8 @@ static void rc_group_update(const rc_rows & o, int64_t n, float decay, const rc_
             for (int64_t i = i0; i < i1; ++i) {
                 float ps = 0.0f, fs = 0.0f, f2 = 0.0f, fm = -INFINITY;
                 for (int j = 0; j < R; ++j) {
-                    const float fv = hr[j].f[i];
-                    ps += hr[j].v[i]*fac[j];
+                    const float fv = hr[j].rec.f[i];
+                    ps += hr[j].rec.v[i]*fac[j];
                     fs += fv;
                     f2 += fv*fv;
                     fm  = std::max(fm, fv);
@@ -499,8 +501,8 @@ static void rc_group_update(const rc_rows & o, int64_t n, float decay, const rc_
         for (int j = 0; j < R; ++j) {
             if (end[j] == i1 && i1 < n) {
                 k[j]  += 1;
-                fac[j] = rc_seg_fac(hr[j], k[j]);
-                end[j] = rc_seg_end(hr[j], k[j], n);
+                fac[j] = rc_seg_fac(hr[j].rec, k[j], hr[j].M, hr[j].S_inv);
+                end[j] = rc_seg_end(hr[j].rec, k[j], n);
             }
         }
         i0 = i1;
@@ -520,10 +522,9 @@ static bool rc_group_pass(const ggml_cpu_rcedge & rc, const ggml_tensor * mask, 
         rc_head_rec hr[8];
         for (int64_t j = 0; j < rc.rk2; ++j) {
             const int64_t h = g*rc.rk2 + j;
-            const ggml_cpu_rcedge_rec rec = ggml_cpu_rcedge_rec_row(rc, h);
             const float S = rc.row_ms[2*h + 1];
-            hr[j] = { rec.v, rec.f, rec.seg_at, rec.seg_m, rc.nseg[h], rc.row_ms[2*h + 0],
-                      S > 0.0f ? 1.0f/S : 0.0f };
+            hr[j] = { ggml_cpu_rcedge_rec_row(rc, h), rc.row_ms[2*h + 0], S > 0.0f ? 1.0f/S : 0.0f };
+            hr[j].rec.nseg = rc.nseg[h];
         }
         const rc_rows o = rc_score_rows(rc, 0, g, c0);
         switch (rc.rk2) {
@@ -564,10 +565,7 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
     if (rc.n_skip >= rc.N) {
         // no statistics from this query (nothing was recorded): the decay alone
         for (int64_t g = 0; g < rc.n_head_kv; ++g) {
-            const rc_rows o = rc_score_rows(rc, 0, g, c0);
-            for (int64_t i = 0; i < n; ++i) {
-                o.a[i] *= decay;
-            }
+            rc_decay(rc_score_rows(rc, 0, g, c0).a, n, decay);
         }
         return;
     }
@@ -579,9 +577,7 @@ void ggml_cpu_rcedge_split_end(const ggml_compute_params * params, const ggml_te
 
     for (int64_t g = 0; g < rc.n_head_kv; ++g) {
         const rc_rows o = rc_score_rows(rc, 0, g, c0);
-        for (int64_t i = 0; i < n; ++i) {
-            o.a[i] *= decay;
-        }
+        rc_decay(o.a, n, decay);
         for (int64_t h = g*rc.rk2; h < (g + 1)*rc.rk2; ++h) {
             const ggml_fp16_t * m = mask ? (const ggml_fp16_t *) ((const char *) mask->data + (h % mask->ne[2])*mask->nb[2]) + c0 : nullptr;
             ggml_cpu_rcedge_rec rec = ggml_cpu_rcedge_rec_row(rc, h);

@@ -82,6 +82,11 @@ ggml_tensor * llama_rcedge_graph_reset(ggml_context * ctx, const llama_rcedge_la
                         scores->nb[1], scores->nb[2], scores->nb[3], rc.all != nullptr ? rc.slot*rc.all->nb[3] : 0);
 }
 
+// A one-element F32 tensor holding `value`, computed in the graph (no host buffer to upload).
+static ggml_tensor * rcedge_scalar(ggml_context * ctx, float value) {
+    return ggml_scale_bias(ctx, ggml_arange(ctx, 0.0f, 1.0f, 1.0f), 0.0f, value);
+}
+
 // Builds (once per graph) what every layer shares, for the last n_w of n_q queries of kq_mask.
 static llama_rcedge_graph_shared & rcedge_shared(ggml_context * ctx, const llama_rcedge_layer_scores & rc,
         ggml_tensor * kq_mask, int64_t n_kv, int64_t n_q, int64_t n_w, int64_t n_head, int64_t n_kvh, float kq_scale) {
@@ -129,8 +134,7 @@ static llama_rcedge_graph_shared & rcedge_shared(ggml_context * ctx, const llama
     sh.weight = ggml_reshape_4d(ctx, w, 1, n_w, 1, 1);
 
     // the old a2sf decays over all n_q queries of the ubatch, seen or not
-    sh.decay = alpha == 1.0f ? nullptr :
-        ggml_scale_bias(ctx, ggml_arange(ctx, 0.0f, 1.0f, 1.0f), 0.0f, powf(alpha, (float) n_q));
+    sh.decay = alpha == 1.0f ? nullptr : rcedge_scalar(ctx, powf(alpha, (float) n_q));
     return sh;
 }
 
@@ -279,7 +283,7 @@ static void rcedge_decay_only(ggml_context * ctx, ggml_cgraph * gf, const llama_
     }
     llama_rcedge_graph_shared & sh = *rc.shared;
     if (sh.decay_only == nullptr || sh.decay_only_n_q != n_q) {
-        sh.decay_only = ggml_scale_bias(ctx, ggml_arange(ctx, 0.0f, 1.0f, 1.0f), 0.0f, powf(rc.alpha, (float) n_q));
+        sh.decay_only = rcedge_scalar(ctx, powf(rc.alpha, (float) n_q));
         sh.decay_only_n_q = n_q;
     }
     ggml_tensor * s = rc.scores;

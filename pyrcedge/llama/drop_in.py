@@ -121,7 +121,7 @@ class Llama(llama_cpp.Llama):
         self._deadline: float | None = None     # time.monotonic() when generation must end
         self._every_query_on = False            # inside _every_query
         self._decay_only = False                # the kernels' llama_rcedge_set_decay_only
-        self._decay_only_ok = False             # the read under way may use it (_decay_only_pays)
+        self._decay_only_window = 0             # > 0: the read under way may use it (_decay_only_pays)
         policy_object = self.settings.policy_object
         if kwargs.get("draft_model") is not None and policy_object.evicts:
             raise BudgetError("draft models (speculative decoding) are not supported with eviction")
@@ -246,7 +246,7 @@ class Llama(llama_cpp.Llama):
               end: int | None = None) -> None:
         """Evaluate tokens[begin:end] (all by default), chunk by chunk, evicting as needed."""
         stop = len(tokens) if end is None else end
-        self._decay_only_ok = self._decay_only_pays(stop - begin)
+        self._decay_only_window = self._decay_only_pays(stop - begin)
         try:
             self._read_chunks(tokens, read, begin, end)
         finally:
@@ -304,34 +304,35 @@ class Llama(llama_cpp.Llama):
 
     def _unread_chunk(self, read: probe.ProbedRead | None, end: int, stop: int, n: int) -> bool:
         """Whether nothing needs the statistics of the n-token chunk about to be decoded, up to
-        `end` of the tokens being read to `stop`: a plain read (no probe, no attribution) under a
-        policy that takes only the last queries before a read of the scores (its prefill window),
-        at least that many tokens still to read after the chunk, and room for the next chunk
-        without an eviction. Its queries then only decay the scores: what they leave out weighs
-        no more than what the window leaves out (docs/scoring.md, "Decay only")."""
-        if (read is not None or not self._decay_only_ok or self._every_query_on or not self.statistics
-                or self.settings.track_attention):
-            return False
-        window = self.settings.policy_object.prefill_window()
-        if window <= 0 or stop - end < window:
+        `end` of the tokens being read to `stop`: a plain read (no probe, no attribution) where
+        decay only pays (_decay_only_pays: a policy that takes only the last queries before a read
+        of the scores, its prefill window), at least that window's tokens still to read after the
+        chunk, and room for the next chunk without an eviction. Its queries then only decay the
+        scores: what they leave out weighs no more than what the window leaves out
+        (docs/scoring.md, "Decay only")."""
+        window = self._decay_only_window
+        if read is not None or window <= 0 or self._every_query_on or stop - end < window:
             return False
         return min(stop - end, self.n_batch) <= self.kv_cache.room_without_eviction() - n
 
-    def _decay_only_pays(self, n_tokens: int) -> bool:
-        """Whether reading n_tokens with their early chunks giving no statistics saves time, as
-        measured (docs/scoring.md and docs/gpu.md, "Decay only"): on the portable path (GPUs) in
-        flash-attention contexts for reads that leave out at least DECAY_ONLY_MIN_CHUNKS chunks
-        (an H100, the 1B shape: 0.82 of scoring off at 4000 tokens against the window's 0.76).
-        Not elsewhere: a change of the setting changes the graph's nodes, and ggml's scheduler
-        then waits for the GPU, which cost more than it saved in soft_max contexts and with one
-        chunk left out; with the CPU kernels the window's statistics cost too little for the
-        difference to show (2 threads, SmolLM2: read 0.963 / 0.914 of off, the window 1.003 /
-        0.946, at 2048 / 4096 tokens, spreads of +-5-10%)."""
-        if not self.statistics or not kernel_stats.scoring_portable(self.ctx):
-            return False
+    def _decay_only_pays(self, n_tokens: int) -> int:
+        """The prefill window of a read of n_tokens whose early chunks may give no statistics,
+        or 0 where that does not save time, as measured (docs/scoring.md and docs/gpu.md, "Decay
+        only"): it does on the portable path (GPUs) in flash-attention contexts for reads that
+        leave out at least DECAY_ONLY_MIN_CHUNKS chunks (an H100, the 1B shape: 0.82 of scoring
+        off at 4000 tokens against the window's 0.76), under a policy with a prefill window and
+        without attribution. Not elsewhere: a change of the setting changes the graph's nodes,
+        and ggml's scheduler then waits for the GPU, which cost more than it saved in soft_max
+        contexts and with one chunk left out; with the CPU kernels the window's statistics cost
+        too little for the difference to show (2 threads, SmolLM2: read 0.963 / 0.914 of off,
+        the window 1.003 / 0.946, at 2048 / 4096 tokens, spreads of +-5-10%)."""
+        if (not self.statistics or self.settings.track_attention
+                or not kernel_stats.scoring_portable(self.ctx)):
+            return 0
         window = self.settings.policy_object.prefill_window()
         flash = self.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        return flash and (n_tokens - window) // max(1, self.n_batch) >= DECAY_ONLY_MIN_CHUNKS
+        pays = window > 0 and flash and (n_tokens - window) // max(1, self.n_batch) >= DECAY_ONLY_MIN_CHUNKS
+        return window if pays else 0
 
     def _set_decay_only(self, on: bool) -> None:
         if on != self._decay_only:
