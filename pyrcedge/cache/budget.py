@@ -39,6 +39,7 @@ GGML_TYPE_F16 = 1
 # aborts or crashes it when the cache is created or first written
 KV_CACHE_TYPES = {0: "f32", 1: "f16", 30: "bf16", 8: "q8_0", 2: "q4_0", 3: "q4_1", 20: "iq4_nl",
                   6: "q5_0", 7: "q5_1"}
+FLOAT_KV_CACHE_TYPES = (0, 1, 30)     # f32, f16, bf16: the others are quantised
 # llama.cpp holds n_ctx in a uint32 and positions in an int32: no cache can use more cells
 MAX_CELLS = 2**31 - 1
 # budgets of more cells are checked against the memory available before anything is allocated

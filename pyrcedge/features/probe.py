@@ -305,13 +305,12 @@ class ProbedRead:
         """One pass's (probe statistics, document statistics, probe tokens decoded), the probe
         sitting at first_pos: from the kept queries while `reuse` allows, else decoded."""
         s = self.settings
-        relmax = s.score in LOGIT_SCORES
-        keep = relmax and s.reuse > 0 and not self.decode_only
+        keep = self.keeps()
         # the probe's decode needs the layers up to the last it scores (0: every layer)
         n_layer = kernel_stats.n_layer(ctx)
         _, layers = scored_layers(n_layer, s.layers)
         layers = 0 if layers >= n_layer else layers
-        if keep and self.kept_pos is not None and self.reused < s.reuse:
+        if not self.decodes_next():
             try:
                 got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos, layers)
             except ScoringError:
@@ -321,7 +320,8 @@ class ProbedRead:
                 self.reused += 1
                 return got, document, 0
         got, document = probe_stats(ctx, mem, cells, self.ids, first_pos, batch, decode, alpha,
-                                    attention=not relmax, keep=keep, layers=layers)
+                                    attention=s.score not in LOGIT_SCORES, keep=keep,
+                                    layers=layers)
         if keep:
             self.kept_pos, self.reused = first_pos, 0
         return got, document, len(self.ids)
@@ -332,9 +332,31 @@ class ProbedRead:
             kernel_stats.probe_capture(ctx, -1)
             self.kept_pos = None
 
-    def reserve(self, i: int) -> int:
-        """Cells to keep free while reading from index i of the prompt."""
+    def keeps(self) -> bool:
+        """Whether a decode of the probe keeps its queries for the passes after it."""
+        s = self.settings
+        return s.score in LOGIT_SCORES and s.reuse > 0 and not self.decode_only
+
+    def decodes_next(self) -> bool:
+        """Whether the next pass decodes the probe (else it scores with the kept queries)."""
+        return not self.keeps() or self.kept_pos is None or self.reused >= self.settings.reuse
+
+    def room(self, i: int) -> int:
+        """The probe's cells while reading from index i of the prompt: its tokens while they
+        are read ahead of, none once they are read for real."""
         return len(self.ids) if i < self.tail_start else 0
+
+    def reserve(self, i: int) -> int:
+        """Cells to keep free after a chunk read from index i: the probe's room where the next
+        pass decodes it; a pass on the kept queries needs none, and its chunk reads into it."""
+        return self.room(i) if self.decodes_next() else 0
+
+    def pass_room(self, i: int, n: int, budget: int) -> int:
+        """What a pass before a chunk of up to n tokens read from i makes room for: the
+        `refill` share of the budget and the probe's room (reserve() says how much of it the
+        chunk after the pass leaves free), no more than the chunk and that room need."""
+        extra = self.room(i)
+        return min(n + extra, max(1, int(self.settings.refill * budget)) + extra)
 
     def chunk_limit(self, i: int) -> int | None:
         """A chunk read from i stops at the tail (where the reserve ends), or None."""
@@ -342,13 +364,26 @@ class ProbedRead:
 
 
 def plan(settings: Probe, tokens: Sequence[int], room: int,
-         text_ids: Sequence[int] | None) -> ProbedRead | None:
+         text_ids: Sequence[int] | None, kept: bool = True) -> ProbedRead | None:
     """The probe for reading `tokens`, or None when the read needs no probe (it is short, or
-    it fits in the `room` left)."""
+    it fits in the `room` left). kept: whether kept queries can be scored in this context
+    (kept_queries_work); where they cannot, every pass decodes the probe."""
     n = len(tokens)
     if n < settings.min_prompt or n <= room:
         return None
     if settings.text is not None:
-        return ProbedRead(ids=list(text_ids or ()), tail_start=n, settings=settings)
+        return ProbedRead(ids=list(text_ids or ()), tail_start=n, settings=settings,
+                          decode_only=not kept)
     p = min(settings.tokens, n)
-    return ProbedRead(ids=list(tokens[n - p:]), tail_start=n - p, settings=settings)
+    return ProbedRead(ids=list(tokens[n - p:]), tail_start=n - p, settings=settings,
+                      decode_only=not kept)
+
+
+def kept_queries_work(ctx: Any, k_quantised: bool) -> bool:
+    """Whether llama_rcedge_probe_max can score this context's cells from kept queries: a K
+    cache that is not quantised and the same number of KV heads in every layer (what it
+    refuses otherwise). Known before a read, so that the passes between decodes need keep no
+    room for a decode."""
+    n_layer = kernel_stats.n_layer(ctx)
+    return not k_quantised and len({kernel_stats.n_head_kv(ctx, layer)
+                                    for layer in range(n_layer)}) == 1

@@ -28,7 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..assets.gguf import check_gguf
-from ..cache.budget import BudgetLike, ModelShape, cells_for, check_cache_type, model_shape
+from ..cache.budget import (FLOAT_KV_CACHE_TYPES, BudgetLike, ModelShape, cells_for, check_cache_type,
+                            model_shape)
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
 from ..cache.policies import Policy
 from ..cache.view import CacheView
@@ -261,30 +262,34 @@ class Llama(llama_cpp.Llama):
         while i < stop:
             left = stop - i
             if read is not None and (
-                    kv.max_chunk(self.n_tokens) <= read.reserve(i)
-                    or read.reserve(i) == 0 and kv.room_without_eviction() < len(read.ids)):
+                    kv.max_chunk(self.n_tokens) <= read.room(i)
+                    or read.decodes_next() and kv.room_without_eviction() < len(read.ids)):
                 # protected tokens leave no room beside the probe, or the probe's own tokens
                 # are being read and an eviction could not decode it on top: read plainly
                 read = None
             reserve = read.reserve(i) if read else 0
             room = kv.room_without_eviction() - reserve
-            if min(left, self.n_batch) <= room:
-                n = min(left, self.n_batch)   # fits: chunk as llama_cpp.Llama does
-            else:
-                n = max(1, min(left, self.n_batch, kv.max_chunk(self.n_tokens) - reserve))
-                if read:    # evict the probe's share of the budget, not all that may go
-                    n = min(n, max(1, int(read.settings.refill * kv.budget)))
+            fits = min(left, self.n_batch) <= room
+            # fits: chunk as llama_cpp.Llama does
+            n = min(left, self.n_batch) if fits else max(
+                1, min(left, self.n_batch, kv.max_chunk(self.n_tokens) - reserve))
             limit = read.chunk_limit(i) if read else None
             if limit is not None:
                 n = min(n, limit)
-            chunk = tokens[i : i + n]
             self.input_ids = grow(self.input_ids, self.n_tokens + n)
-            self.input_ids[self.n_tokens : self.n_tokens + n] = chunk
+            self.input_ids[self.n_tokens : self.n_tokens + n] = tokens[i : i + n]
             if read is None:
                 kv.make_room(n, self.n_tokens, self.input_ids)
-            else:
+            elif fits:
                 kv.make_room(n + reserve, self.n_tokens, self.input_ids,
                              probe=self._probe_scorer(read))
+            else:
+                # a pass evicts the probe's share of the budget (and its room), not all that
+                # may go; the chunk after it leaves free what the next pass needs
+                kv.make_room(min(read.pass_room(i, n, kv.budget), kv.max_chunk(self.n_tokens)),
+                             self.n_tokens, self.input_ids, probe=self._probe_scorer(read))
+                n = max(1, min(n, kv.room_without_eviction() - read.reserve(i)))
+            chunk = tokens[i : i + n]
             self._set_decay_only(self._unread_chunk(read, i + n, stop, n))
             self._batch.set_batch(batch=chunk, n_past=kv.next_pos(), logits_all=logits_all)
             self._ctx.decode(self._batch)
@@ -488,7 +493,8 @@ class Llama(llama_cpp.Llama):
         if settings is None or not self.policy.evicts:
             return None
         kv = self.kv_cache
-        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids)
+        kept = probe.kept_queries_work(self.ctx, self.context_params.type_k not in FLOAT_KV_CACHE_TYPES)
+        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids, kept)
 
     def _probe_scorer(self, read: probe.ProbedRead) -> Callable[[Any], Any]:
         """cells -> the attention the probe pays them, pooled, for an eviction while reading.
