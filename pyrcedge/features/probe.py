@@ -49,13 +49,15 @@ SCORES = ("relmax", "relmax_sd", "attention")
 LOGIT_SCORES = ("relmax", "relmax_sd")
 # a tail probe shortened to fit a small budget is dropped below this many tokens
 MIN_FIT = 8
-# Probe.reuse's default: one pass on the kept queries between two that decode the probe. 1k
-# needles, 10 prompts per cell (docs/bench/probe-cost-*-1k-reuse.md): every needle kept on
-# SmolLM2-135M and Qwen2.5-0.5B at 25% and 12.5% of the haystack (40 of 40), for 1.23x / 1.50x
-# (SmolLM2) and 1.38x / 1.70x (Qwen) a2sf's read, against 1.41x / 1.86x and 1.56x / 2.10x
-# decoding it every pass; three passes between decodes kept 35 of 40 (SmolLM2 0.6 at 12.5%,
-# Qwen 0.9 at 25%) for 1.15x / 1.33x and 1.28x / 1.49x.
-DEFAULT_REUSE = 1
+# Probe.reuse's default: three passes on the kept queries between two that decode the probe.
+# Measured with the probe's room read into between decodes (docs/probe.md, item 3), 1k needles,
+# 20 prompts on SmolLM2-135M and 10 on Qwen2.5-0.5B at 25% and 12.5% (docs/bench/
+# probe-room-sweep-*-1k.md): every needle kept (60 of 60), for 1.20x / 1.22x (SmolLM2) and
+# 1.24x / 1.30x (Qwen) a2sf's read, against 1.21x / 1.34x and 1.25x / 1.46x with one pass
+# between decodes (56 of 60) and 1.17x / 1.19x and 1.16x / 1.26x with seven (60 of 60); SQuAD,
+# Qwen, 50 questions at 25% (probe-room-qa-squad-50.md): F1 1.03 of full's with three, 1.07
+# with one, 0.94 with seven.
+DEFAULT_REUSE = 3
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class Probe:
     layers: the layers whose scores are summed, (first, end) as shares of the model's layers
         ((0.25, 0.75): the middle half); a decode of the probe stops after the last of them.
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
-        larger evictions mean fewer probe passes).
+        larger evictions mean fewer probe passes); a chunk that no decode of the probe follows
+        also reads into the probe's room.
     reuse: how many passes after one that decodes the probe score the cells against the queries
         that decode kept instead of decoding it again (0: every pass decodes it; the default
         DEFAULT_REUSE is measured: docs/probe.md). relmax only; a quantised K cache decodes
