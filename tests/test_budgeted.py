@@ -263,9 +263,11 @@ def test_the_kernels_keep_what_the_policy_reads(default_model, kw, window, momen
         llm.close()
 
 
-@pytest.mark.parametrize("alpha", [0.3, 0.9])
-def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, monkeypatch, alpha):
-    # an A2SF cache on the portable path with flash attention reads a prompt that fits in chunks
+@pytest.mark.parametrize("alpha,flash", [(0.3, True), (0.9, True), (0.9, False)])
+def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, monkeypatch, alpha,
+                                                               flash):
+    # an A2SF cache on the portable path (flash attention, or the graph ops' soft_max, which is
+    # what Metal runs) reads a prompt that fits in chunks
     # of n_batch; the chunks with at least the prefill window (64) still to read after them only
     # decay the scores (llama_rcedge_set_decay_only), which then differ from those of a read
     # giving every chunk's window statistics by at most what the window leaves out:
@@ -281,8 +283,10 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
             m.setattr(drop_in.kernel_stats, "set_decay_only", lambda ctx, on: calls.append(on) or real(ctx, on))
             if not decay_only:
                 m.setattr(drop_in.Llama, "_unread_chunk", lambda *a: False)
-            llm = make(default_model, kv_budget=512, n_batch=64, policy="a2sf", alpha=alpha)
+            llm = make(default_model, kv_budget=512, n_batch=64, policy="a2sf", alpha=alpha,
+                       flash_attn=flash)
             try:
+                assert scoring.scoring_portable(llm.ctx) and not scoring.scoring_device_fused(llm.ctx)
                 tokens = llm.tokenize((PROSE * 16).encode())[:400]
                 llm.eval(tokens)
                 scores = np.stack([scoring.read_scores(llm.ctx, il)[..., 0] for il in range(scoring.n_layer(llm.ctx))])

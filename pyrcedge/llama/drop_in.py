@@ -323,20 +323,25 @@ class Llama(llama_cpp.Llama):
     def _decay_only_pays(self, n_tokens: int) -> int:
         """The prefill window of a read of n_tokens whose early chunks may give no statistics,
         or 0 where that does not save time, as measured (docs/scoring.md and docs/gpu.md, "Decay
-        only"): it does on the portable path (GPUs) in flash-attention contexts for reads that
-        leave out at least DECAY_ONLY_MIN_CHUNKS chunks (an H100, the 1B shape: 0.82 of scoring
-        off at 4000 tokens against the window's 0.76), under a policy with a prefill window and
-        without attribution. Not elsewhere: a change of the setting changes the graph's nodes,
-        and ggml's scheduler then waits for the GPU, which cost more than it saved in soft_max
-        contexts and with one chunk left out; with the CPU kernels the window's statistics cost
-        too little for the difference to show (2 threads, SmolLM2: read 0.963 / 0.914 of off,
-        the window 1.003 / 0.946, at 2048 / 4096 tokens, spreads of +-5-10%)."""
+        only"): it does on the portable path (GPUs) for reads that leave out at least
+        DECAY_ONLY_MIN_CHUNKS chunks, under a policy with a prefill window and without
+        attribution: in flash-attention contexts (an H100, the 1B shape at 4000 tokens: 0.82 of
+        scoring off against the window's 0.76), and in soft_max contexts where the graph ops
+        compute the statistics (what Metal runs; the 1B and 8B shapes: 0.83 and 0.90 against
+        0.68 and 0.76). Not elsewhere: a change of the setting changes the graph's nodes, and
+        ggml's scheduler then waits for the GPU, which cost more than it saved with ggml-cuda's
+        fused kernels in soft_max contexts (0.87 against 0.96) and with one chunk left out;
+        with the CPU kernels the window's statistics cost too little for the difference to show
+        (2 threads, SmolLM2: read 0.963 / 0.914 of off, the window 1.003 / 0.946, at 2048 / 4096
+        tokens, spreads of +-5-10%)."""
         if (not self.statistics or self.settings.track_attention
                 or not kernel_stats.scoring_portable(self.ctx)):
             return 0
         window = self.settings.policy_object.prefill_window()
         flash = self.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        pays = window > 0 and flash and (n_tokens - window) // max(1, self.n_batch) >= DECAY_ONLY_MIN_CHUNKS
+        context_pays = flash or not kernel_stats.scoring_device_fused(self.ctx)
+        pays = (window > 0 and context_pays
+                and (n_tokens - window) // max(1, self.n_batch) >= DECAY_ONLY_MIN_CHUNKS)
         return window if pays else 0
 
     def _set_decay_only(self, on: bool) -> None:

@@ -80,6 +80,14 @@ def scoring_portable(ctx: Any) -> bool:
                        "scoring_portable"))
 
 
+def scoring_device_fused(ctx: Any) -> bool:
+    """True when the portable path's statistics come from the GPU backend's own kernels
+    (ggml-cuda), False from standard graph ops (Metal and every other backend) or the fused CPU
+    kernels (scoring must be on)."""
+    return bool(_check(_native.lib().llama_rcedge_scoring_device_fused(_native.context_ptr(ctx)),
+                       "scoring_device_fused"))
+
+
 def disable_scoring(ctx: Any) -> None:
     """Stop scoring and free the statistics; the graph is then exactly the stock one."""
     _check(_native.lib().llama_rcedge_scoring_disable(_native.context_ptr(ctx)), "disable_scoring")
