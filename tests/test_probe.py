@@ -120,10 +120,15 @@ def test_a_probed_read_reusing_kept_queries_decodes_the_probe_less(default_model
     seen = watch_decodes(reuse)
     for llm in (every, reuse):
         llm.eval(llm.tokenize(prompt))
-    a, b = every.kv_stats(), reuse.kv_stats()
+    kept_room = make(default_model, kv_budget=96,
+                     probe=probe.Probe(tokens=32, reuse=3, lend_room=False))
+    seen_kept = watch_decodes(kept_room)
+    kept_room.eval(kept_room.tokenize(prompt))
+    a, b, c = every.kv_stats(), reuse.kv_stats(), kept_room.kv_stats()
     # a pass on kept queries needs no room for the probe: the chunk after it reads into that
-    # room, so there are fewer passes
-    assert a.probe_passes > b.probe_passes > 4
+    # room, so there are fewer passes (lend_room=False keeps the room and reads as decoding does)
+    assert a.probe_passes == c.probe_passes > b.probe_passes > 4
+    assert c.probe_tokens == 32 * -(-c.probe_passes // 4) and max(seen_kept) <= 96
     assert a.probe_tokens == 32 * a.probe_passes
     # one pass in four decodes the probe; the others score against its kept queries
     assert b.probe_tokens == 32 * -(-b.probe_passes // 4)
@@ -282,7 +287,8 @@ def test_bad_probes_are_refused_before_the_model_loads(default_model, spec, matc
 @pytest.mark.parametrize("kw,match", [
     ({"pool_before": -1}, "pool_before"), ({"heads": "mean"}, "heads"),
     ({"refill": 1.0}, "refill"), ({"tokens": 0}, "tokens"), ({"score": "max"}, "score"),
-    ({"reuse": -1}, "reuse"), ({"layers": (0.5, 0.5)}, "layers"), ({"layers": 0.5}, "layers"),
+    ({"reuse": -1}, "reuse"), ({"lend_room": 1}, "lend_room"),
+    ({"layers": (0.5, 0.5)}, "layers"), ({"layers": 0.5}, "layers"),
     ({"layers": (-0.1, 1.0)}, "layers"), ({"layers": ("a", 1)}, "layers"),
 ])
 def test_bad_probe_settings(kw, match):

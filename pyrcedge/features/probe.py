@@ -77,8 +77,9 @@ class Probe:
     layers: the layers whose scores are summed, (first, end) as shares of the model's layers
         ((0.25, 0.75): the middle half); a decode of the probe stops after the last of them.
     refill: the share of the budget each probe pass evicts, to read the next chunk into (fewer,
-        larger evictions mean fewer probe passes); a chunk that no decode of the probe follows
-        also reads into the probe's room.
+        larger evictions mean fewer probe passes).
+    lend_room: a chunk that a pass on kept queries follows (no decode of the probe) also reads
+        into the room kept for the probe (fewer passes; docs/probe.md, "Room").
     reuse: how many passes after one that decodes the probe score the cells against the queries
         that decode kept instead of decoding it again (0: every pass decodes it; the default
         DEFAULT_REUSE is measured: docs/probe.md). relmax only; a quantised K cache decodes
@@ -96,6 +97,7 @@ class Probe:
     heads: str = "max"
     layers: tuple[float, float] = (0.25, 0.75)
     refill: float = 0.25
+    lend_room: bool = True
     reuse: int = DEFAULT_REUSE
     min_prompt: int = 64
     fit: bool = False
@@ -121,6 +123,8 @@ class Probe:
             raise BudgetError(f"probe layers must be shares with 0 <= first < end <= 1, got "
                               f"{self.layers!r}")
         object.__setattr__(self, "layers", (first, end))     # a JSON list becomes the tuple
+        if not isinstance(self.lend_room, bool):
+            raise BudgetError(f"probe lend_room must be True or False, got {self.lend_room!r}")
         if not 0.0 < float(self.refill) < 1.0:
             raise BudgetError(f"probe refill must be in (0, 1), got {self.refill!r}")
 
@@ -352,7 +356,7 @@ class ProbedRead:
     def reserve(self, i: int) -> int:
         """Cells to keep free after a chunk read from index i: the probe's room where the next
         pass decodes it; a pass on the kept queries needs none, and its chunk reads into it."""
-        return self.room(i) if self.decodes_next() else 0
+        return self.room(i) if self.decodes_next() or not self.settings.lend_room else 0
 
     def pass_room(self, i: int, n: int, budget: int) -> int:
         """What a pass before a chunk of up to n tokens read from i makes room for: the
