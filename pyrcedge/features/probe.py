@@ -317,11 +317,12 @@ class ProbedRead:
         n_layer = kernel_stats.n_layer(ctx)
         _, layers = scored_layers(n_layer, s.layers)
         layers = 0 if layers >= n_layer else layers
-        if not self.decodes_next():
+        if self.kept_pos is not None and not self.decodes_next():
             try:
                 got, document = kept_probe_stats(ctx, cells, first_pos - self.kept_pos, layers)
             except ScoringError:
-                keep, self.decode_only = False, True    # a quantised K cache
+                # what kept_queries_work did not foresee: decode from now on
+                keep, self.decode_only = False, True
                 self.close(ctx)
             else:
                 self.reused += 1

@@ -28,8 +28,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ..assets.gguf import check_gguf
-from ..cache.budget import (FLOAT_KV_CACHE_TYPES, BudgetLike, ModelShape, cells_for, check_cache_type,
-                            model_shape)
+from ..cache.budget import (
+    FLOAT_KV_CACHE_TYPES,
+    BudgetLike,
+    ModelShape,
+    cells_for,
+    check_cache_type,
+    model_shape,
+)
 from ..cache.engine import BudgetedKV, EvictionEvent, KVStats, RecallEvent, check_span
 from ..cache.policies import Policy
 from ..cache.view import CacheView
