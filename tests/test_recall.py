@@ -56,7 +56,8 @@ def test_a_question_reads_the_evicted_fact_back(default_model, positions):
 
 def test_a_completion_says_what_it_evicted_and_recalled(default_model):
     """usage.kv_cache: this completion's evictions and recalls, and the cache at its end."""
-    llm = make(default_model, kv_budget=96, policy="window", recall=True)
+    # no probe: whether a probe of the prose's tail keeps some of the fact is beside the point
+    llm = make(default_model, kv_budget=96, policy="window", recall=True, probe=None)
     text = FACT + " " + PROSE * 8
     first = llm.create_completion(text, max_tokens=2, temperature=0.0)["usage"]["kv_cache"]
     assert first["evicted_tokens"] > 0 and first["recalls"] == 0
