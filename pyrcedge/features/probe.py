@@ -363,8 +363,7 @@ class ProbedRead:
         """What a pass before a chunk of up to n tokens read from i makes room for: the
         `refill` share of the budget and the probe's room (reserve() says how much of it the
         chunk after the pass leaves free), no more than the chunk and that room need."""
-        extra = self.room(i)
-        return min(n + extra, max(1, int(self.settings.refill * budget)) + extra)
+        return self.room(i) + min(n, max(1, int(self.settings.refill * budget)))
 
     def chunk_limit(self, i: int) -> int | None:
         """A chunk read from i stops at the tail (where the reserve ends), or None."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import os
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -504,8 +505,15 @@ class Llama(llama_cpp.Llama):
         if settings is None or not self.policy.evicts:
             return None
         kv = self.kv_cache
-        kept = probe.kept_queries_work(self.ctx, self.context_params.type_k not in FLOAT_KV_CACHE_TYPES)
-        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids, kept)
+        return probe.plan(settings, tokens, kv.room_without_eviction(), self._probe_text_ids,
+                          self._kept_queries_work)
+
+    @functools.cached_property
+    def _kept_queries_work(self) -> bool:
+        """Whether a probe's kept queries can score this context's cells (the K cache's type
+        and the model's KV heads, fixed for the Llama's life: asked once)."""
+        return probe.kept_queries_work(self.ctx,
+                                       self.context_params.type_k not in FLOAT_KV_CACHE_TYPES)
 
     def _probe_scorer(self, read: probe.ProbedRead) -> Callable[[Any], Any]:
         """cells -> the attention the probe pays them, pooled, for an eviction while reading.

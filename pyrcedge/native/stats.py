@@ -129,7 +129,7 @@ def set_decay_only(ctx: Any, on: bool) -> bool:
     alpha per query, and the moments stay as they were (every path: fused CPU kernels, portable
     graph ops, ggml-cuda). For the chunks of a long prompt whose statistics nothing reads before
     the next chunk (docs/scoring.md, "Decay only"): pyrcedge.Llama sets it for them when its
-    policy takes a prefill window, where that was measured to pay (GPUs, flash attention, long
+    policy takes a prefill window, where that was measured to pay (the portable path, long
     reads: Llama._decay_only_pays). Returns the previous setting."""
     return bool(_check(_native.lib().llama_rcedge_set_decay_only(_native.context_ptr(ctx), int(bool(on))),
                        "set_decay_only"))
