@@ -113,7 +113,7 @@ def report(a: argparse.Namespace, record: dict[str, Any]) -> list[str]:
              f"Command: `{record['command']}`  ",
              f"Machine: {record['machine']['cpu']}, {record['machine']['cores']} cores (shared); "
              f"1 thread per process, {a.shards} process(es) per cache, {a.workers} at a time.  ",
-             f"{a.n} questions (seed 0), contexts of {record['context_tokens_mean']:.0f} tokens "
+             f"{questions(a)} (seed 0), contexts of {record['context_tokens_mean']:.0f} tokens "
              f"on average; budget {a.share} of each context unless the row names another share. "
              "Greedy answers of at most 32 tokens through the chat template (pyrcedge eval qa's "
              "prompt); SQuAD EM/F1."
@@ -133,7 +133,7 @@ def report(a: argparse.Namespace, record: dict[str, Any]) -> list[str]:
         lines.append(f"| {label} | {r['cells_mean']:.0f} | {r['em']:.3f} | {r['f1']:.3f} | "
                      f"{r['ratio'][0]:.3f} [{r['ratio'][1]:.3f}, {r['ratio'][2]:.3f}] | {vs} |")
     lines += ["", f"Where the answers were: the answer located in the context for {full['located']}"
-              f" of {a.n} questions; the share of its tokens cached when the document had been "
+              f" of {a.n - a.first} questions; the share of its tokens cached when the document had been "
               "read (before recall), when the prompt had been read, after the answer; the "
               "questions whose answer was cached whole after the answer, and the mean F1 on "
               "them and on the located others (the full cache's F1 on the same questions in "
@@ -164,11 +164,21 @@ def report(a: argparse.Namespace, record: dict[str, Any]) -> list[str]:
                     "recall chose are in the json (`rows.<cache>`).", ""]
 
 
+def questions(a: argparse.Namespace) -> str:
+    """Which questions of the seed-0 sample a run answered, in words."""
+    if a.first == 0:
+        return f"{a.n} questions"
+    return f"questions {a.first + 1}-{a.n} ({a.n - a.first})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--dataset", default="squad", choices=("squad", "hotpotqa"))
     ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--first", type=int, default=0,
+                    help="leave out the sample's first questions (another run answered them: "
+                         "the seed-0 samples of both data sets are prefixes of the longer ones)")
     ap.add_argument("--share", default="25%")
     ap.add_argument("--context-chars", type=int, default=3000)
     ap.add_argument("--policies", nargs="+", metavar="CACHE",
@@ -185,7 +195,7 @@ def main() -> None:
     caches = ["full", *a.policies]
     # the baseline's processes first, then the full cache's: theirs are read first
     order = [a.baseline, "full", *(c for c in a.policies if c != a.baseline)]
-    cuts = np.linspace(0, a.n, a.shards + 1).astype(int)
+    cuts = np.linspace(a.first, a.n, a.shards + 1).astype(int)
     jobs = [{"cache": split_share(c, a.share)[0], "share": split_share(c, a.share)[1],
              "model": a.model, "dataset": a.dataset, "n": a.n, "context_chars": a.context_chars,
              "threads": 1, "question_first": a.question_first, "start": int(lo), "stop": int(hi),
@@ -202,7 +212,8 @@ def main() -> None:
     summaries = {c: summary(rows[c], rows["full"], None if c in ("full", a.baseline)
                             else rows[a.baseline]) for c in caches}
     record = {"command": command(), "machine": machine(), "model": a.model, "dataset": a.dataset,
-              "n": a.n, "context_chars": a.context_chars, "share": a.share, "baseline": a.baseline,
+              "n": a.n, "first": a.first, "context_chars": a.context_chars, "share": a.share,
+              "baseline": a.baseline,
               "context_tokens_mean": float(np.mean([r["context_tokens"] for r in rows["full"]])),
               "summary": summaries, "rows": rows}
     out = REPO / "docs" / "bench" / a.out
