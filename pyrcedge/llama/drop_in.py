@@ -299,6 +299,11 @@ class Llama(llama_cpp.Llama):
             chunk = tokens[i : i + n]
             self._set_decay_only(self._unread_chunk(read, i + n, stop, n))
             self._batch.set_batch(batch=chunk, n_past=kv.next_pos(), logits_all=logits_all)
+            if not logits_all and i + n < len(tokens):
+                # only the prompt's last token is sampled from: a chunk before it computes no
+                # logits (the vocabulary's projection reads the whole output matrix each time,
+                # and a budgeted read decodes many small chunks)
+                self._batch.batch.logits[n - 1] = False
             self._ctx.decode(self._batch)
             if logits_all:
                 logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n, self._n_vocab))
