@@ -3,7 +3,7 @@ side (issue 17).
 
     .venv/bin/python bench/scoring_prefill.py [--model smollm2-135m] [--prompts 512 2048 8192]
         [--threads 1 2] [--flash on off] [--type-k f16 q8_0] [--rounds 5] [--procs 3]
-        [--clock wall|cpu] [--out NAME]
+        [--clock wall|cpu] [--before PYTHON] [--out NAME]
 
 Workers (bench/prefill_worker.py), one per variant: stock (.venv-stock), patched with scoring
 off, patched with scoring on (alpha 0.9) with every query ("on"), with the query window that
@@ -15,7 +15,10 @@ times one prefill of every configuration (prompt length, threads, flash attentio
 every variant, the variants of a configuration back to back in a rotating order, so drift of the
 machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
 ubatches of 512. Ratios are medians over rounds of the ratio within a round; the spread is their
-min and max. Writes docs/bench/NAME.md and .json with the command and the machine.
+min and max. --before PYTHON adds "before" variants of the scoring variants chosen, run with
+another environment's build, so that a kernel change is timed side by side with what it replaces
+(ratios "a2sf/a2sf before" and so on). Writes docs/bench/NAME.md and .json with the command and
+the machine.
 
 A process's speed depends by a few per cent on where its stack and heap happen to land (measured:
 the same variant 0.96-1.00 of itself with only the environment's size changed), a bias that
@@ -53,7 +56,7 @@ VARIANTS = {
     "a2sf": (Path(sys.executable), "a2sf"),
     "read": (Path(sys.executable), "read"),
 }
-RATIOS = (("on", "off"), ("window", "off"), ("a2sf", "off"), ("read", "off"), ("off", "stock"),
+RATIOS = (("a2sf", "a2sf before"), ("read", "read before"), ("a2sf before", "off"), ("on", "off"), ("window", "off"), ("a2sf", "off"), ("read", "off"), ("off", "stock"),
           ("on", "stock"), ("window", "stock"), ("a2sf", "stock"), ("read", "stock"))
 
 
@@ -68,15 +71,21 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=3, help="worker processes per variant")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--before", type=Path, metavar="PYTHON",
+                    help="also run the chosen scoring variants with this environment's build")
     ap.add_argument("--out", default="scoring-prefill")
     args = ap.parse_args()
+    chosen = {v: VARIANTS[v] for v in args.variants}
+    if args.before is not None:
+        chosen.update({f"{v} before": (args.before, mode) for v, (_, mode) in VARIANTS.items()
+                       if v in args.variants and mode != "off"})
 
     configs = list(itertools.product(args.prompts, args.threads, args.flash, args.type_k))
     rng = random.Random(0)
-    workers = {v: [JsonWorker([str(VARIANTS[v][0]), str(REPO / "bench" / "prefill_worker.py"),
-                               str(model_path(args.model)), VARIANTS[v][1], str(text_file())],
+    workers = {v: [JsonWorker([str(py), str(REPO / "bench" / "prefill_worker.py"),
+                               str(model_path(args.model)), mode, str(text_file())],
                               env=padded_env(rng)) for _ in range(args.procs)]
-               for v in args.variants}
+               for v, (py, mode) in chosen.items()}
     samples: dict[tuple, dict[str, list[float]]] = {c: {v: [] for v in workers} for c in configs}
     seconds = "seconds" if args.clock == "wall" else "cpu_s"
     t_start = time.time()
