@@ -56,8 +56,9 @@ VARIANTS = {
     "a2sf": (Path(sys.executable), "a2sf"),
     "read": (Path(sys.executable), "read"),
 }
-RATIOS = (("a2sf", "a2sf before"), ("read", "read before"), ("a2sf before", "off"), ("on", "off"), ("window", "off"), ("a2sf", "off"), ("read", "off"), ("off", "stock"),
-          ("on", "stock"), ("window", "stock"), ("a2sf", "stock"), ("read", "stock"))
+RATIOS = (("a2sf", "a2sf before"), ("read", "read before"), ("a2sf before", "off"), ("on", "off"),
+          ("window", "off"), ("a2sf", "off"), ("read", "off"), ("off", "stock"), ("on", "stock"),
+          ("window", "stock"), ("a2sf", "stock"), ("read", "stock"))
 
 
 def main() -> None:

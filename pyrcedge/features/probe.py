@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from ..errors import BudgetError, ScoringError
 from ..native import stats as kernel_stats
+from ..native.batch import fill_batch
 
 # InfiniPot's "catalyst" prompt: a generic question for a document read before its questions
 CATALYST = "Summarize the previous context highlighting the most important parts."
@@ -235,10 +236,7 @@ def probe_stats(ctx: Any, mem: Any, cells: npt.NDArray[np.int32], probe: Sequenc
                 kernel_stats.set_stop_layer(ctx, layers)
             except ScoringError:
                 pass                                # the portable path: the whole model
-        batch.set_batch(batch=list(probe), n_past=first_pos, logits_all=False)
-        # no logits: the probe is read for its statistics (the vocabulary's projection is a
-        # large part of a token's cost in small models)
-        batch.batch.logits[len(probe) - 1] = False
+        fill_batch(batch, probe, first_pos, "none")     # read for its statistics alone
         decode(batch)
         got = kernel_stats.read_layers(ctx, cells)
     finally:

@@ -46,6 +46,7 @@ from ..features.attribution import Attribution
 from ..features.session import SessionState
 from ..native import binding as _native
 from ..native import stats as kernel_stats
+from ..native.batch import fill_batch
 from . import inputs, usage
 from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count, check_threads
 
@@ -298,12 +299,9 @@ class Llama(llama_cpp.Llama):
                 n = max(1, min(n, kv.room_without_eviction() - read.reserve(i)))
             chunk = tokens[i : i + n]
             self._set_decay_only(self._unread_chunk(read, i + n, stop, n))
-            self._batch.set_batch(batch=chunk, n_past=kv.next_pos(), logits_all=logits_all)
-            if not logits_all and i + n < len(tokens):
-                # only the prompt's last token is sampled from: a chunk before it computes no
-                # logits (the vocabulary's projection reads the whole output matrix each time,
-                # and a budgeted read decodes many small chunks)
-                self._batch.batch.logits[n - 1] = False
+            # only the prompt's last token is sampled from (a budgeted read decodes many chunks)
+            fill_batch(self._batch, chunk, kv.next_pos(),
+                       "all" if logits_all else "last" if i + n == len(tokens) else "none")
             self._ctx.decode(self._batch)
             if logits_all:
                 logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(n, self._n_vocab))
@@ -461,8 +459,7 @@ class Llama(llama_cpp.Llama):
             ids = history[indices].tolist()
             for a in range(0, len(ids), self.n_batch):
                 chunk = ids[a:a + self.n_batch]
-                self._batch.set_batch(batch=chunk, n_past=pos + a, logits_all=False)
-                self._batch.batch.logits[len(chunk) - 1] = False
+                fill_batch(self._batch, chunk, pos + a, "none")
                 self._ctx.decode(self._batch)
 
         return decode
@@ -720,7 +717,7 @@ class Llama(llama_cpp.Llama):
     def decode_last(self, token: int, pos: int) -> None:
         """Decode one token at position `pos` again (its cell removed first), for its logits."""
         llama_cpp.llama_memory_seq_rm(self.kv_cache.mem, 0, pos, -1)
-        self._batch.set_batch(batch=[int(token)], n_past=pos, logits_all=False)
+        fill_batch(self._batch, [int(token)], pos)
         self._ctx.decode(self._batch)
 
     @contextlib.contextmanager
