@@ -2,8 +2,9 @@
 (pyrcedge.scoring only when scoring is on: "on" every query, "window" the query window that
 pyrcedge.Llama uses with A2SF, "a2sf" that window and a2sf alone without the logit moments, as
 pyrcedge.Llama ran an A2SF policy before the ninth session, "read" that and decay only for the
-calls with at least the window's tokens after them, as it runs it now), so the same file runs in the stock and the patched
-environment. Protocol: one JSON command per stdin line, one JSON reply per stdout line.
+calls with at least the window's tokens after them, as it runs it on GPUs, "default" a2sf alone
+with pyrcedge.Llama's default A2SF, alpha 0.3, and its window), so the same file runs in the stock
+and the patched environment. Protocol: one JSON command per stdin line, one JSON reply per stdout line.
 
   {"n": 2048, "threads": 2, "flash": true, "type_k": "f16"} -> {"seconds": ..., "tok_s": ..., "cpu_s": ...}
 
@@ -53,15 +54,16 @@ def main() -> None:
             ctx = llama_cpp.llama_init_from_model(model, params)
             if not ctx:
                 raise SystemExit(f"no context for {key}")
-            if scoring_mode in ("on", "window", "a2sf", "read"):
+            if scoring_mode in ("on", "window", "a2sf", "read", "default"):
                 from pyrcedge import scoring
+                from pyrcedge.cache.policies import A2SF
 
-                scoring.enable_scoring(ctx, 0.9)
-                if scoring_mode in ("window", "a2sf", "read"):    # what pyrcedge.Llama runs with A2SF
-                    from pyrcedge.cache.policies import A2SF
-
-                    scoring.set_query_window(ctx, A2SF(alpha=0.9).prefill_window())
-                if scoring_mode in ("a2sf", "read"):      # and a2sf alone (A2SF.reads_moments)
+                # alpha 0.9 (a 64-query window), or pyrcedge.Llama's default A2SF (alpha 0.3)
+                policy = A2SF() if scoring_mode == "default" else A2SF(alpha=0.9)
+                scoring.enable_scoring(ctx, policy.alpha)
+                if scoring_mode != "on":     # the query window that pyrcedge.Llama sets for A2SF
+                    scoring.set_query_window(ctx, policy.prefill_window())
+                if scoring_mode in ("a2sf", "read", "default"):   # and a2sf alone (A2SF.reads_moments)
                     scoring.set_moments(ctx, False)
             contexts[key] = ctx
         ctx = contexts[key]

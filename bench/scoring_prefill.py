@@ -10,7 +10,8 @@ off, patched with scoring on (alpha 0.9) with every query ("on"), with the query
 pyrcedge.Llama sets for A2SF ("window": each ubatch's last 64 queries; docs/scoring.md) and with
 that window and a2sf alone ("a2sf": what pyrcedge.Llama ran with an A2SF policy until the ninth
 session), and with that and decay only for the calls with 64 or more tokens after them ("read":
-what it runs now, docs/scoring.md "Decay only"). A round
+what it runs on GPUs, docs/scoring.md "Decay only"), and pyrcedge.Llama's default on the CPU
+("default": alpha 0.3, a2sf alone and the window that alpha needs, 6 queries). A round
 times one prefill of every configuration (prompt length, threads, flash attention, K type) in
 every variant, the variants of a configuration back to back in a rotating order, so drift of the
 machine hits them alike. A prefill reads the prompt into a cleared context of exactly its size in
@@ -55,10 +56,12 @@ VARIANTS = {
     "window": (Path(sys.executable), "window"),
     "a2sf": (Path(sys.executable), "a2sf"),
     "read": (Path(sys.executable), "read"),
+    "default": (Path(sys.executable), "default"),
 }
-RATIOS = (("a2sf", "a2sf before"), ("read", "read before"), ("a2sf before", "off"), ("on", "off"),
-          ("window", "off"), ("a2sf", "off"), ("read", "off"), ("off", "stock"), ("on", "stock"),
-          ("window", "stock"), ("a2sf", "stock"), ("read", "stock"))
+RATIOS = (("a2sf", "a2sf before"), ("read", "read before"), ("default", "default before"),
+          ("a2sf before", "off"), ("default before", "off"), ("on", "off"), ("window", "off"),
+          ("a2sf", "off"), ("read", "off"), ("default", "off"), ("off", "stock"), ("on", "stock"),
+          ("window", "stock"), ("a2sf", "stock"), ("read", "stock"), ("default", "stock"))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 import pyrcedge
 from pyrcedge import POLICIES, BudgetError, CacheView, Policy, PolicyError, scoring
+from pyrcedge.cache.policies import prefill_window
 from pyrcedge.native import binding as _native
 
 REPO = Path(__file__).resolve().parent.parent
@@ -268,10 +269,10 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
                                                                flash):
     # an A2SF cache on the portable path (flash attention, or the graph ops' soft_max, which is
     # what Metal runs) reads a prompt that fits in chunks
-    # of n_batch; the chunks with at least the prefill window (64) still to read after them only
-    # decay the scores (llama_rcedge_set_decay_only), which then differ from those of a read
-    # giving every chunk's window statistics by at most what the window leaves out:
-    # n_rep * alpha^64 / (1 - alpha)
+    # of n_batch; the chunks with at least the prefill window (n: 64 at alpha 0.9, 6 at 0.3) still
+    # to read after them only decay the scores (llama_rcedge_set_decay_only), which then differ
+    # from those of a read giving every chunk's window statistics by at most what the window
+    # leaves out: n_rep * alpha^n / (1 - alpha)
     from pyrcedge.llama import drop_in
 
     monkeypatch.setenv("LLAMA_RCEDGE_PORTABLE", "1")
@@ -299,17 +300,19 @@ def test_a_prompt_that_fits_gives_statistics_from_its_end_only(default_model, mo
     calls, want = read(False)
     assert calls == []
     # (and float32 rounding: two threads add in whichever order rows come)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=3 * alpha ** 64 / (1 - alpha) + 1e-7)
+    window = prefill_window(alpha)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=3 * alpha ** window / (1 - alpha) + 1e-7)
     assert np.abs(want).max() > 0.1
 
 
 @pytest.mark.parametrize(("n", "flash", "portable", "used"), [
-    (300, True, True, False), (400, True, True, True), (400, False, True, True), (400, True, False, False)])
+    (250, True, True, False), (400, True, True, True), (400, False, True, True), (400, True, False, False)])
 def test_reads_without_statistics_only_where_that_pays(default_model, monkeypatch, n, flash, portable, used):
     # decay only is used where it was measured to pay: the portable path (GPUs) with at least 4
-    # chunks left out (n_batch 64, window 64: 300 tokens leave out 3, 400 leave out 5), with
-    # flash attention, or in soft_max contexts with the graph ops (here: the portable path on the
-    # CPU; not ggml-cuda's fused kernels, which no test here has); not with the CPU kernels
+    # chunks left out (n_batch 64, A2SF's default window of 6: 250 tokens leave out 3, 400 leave
+    # out 6), with flash attention, or in soft_max contexts with the graph ops (here: the portable
+    # path on the CPU; not ggml-cuda's fused kernels, which no test here has); not with the CPU
+    # kernels
     from pyrcedge.llama import drop_in
 
     if portable:

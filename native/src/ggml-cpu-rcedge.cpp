@@ -319,10 +319,13 @@ static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, fl
 // 256 floats) stay in L1 while every row of the tile is added.
 static constexpr int64_t RC_TILE_CELLS = 256;
 
-void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t n_rows, int64_t ic, int64_t kv_tile,
-                                 const float * kq, int64_t kq_stride, const float * M, const bool * skip) {
+void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t ic,
+                                 int64_t kv_tile, const float * kq, int64_t kq_stride, const float * M,
+                                 const bool * skip) {
     GGML_ASSERT(rc.tile_v != nullptr && ic % GGML_FA_TILE_KV == 0 && kv_tile <= GGML_FA_TILE_KV);
-    for (int64_t r = 0; r < n_rows; ++r) {
+    // rows before the query window are not scored: their exponentials are not kept (a Q tile
+    // straddling the window's start copies its windowed rows only; their "not computed" marks stay)
+    for (int64_t r = std::min(n_rows, std::max<int64_t>(0, rc.n_skip - iq1)); r < n_rows; ++r) {
         float * v = rc.tile_v + r*rc.n_kv + ic;
         if (skip[r]) {
             memset(v, 0, kv_tile*sizeof(float));

@@ -131,9 +131,11 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
 
 // Tiled flash attention, after a KV tile's softmax step: keep the exponentials of its rows
 // (kq: row r at kq + r*kq_stride, exp(s + mask - M[r]) for the kv_tile cells from ic) and the
-// running max M[r] they are relative to; skip[r]: the row saw no visible cell in the tile.
-void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t n_rows, int64_t ic, int64_t kv_tile,
-                                 const float * kq, int64_t kq_stride, const float * M, const bool * skip);
+// running max M[r] they are relative to; skip[r]: the row saw no visible cell in the tile. The
+// tile's rows are queries [iq1, iq1 + n_rows); those before the query window are left out.
+void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t ic,
+                                 int64_t kv_tile, const float * kq, int64_t kq_stride, const float * M,
+                                 const bool * skip);
 // Add the finished rows [iq1, iq1 + n_rows) of a tiled flash-attention tile (head iq2, stream
 // iq3) over cells [0, n): raw logits f (row r at f + r*n, masked cells holding anything), the first
 // row's mask mp (f16, may be null; row r mask_nb1 bytes further), each row's final max M[r] and

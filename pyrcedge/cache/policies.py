@@ -16,6 +16,7 @@ remain as aliases.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
@@ -26,10 +27,12 @@ from ..errors import BudgetError, PolicyError
 from ..native import rcstat
 from .view import CacheView
 
-# A2SF prompt reading: the kernels keep the statistics of each ubatch's last PREFILL_WINDOW
-# queries (docs/scoring.md, "Query window"), for alpha up to PREFILL_WINDOW_MAX_ALPHA
-PREFILL_WINDOW = 64
-PREFILL_WINDOW_MAX_ALPHA = 0.9
+# A2SF prompt reading: the kernels keep the statistics of each ubatch's last n queries only
+# (docs/scoring.md, "Query window"), the fewest whose left-out share of the ubatch's A2SF mass,
+# at most alpha^n, is within PREFILL_WINDOW_TOLERANCE: 64 queries at alpha 0.9, 6 at the default
+# 0.3, the last query alone for TOVA; every query past PREFILL_WINDOW_MAX
+PREFILL_WINDOW_TOLERANCE = 0.9 ** 64           # 1.2e-3
+PREFILL_WINDOW_MAX = 64
 # keyword of pyrcedge.Llama -> the policy field it sets
 _KEYWORD_FIELDS = {"alpha": "alpha", "rc_epsilon": "epsilon", "seed": "seed"}
 
@@ -42,6 +45,18 @@ def check_alpha(alpha: Any) -> float:
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise BudgetError(f"alpha must be in [0, 1], got {alpha}")
     return value
+
+
+def prefill_window(alpha: float) -> int:
+    """The query window of an A2SF read with this alpha (0: every query). A query d positions
+    before the end of its ubatch adds alpha^d of its attention, so the queries before the last n
+    leave out at most alpha^n of the ubatch's a2sf; alpha 1 (H2O) weighs every query alike."""
+    if alpha <= 0.0:
+        return 1
+    if alpha >= 1.0:
+        return 0
+    n = max(1, math.ceil(math.log(PREFILL_WINDOW_TOLERANCE) / math.log(alpha) - 1e-9))
+    return n if n <= PREFILL_WINDOW_MAX else 0
 
 
 @dataclass
@@ -181,10 +196,7 @@ class A2SF(Policy):
         return view.a2sf()
 
     def prefill_window(self) -> int:
-        # a query d positions before the end of its ubatch adds alpha^d of its attention: at
-        # most alpha^64 of the ubatch's a2sf is left out (1e-3 at alpha 0.9, 1e-34 at the default
-        # 0.3); alpha 1 (H2O) weighs every query alike
-        return PREFILL_WINDOW if self.alpha <= PREFILL_WINDOW_MAX_ALPHA else 0
+        return prefill_window(self.alpha)
 
 
 @dataclass
