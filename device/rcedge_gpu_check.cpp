@@ -262,7 +262,7 @@ int main(int argc, char ** argv) {
 
     // every query and the query window: device-fused kernels against the graph ops on the GPU (the
     // same forward pass, so every layer is held to rtol)
-    for (const int window : {0, 32}) {
+    for (const int window : {0, 6, 32}) {
         for (const bool flash : {true, false}) {
             const gpu_run rf = run_gpu(gpu_model, flash, 0.9f, true, window, toks, n_prompt, n_vocab);
             const gpu_run rp = run_gpu(gpu_model, flash, 0.9f, false, window, toks, n_prompt, n_vocab);
