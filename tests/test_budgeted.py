@@ -246,7 +246,8 @@ def test_a_prompt_diverging_before_the_last_eviction_is_reread(default_model):
 
 
 @pytest.mark.parametrize(("kw", "window", "moments"), [
-    ({"policy": "a2sf"}, 64, False),     # A2SF reads a2sf alone, from each ubatch's last queries
+    ({"policy": "a2sf"}, 6, False),      # A2SF at its default alpha 0.3 reads a2sf alone, from
+                                         # each ubatch's last 6 queries (Policy.prefill_window)
     ({"policy": "h2o"}, 0, False),       # alpha 1 weighs every query alike
     ({"policy": "rcstat"}, 0, True),     # reads the logit moments of every query
     ({"policy": "a2sf", "track_attention": True}, 0, True),   # attribution reads them too
