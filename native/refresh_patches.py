@@ -32,6 +32,7 @@ OWNERS = {
     "0012-cpu-attention-scores-query-window.patch": ["ggml/include/ggml.h", "ggml/src/ggml-cpu/ops.cpp",
                                                     "ggml/src/ggml.c", "src/llama-graph.cpp"],
     "0013-llama-context-reserve-after-graph-change.patch": ["src/llama-context.h"],
+    "0014-llama-context-eval-callback-after-creation.patch": ["src/llama-context.h"],
 }
 
 

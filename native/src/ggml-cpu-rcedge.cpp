@@ -63,7 +63,7 @@ static rc_layout rc_get_layout(const ggml_tensor * node, const ggml_tensor * sco
     if (node->op == GGML_OP_FLASH_ATTN_EXT) {
         const int64_t chunk = (n_kv + nth - 1)/nth;
         rec    = std::max<size_t>((size_t) n_kv, (size_t) (n_head*chunk)); // one row, or every head's chunk
-        logits = std::max<size_t>((size_t) GGML_FA_TILE_Q*n_kv, rec);
+        logits = rec;
         tmp    = 3*(size_t) n_kv; // rows of probabilities, visibility, additive mask
     }
     rc_layout l;
@@ -213,6 +213,20 @@ static void rc_add_cells(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, flo
     }
 }
 
+// The moments alone of one row over n cells: its raw logits f, masked cells (mp, may be null) excluded.
+static void rc_add_moments(float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum, float * GGML_RESTRICT sumsq,
+                           float * GGML_RESTRICT mx, int64_t n, const float * GGML_RESTRICT f,
+                           const ggml_fp16_t * GGML_RESTRICT mp) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t vis = mp ? rc_visible(mp[i]) : 1;
+        const float   fv  = f[i]*(float) vis;
+        cnt[i]   += (float) vis;
+        sum[i]   += fv;
+        sumsq[i] += fv*fv;
+        mx[i]     = vis ? std::max(mx[i], f[i]) : mx[i];
+    }
+}
+
 // Per-thread rows for one row of cells: exponentials, visibility, additive mask.
 struct rc_row_tmp {
     float * p, * vis, * madd;
@@ -336,9 +350,36 @@ void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t iq1, int64_
     }
 }
 
+void ggml_cpu_rcedge_fa_tile_moments(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t iq2,
+                                     int64_t iq3, int64_t ic, int64_t kv_tile, const float * kq, int64_t kq_stride,
+                                     const ggml_tensor * mask) {
+    GGML_ASSERT(rc.moments && kv_tile <= GGML_FA_TILE_KV);
+    const int64_t r0 = std::min(n_rows, std::max<int64_t>(0, rc.n_skip - iq1));
+    if (r0 == n_rows) {
+        return;
+    }
+    // the rows summed apart, then added to the slab once: per cell, the same additions in the
+    // same order as when the rows' logits were kept and added with their probabilities
+    float acc[RC_NSTAT - 1][GGML_FA_TILE_KV];
+    memset(acc, 0, 3*sizeof(acc[0]));
+    std::fill(acc[3], acc[3] + kv_tile, -INFINITY);
+    for (int64_t r = r0; r < n_rows; ++r) {
+        const ggml_fp16_t * m = mask ? (const ggml_fp16_t *) ((const char *) mask->data + (iq1 + r)*mask->nb[1] +
+                                                             (iq2%mask->ne[2])*mask->nb[2] +
+                                                             (iq3%mask->ne[3])*mask->nb[3]) + ic : nullptr;
+        rc_add_moments(acc[0], acc[1], acc[2], acc[3], kv_tile, kq + r*kq_stride, m);
+    }
+    const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic);
+    for (int64_t i = 0; i < kv_tile; ++i) {
+        o.cnt[i]   += acc[0][i];
+        o.sum[i]   += acc[1][i];
+        o.sumsq[i] += acc[2][i];
+        o.max[i]    = acc[3][i] > o.max[i] ? acc[3][i] : o.max[i];
+    }
+}
+
 void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t iq2, int64_t iq3,
-                             int64_t n, const float * f, const ggml_fp16_t * mp, size_t mask_nb1,
-                             const float * M, const float * S, float sink) {
+                             int64_t n, const float * M, const float * S, float sink) {
     static_assert(RC_TILE_CELLS % GGML_FA_TILE_KV == 0, "blocks are whole KV tiles");
     GGML_ASSERT(n_rows <= GGML_FA_TILE_Q && n == rc.n_kv);
     float w[GGML_FA_TILE_Q];  // the row's A2SF weight over its sum
@@ -350,18 +391,16 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
         w[r]  = powf(rc.alpha, (float) (rc.N - 1 - (iq1 + r)))*(S[r] > 0.0f ? 1.0f/S[r] : 0.0f);
         Mr[r] = fmaxf(M[r], sink);
     }
-    float acc[RC_NSTAT][RC_TILE_CELLS];
+    // a2sf alone here: ggml_cpu_rcedge_fa_tile_moments added the moments as the kernel went
+    float acc[RC_TILE_CELLS];
     const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, 0);
     for (int64_t c0 = 0; c0 < n; c0 += RC_TILE_CELLS) {
         const int64_t nb = std::min(RC_TILE_CELLS, n - c0);
-        memset(acc, 0, 4*sizeof(acc[0]));
-        std::fill(acc[4], acc[4] + nb, -INFINITY);
+        memset(acc, 0, sizeof(acc));
         bool any = false;
         for (int64_t r = r0; r < n_rows; ++r) {
-            const ggml_fp16_t * m = mp ? (const ggml_fp16_t *) ((const char *) mp + r*mask_nb1) + c0 : nullptr;
             // p = v * exp(M_tile - M) / S: the kernel's exponentials, one expf per KV tile
-            const float * v  = rc.tile_v + r*rc.n_kv + c0;
-            const float * fr = f + r*n + c0;
+            const float * v = rc.tile_v + r*rc.n_kv + c0;
             for (int64_t k0 = 0; k0 < nb; k0 += GGML_FA_TILE_KV) {
                 float * mt = rc.tile_m + r*rc.n_kv_tiles + (c0 + k0)/GGML_FA_TILE_KV;
                 if (*mt == -INFINITY) {
@@ -370,14 +409,16 @@ void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_
                 const float fac = expf(*mt - Mr[r])*w[r];
                 *mt = -INFINITY; // consumed: the next Q tile starts from "not computed"
                 const int64_t k1 = std::min(nb, k0 + GGML_FA_TILE_KV);
-                rc_add_cells(acc[0] + k0, acc[1] + k0, acc[2] + k0, acc[3] + k0, acc[4] + k0, k1 - k0,
-                             v + k0, fac, fr + k0, m ? m + k0 : nullptr, rc.moments);
+                for (int64_t i = k0; i < k1; ++i) {
+                    acc[i] += v[i]*fac;
+                }
                 any = true;
             }
         }
         if (any) {
-            rc_merge_rows(o.a + c0, o.cnt + c0, o.sum + c0, o.sumsq + c0, o.max + c0,
-                          acc[0], acc[1], acc[2], acc[3], acc[4], nb, rc.moments);
+            for (int64_t i = 0; i < nb; ++i) {
+                o.a[c0 + i] += acc[i];
+            }
         }
     }
 }

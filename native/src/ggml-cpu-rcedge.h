@@ -136,15 +136,20 @@ void ggml_cpu_rcedge_begin(const ggml_compute_params * params, const ggml_tensor
 void ggml_cpu_rcedge_fa_tile_exp(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t ic,
                                  int64_t kv_tile, const float * kq, int64_t kq_stride, const float * M,
                                  const bool * skip);
-// Add the finished rows [iq1, iq1 + n_rows) of a tiled flash-attention tile (head iq2, stream
-// iq3) over cells [0, n): raw logits f (row r at f + r*n, masked cells holding anything), the first
-// row's mask mp (f16, may be null; row r mask_nb1 bytes further), each row's final max M[r] and
-// sum S[r], and the sink (-inf if none) that the row's max is taken with. The probabilities come
-// from the exponentials kept by ggml_cpu_rcedge_fa_tile_exp (one expf per row and KV tile); the
-// rows' contributions are summed per block of cells and added to the slab once per block.
+// Tiled flash attention, after a KV tile's raw logits (scaled, soft-capped, before the mask; row r
+// at kq + r*kq_stride, kv_tile cells from ic) are computed: add the moments of the windowed rows
+// among queries [iq1, iq1 + n_rows) of head iq2, stream iq3 (masked cells excluded): unlike a2sf,
+// they need no final max or sum, so no row of logits is kept for them.
+void ggml_cpu_rcedge_fa_tile_moments(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t iq2,
+                                     int64_t iq3, int64_t ic, int64_t kv_tile, const float * kq, int64_t kq_stride,
+                                     const ggml_tensor * mask);
+// Add the a2sf of the finished rows [iq1, iq1 + n_rows) of a tiled flash-attention tile (head iq2,
+// stream iq3) over cells [0, n), from each row's final max M[r] and sum S[r] and the sink (-inf if
+// none) that the row's max is taken with. The probabilities come from the exponentials kept by
+// ggml_cpu_rcedge_fa_tile_exp (one expf per row and KV tile); the rows' contributions are summed
+// per block of cells and added to the slab once per block.
 void ggml_cpu_rcedge_fa_tile(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t n_rows, int64_t iq2, int64_t iq3,
-                             int64_t n, const float * f, const ggml_fp16_t * mp, size_t mask_nb1,
-                             const float * M, const float * S, float sink);
+                             int64_t n, const float * M, const float * S, float sink);
 // Add a finished soft_max row: logits f and probabilities p over all cells, row mask (f16 or f32).
 void ggml_cpu_rcedge_softmax_row(const ggml_cpu_rcedge & rc, int64_t iq1, int64_t iq2, int64_t iq3,
                                  const float * f, const float * p, const void * mp, bool mask_f16);
