@@ -3,7 +3,8 @@ request. Uses llama_cpp alone (pyrcedge.scoring only when scoring is on), so the
 in the stock and the patched environment. Protocol: one JSON command per stdin line, one JSON
 reply per stdout line.
 
-  {"op": "prefill", "n": 1024}   -> {"ok": true, "seconds": ...}
+  {"op": "prefill", "n": 1024}   -> {"ok": true, "seconds": ...}  (on every core: only decode is
+     timed, with the threads given)
   {"op": "decode", "n": 1024, "steps": 32} -> {"tok_s": ..., "cpu_tok_s": ...}  (wall and CPU
      clock; then the steps are removed again)
 """
@@ -11,6 +12,7 @@ reply per stdout line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -42,7 +44,8 @@ def main() -> None:
             params = llama_cpp.llama_context_default_params()
             params.n_ctx = n + 256
             params.n_batch = params.n_ubatch = 512
-            params.n_threads = params.n_threads_batch = threads
+            params.n_threads = threads                      # the timed decode steps
+            params.n_threads_batch = max(threads, os.cpu_count() or 1)  # the prompt: not timed
             params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash
                                       else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
             params.no_perf = True
