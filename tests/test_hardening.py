@@ -10,6 +10,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -23,8 +24,8 @@ from conftest import serving
 
 import pyrcedge
 from pyrcedge import ModelLoadError, SessionError, session
-from pyrcedge.assets.gguf import check_gguf
-from pyrcedge.assets.gguf_header import _SCALAR, read_metadata
+from pyrcedge.assets.gguf import check_gguf, check_tokenizer
+from pyrcedge.assets.gguf_header import _SCALAR, STRING, Field, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,6 +97,66 @@ def test_truncated_gguf_header_is_a_model_load_error(tmp_path, default_model, ke
         cut.write_bytes(f.read(keep))
     with pytest.raises(ModelLoadError):
         check_gguf(cut)
+
+
+def craft_tokenizer(source: Path, target: Path, change: str) -> Path:
+    """A copy of `source` with its tokenizer damaged in place (same byte lengths): "none" names
+    no tokenizer model; "duplicate" gives a token the text of another of the same length."""
+    meta = read_metadata(source)
+    shutil.copyfile(source, target)
+    with open(target, "r+b") as f:
+        if change == "none":
+            model = meta["tokenizer.ggml.model"]
+            assert len(model.value) == 4            # "gpt2": the same length, written in place
+            f.seek(model.offset + 8)
+            f.write(b"none")
+            return target
+        tokens = meta["tokenizer.ggml.tokens"]
+        f.seek(tokens.offset + 4 + 8)               # past the element type and the count
+        at = []
+        for t in tokens.strings[:1000]:
+            at.append(f.tell() + 8)
+            f.seek(8 + len(t), os.SEEK_CUR)
+        i = next(i for i in range(1, 1000) if len(tokens.strings[i]) == len(tokens.strings[i - 1]))
+        f.seek(at[i])
+        f.write(tokens.strings[i - 1])
+    return target
+
+
+@pytest.mark.parametrize("change,message", [
+    ("none", "tokenizer.ggml.model = 'none' has no tokenizer"),   # llama_tokenize asserted
+    ("duplicate", "twice"),                                        # the vocabulary's load asserted
+])
+def test_a_crafted_tokenizer_is_refused_before_llama_cpp(tmp_path, default_model, change, message):
+    bad = craft_tokenizer(default_model, tmp_path / "bad.gguf", change)
+    done = run_python(LOAD, str(bad), timeout=60)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert f"refused: {bad}: GGUF tokenizer" in done.stdout and message in done.stdout
+
+
+def _vocabulary(model: str, tokens: list[bytes]) -> dict[str, Field]:
+    return {"tokenizer.ggml.model": Field(STRING, model, 0),
+            "tokenizer.ggml.tokens": Field(STRING, len(tokens), 0, True, tuple(tokens))}
+
+
+BYTES = [f"<0x{b:02X}>".encode() for b in range(256)]
+
+
+@pytest.mark.parametrize("model,tokens,message", [
+    ("no_vocab", [b"a"], "has no tokenizer"),
+    ("gpt2", [b"a", b"b", b"a"], "holds b'a' twice (ids 0 and 2)"),
+    ("gpt2", [b"a", b"", b"[EMPTY_1]"], "holds b'[EMPTY_1]' twice"),   # llama.cpp's name for ""
+    ("llama", BYTES[:10] + BYTES[11:], "no token for byte 0x0A"),      # no newline to fall back on
+    ("llama", BYTES[:10] + [b"\n"] + BYTES[11:], None),               # the byte itself will do
+    ("gpt2", [b"a", b"b"], None),
+])
+def test_check_tokenizer(model, tokens, message):
+    meta = _vocabulary(model, tokens)
+    if message is None:
+        check_tokenizer(meta, "m.gguf")
+        return
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        check_tokenizer(meta, "m.gguf")
 
 
 # --- 2. integers that cross into llama.cpp's C types ------------------------------------------

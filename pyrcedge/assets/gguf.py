@@ -3,7 +3,9 @@
 llama.cpp validates the file itself and fails cleanly for most damage; the checks here catch
 what it reports poorly (a missing path, a directory, a file of another format) and the
 hyper-parameters its loader asserts on (GGML_ASSERT aborts the whole process: a block count of
-0 or 100000, an epsilon that is NaN or negative) before it runs.
+0 or 100000, an epsilon that is NaN or negative) before it runs, and the tokenizers that load but
+abort the first tokenization (a vocabulary with a token twice, none at all, or an SPM vocabulary
+that cannot spell every byte).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def check_gguf(path: str | os.PathLike[str]) -> None:
 @functools.lru_cache(maxsize=8)
 def _check_file(path: str, size: int, mtime_ns: int) -> None:
     """check_gguf's reading, once per file version (a command checks, then pyrcedge.Llama)."""
-    check_hyperparameters(read_metadata(path), path)
+    meta = read_metadata(path)
+    check_hyperparameters(meta, path)
+    check_tokenizer(meta, path)
 
 
 def _ints(field: Field | None) -> tuple[int, ...]:
@@ -127,3 +131,42 @@ def _check_experts(meta: dict[str, Field], k: str, bad: Any) -> None:
     if groups > 1 and (experts % groups or not 0 < group_used < groups):
         raise bad(k + "expert_group_used_count", group_used,
                   f"expert groups dividing {experts} experts, 1 to {groups - 1} used")
+
+
+# tokenizer.ggml.model values that give llama.cpp no tokenizer (llama_tokenize then aborts)
+NO_TOKENIZER = ("none", "no_vocab")
+# tokenizer models whose byte fallback looks each byte up and aborts when one is missing
+# (llama_vocab::byte_to_token: "<0xNN>", else the byte itself)
+BYTE_FALLBACK = ("llama",)
+
+
+def check_tokenizer(meta: dict[str, Field], source: str) -> None:
+    """ModelLoadError for a vocabulary that llama.cpp loads but aborts on: a token text twice
+    (GGML_ASSERT in llama_vocab::impl::load; an empty text counts as "[EMPTY_<id>]", which is
+    what llama.cpp names it), no tokenizer (llama_tokenize asserts one), or an SPM vocabulary
+    missing a byte that its byte fallback looks up (an uncaught std::out_of_range)."""
+
+    def bad(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{source}: GGUF tokenizer {what}; "
+                              "the file is damaged or was not written by a GGUF converter")
+
+    model = meta.get("tokenizer.ggml.model")
+    kind = model.value if model is not None and model.type == STRING else None
+    if kind in NO_TOKENIZER:
+        raise bad(f"tokenizer.ggml.model = {kind!r} has no tokenizer, and pyrcedge reads text")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is None or not tokens.strings:
+        return      # llama.cpp refuses a missing or empty vocabulary itself
+    texts = [t or f"[EMPTY_{i}]".encode() for i, t in enumerate(tokens.strings)]
+    if len(set(texts)) != len(texts):
+        seen: dict[bytes, int] = {}
+        for i, t in enumerate(texts):
+            if t in seen:
+                raise bad(f"tokenizer.ggml.tokens holds {t!r} twice (ids {seen[t]} and {i})")
+            seen[t] = i
+    if kind in BYTE_FALLBACK:
+        have = set(texts)
+        for b in range(256):
+            if f"<0x{b:02X}>".encode() not in have and bytes([b]) not in have:
+                raise bad(f"{kind!r} has no token for byte 0x{b:02X} (neither <0x{b:02X}> nor the "
+                          "byte itself), which its byte fallback needs")

@@ -1,7 +1,8 @@
 """A GGUF file's metadata, read in Python without touching the tensors.
 
 Only the header and the key-value section are read (for the default model: about 2 MB, most of
-it the tokenizer's vocabulary, skipped without decoding). Every length is checked against the
+it the tokenizer's vocabulary: its tokens are read as bytes, for the checks llama.cpp would abort
+on; every other string array is skipped without reading). Every length is checked against the
 file's size, so a crafted header fails here with ModelLoadError instead of allocating or
 looping on what it claims.
 """
@@ -30,13 +31,18 @@ FLOAT_TYPES = (6, 12)
 
 @dataclass(frozen=True)
 class Field:
-    """One metadata value. Numeric arrays are read as tuples; string arrays only counted
-    (value = their length), since no check reads a tokenizer's strings."""
+    """One metadata value. Numeric arrays are read as tuples; string arrays are counted (value =
+    their length), and those in READ_STRING_ARRAYS also read (strings, undecoded bytes)."""
 
     type: int                  # GGUF value type; for arrays, the element type
     value: Any
     offset: int                # where the value's bytes start in the file (scalars)
     is_array: bool = False
+    strings: tuple[bytes, ...] = ()
+
+
+# the string arrays whose contents a check reads (pyrcedge.assets.gguf.check_tokenizer)
+READ_STRING_ARRAYS = frozenset({"tokenizer.ggml.tokens"})
 
 
 class _Reader:
@@ -62,6 +68,12 @@ class _Reader:
     def string(self) -> bytes:
         return self.take(self.unpack("<Q"))
 
+    def strings(self, n: int) -> tuple[bytes, ...]:
+        out = []
+        for _ in range(n):
+            out.append(self.string())
+        return tuple(out)
+
     def skip_strings(self, n: int) -> None:
         pos, buf, size, u64 = self.pos, self.buf, self.size, _U64.unpack_from
         for _ in range(n):
@@ -72,7 +84,7 @@ class _Reader:
             raise self.past_end()
         self.pos = pos
 
-    def value(self, kind: int) -> Field:
+    def value(self, kind: int, read_strings: bool = False) -> Field:
         at = self.pos
         if kind in _SCALAR:
             return Field(kind, self.unpack(_SCALAR[kind]), at)
@@ -85,6 +97,10 @@ class _Reader:
                 raw = self.take(n * width)
                 return Field(item, struct.unpack(f"<{n}{_SCALAR[item][1]}", raw), at, True)
             if item == STRING:
+                if read_strings:
+                    if n > self.size // 8:      # each string has at least its 8-byte length
+                        raise self.past_end()
+                    return Field(item, n, at, True, self.strings(n))
                 self.skip_strings(n)
                 return Field(item, n, at, True)
             raise ModelLoadError(f"{self.source}: GGUF array of unsupported type {item}")
@@ -115,5 +131,5 @@ def _read_fields(r: _Reader, source: str) -> dict[str, Field]:
     fields: dict[str, Field] = {}
     for _ in range(n_kv):
         key = r.string().decode("utf-8", "replace")
-        fields[key] = r.value(r.unpack("<I"))
+        fields[key] = r.value(r.unpack("<I"), key in READ_STRING_ARRAYS)
     return fields
