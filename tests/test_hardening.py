@@ -24,8 +24,8 @@ from conftest import serving
 
 import pyrcedge
 from pyrcedge import ModelLoadError, SessionError, session
-from pyrcedge.assets.gguf import check_gguf, check_tokenizer
-from pyrcedge.assets.gguf_header import _SCALAR, STRING, Field, read_metadata
+from pyrcedge.assets.gguf import check_gguf, check_layer_heads, check_tokenizer
+from pyrcedge.assets.gguf_header import _SCALAR, STRING, Field, read_header, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,6 +157,38 @@ def test_check_tokenizer(model, tokens, message):
         return
     with pytest.raises(ModelLoadError, match=re.escape(message)):
         check_tokenizer(meta, "m.gguf")
+
+
+def test_the_tensor_index_reads_in_python(default_model):
+    shapes = read_header(default_model).shapes
+    assert shapes["blk.0.attn_k.weight"] == (576, 192)         # 3 KV heads of 64
+    assert len(shapes) == 272
+
+
+def _layers(heads_kv: list[int]) -> tuple[dict[str, Field], dict[str, tuple[int, ...]]]:
+    """Metadata of a 3-layer llama with per-layer KV heads, and weights of 3 KV heads of 64."""
+    meta = {"general.architecture": Field(STRING, "llama", 0),
+            "llama.embedding_length": Field(4, 576, 0),
+            "llama.attention.head_count": Field(4, 9, 0),
+            "llama.attention.head_count_kv": Field(4, tuple(heads_kv), 0, True)}
+    shapes = {f"blk.{i}.attn_{kv}.weight": (576, 192) for i in range(3) for kv in "kv"}
+    return meta, shapes
+
+
+@pytest.mark.parametrize("heads_kv,message", [
+    ([3, 3, 0], "head_count_kv[2] = 0 does not match blk.2.attn_k.weight"),  # aborted the first store
+    ([3, 3, 1], "head_count_kv[2] = 1 does not match blk.2.attn_k.weight"),
+    ([3, 3, 3], None),      # one count: llama.cpp checks the weights against it itself
+])
+def test_per_layer_kv_heads_must_match_the_weights(heads_kv, message):
+    meta, shapes = _layers(heads_kv)
+    if message is None:
+        check_layer_heads(meta, shapes, "m.gguf")
+    else:
+        with pytest.raises(ModelLoadError, match=re.escape(message)):
+            check_layer_heads(meta, shapes, "m.gguf")
+    del shapes["blk.2.attn_k.weight"], shapes["blk.2.attn_v.weight"]    # a layer without its own K
+    check_layer_heads(meta, shapes, "m.gguf")                           # and V: nothing to compare
 
 
 # --- 2. integers that cross into llama.cpp's C types ------------------------------------------

@@ -3,9 +3,10 @@
 llama.cpp validates the file itself and fails cleanly for most damage; the checks here catch
 what it reports poorly (a missing path, a directory, a file of another format) and the
 hyper-parameters its loader asserts on (GGML_ASSERT aborts the whole process: a block count of
-0 or 100000, an epsilon that is NaN or negative) before it runs, and the tokenizers that load but
-abort the first tokenization (a vocabulary with a token twice, none at all, or an SPM vocabulary
-that cannot spell every byte).
+0 or 100000, an epsilon that is NaN or negative) before it runs, per-layer KV head counts that
+disagree with the layer's weights (the first store into that layer's cache aborts), and the
+tokenizers that load but abort the first tokenization (a vocabulary with a token twice, none at
+all, or an SPM vocabulary that cannot spell every byte).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
-from .gguf_header import FLOAT_TYPES, STRING, Field, read_metadata
+from .gguf_header import FLOAT_TYPES, STRING, Field, read_header
 from .models import MODELS, model_path
 
 # llama.cpp's limits (src/llama-hparams.h): more aborts the loader
@@ -58,9 +59,10 @@ def check_gguf(path: str | os.PathLike[str]) -> None:
 @functools.lru_cache(maxsize=8)
 def _check_file(path: str, size: int, mtime_ns: int) -> None:
     """check_gguf's reading, once per file version (a command checks, then pyrcedge.Llama)."""
-    meta = read_metadata(path)
-    check_hyperparameters(meta, path)
-    check_tokenizer(meta, path)
+    header = read_header(path)
+    check_hyperparameters(header.fields, path)
+    check_layer_heads(header.fields, header.shapes, path)
+    check_tokenizer(header.fields, path)
 
 
 def _ints(field: Field | None) -> tuple[int, ...]:
@@ -170,3 +172,34 @@ def check_tokenizer(meta: dict[str, Field], source: str) -> None:
             if f"<0x{b:02X}>".encode() not in have and bytes([b]) not in have:
                 raise bad(f"{kind!r} has no token for byte 0x{b:02X} (neither <0x{b:02X}> nor the "
                           "byte itself), which its byte fallback needs")
+
+
+def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """ModelLoadError when a per-layer head_count_kv disagrees with that layer's K or V weight.
+    llama.cpp checks each weight's shape against layer 0's head count, but sizes every layer's
+    KV cache by its own, and the first store into a layer that differs aborts (GGML_ASSERT in
+    ggml_set_rows). Layers whose K and V come from another tensor (fused QKV, MLA) are skipped."""
+    arch_field = meta.get("general.architecture")
+    if arch_field is None or arch_field.type != STRING:
+        return
+    k = f"{arch_field.value}."
+    heads_kv = meta.get(k + "attention.head_count_kv")
+    if heads_kv is None or not heads_kv.is_array or len(set(_ints(heads_kv))) <= 1:
+        return      # one count for every layer: llama.cpp checks the weights against it
+    heads = _ints(meta.get(k + "attention.head_count"))
+    embd = _ints(meta.get(k + "embedding_length"))
+    for kind, length_key in (("k", "key_length"), ("v", "value_length")):
+        length = _ints(meta.get(k + "attention." + length_key))
+        for i, n_kv in enumerate(_ints(heads_kv)):
+            shape = shapes.get(f"blk.{i}.attn_{kind}.weight")
+            if length:
+                head = length[0]
+            elif embd and heads and heads[min(i, len(heads) - 1)]:
+                head = embd[0] // heads[min(i, len(heads) - 1)]
+            else:
+                return
+            if shape is not None and len(shape) == 2 and shape[1] != n_kv * head:
+                raise ModelLoadError(
+                    f"{source}: GGUF metadata {k}attention.head_count_kv[{i}] = {n_kv} does not "
+                    f"match blk.{i}.attn_{kind}.weight ({shape[1]} = {shape[1] // max(head, 1)} heads "
+                    f"of {head}); the file is damaged or was not written by a GGUF converter")

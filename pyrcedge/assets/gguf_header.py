@@ -2,7 +2,8 @@
 
 Only the header and the key-value section are read (for the default model: about 2 MB, most of
 it the tokenizer's vocabulary: its tokens are read as bytes, for the checks llama.cpp would abort
-on; every other string array is skipped without reading). Every length is checked against the
+on; every other string array is skipped without reading), then the tensor index (names and
+shapes), never the tensors. Every length is checked against the
 file's size, so a crafted header fails here with ModelLoadError instead of allocating or
 looping on what it claims.
 """
@@ -107,8 +108,22 @@ class _Reader:
         raise ModelLoadError(f"{self.source}: GGUF value of unknown type {kind}")
 
 
+@dataclass(frozen=True)
+class Header:
+    """A GGUF file's metadata and the shapes of its tensors (name -> dims, innermost first)."""
+
+    fields: dict[str, Field]
+    shapes: dict[str, tuple[int, ...]]
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Field]:
     """The key-value metadata of a GGUF file; ModelLoadError when it is not readable as one."""
+    return read_header(path).fields
+
+
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """The metadata and the tensor index of a GGUF file; ModelLoadError when it is not readable
+    as one."""
     path = Path(path)
     source = str(path)
     try:
@@ -116,20 +131,36 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Field]:
             if f.read(4) != GGUF_MAGIC:
                 raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _read_fields(_Reader(buf, source), source)
+                return _read_header(_Reader(buf, source), source)
     except OSError as e:
         raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from e
 
 
-def _read_fields(r: _Reader, source: str) -> dict[str, Field]:
+# a tensor's entry in the index: name (at least its length), n_dims, a dim, type, offset
+_MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8
+_MAX_DIMS = 4   # GGML_MAX_DIMS
+
+
+def _read_header(r: _Reader, source: str) -> Header:
     r.take(4)                       # the magic, checked
     version = r.unpack("<I")
     if version not in GGUF_VERSIONS:
         raise ModelLoadError(f"{source}: GGUF version {version} is not supported")
-    r.unpack("<Q")                  # tensor count: llama.cpp checks the tensors
+    n_tensors = r.unpack("<Q")
     n_kv = r.unpack("<Q")
     fields: dict[str, Field] = {}
     for _ in range(n_kv):
         key = r.string().decode("utf-8", "replace")
         fields[key] = r.value(r.unpack("<I"), key in READ_STRING_ARRAYS)
-    return fields
+    if n_tensors > (r.size - r.pos) // _MIN_TENSOR_INFO:
+        raise r.past_end()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for _ in range(n_tensors):
+        name = r.string().decode("utf-8", "replace")
+        n_dims = r.unpack("<I")
+        if n_dims > _MAX_DIMS:
+            raise ModelLoadError(f"{source}: GGUF tensor {name} has {n_dims} dimensions (at most "
+                                 f"{_MAX_DIMS})")
+        shapes[name] = struct.unpack(f"<{n_dims}Q", r.take(8 * n_dims))
+        r.take(4 + 8)               # type and offset: llama.cpp checks them
+    return Header(fields, shapes)
