@@ -134,6 +134,19 @@ def test_a_crafted_tokenizer_is_refused_before_llama_cpp(tmp_path, default_model
     assert f"refused: {bad}: GGUF tokenizer" in done.stdout and message in done.stdout
 
 
+def test_a_chat_template_that_does_not_compile_is_a_model_load_error(tmp_path, default_model):
+    # llama_cpp compiles tokenizer.chat_template as it loads: jinja2.TemplateSyntaxError before
+    bad = tmp_path / "bad.gguf"
+    shutil.copyfile(default_model, bad)
+    template = read_metadata(default_model)["tokenizer.chat_template"]
+    assert template.value.startswith("{% for message in messages %}")
+    with open(bad, "r+b") as f:
+        f.seek(template.offset + 8)
+        f.write(b"x")       # the loop's tag is text now, and its endfor has nothing to end
+    with pytest.raises(ModelLoadError, match="chat template .* does not compile"):
+        pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
+
+
 def _vocabulary(model: str, tokens: list[bytes]) -> dict[str, Field]:
     return {"tokenizer.ggml.model": Field(STRING, model, 0),
             "tokenizer.ggml.tokens": Field(STRING, len(tokens), 0, True, tuple(tokens))}

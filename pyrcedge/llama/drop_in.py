@@ -24,6 +24,7 @@ import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+import jinja2
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
@@ -146,6 +147,9 @@ class Llama(llama_cpp.Llama):
             super().__init__(model_path=path, n_ctx=cells, **kwargs)
         except ValueError as e:
             raise ModelLoadError(f"llama.cpp could not load {path}: {e}") from e
+        except jinja2.TemplateError as e:     # llama_cpp compiles tokenizer.chat_template
+            raise ModelLoadError(f"{path}: its chat template (tokenizer.chat_template) does not "
+                                 f"compile: {e}") from e
         finally:
             lib.llama_rcedge_set_exact_n_ctx(prev)
 
