@@ -147,6 +147,24 @@ def test_a_chat_template_that_does_not_compile_is_a_model_load_error(tmp_path, d
         pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
 
 
+def test_a_chat_template_that_loops_for_hours_is_stopped(tmp_path, default_model):
+    # Jinja's sandbox caps each range at 100,000, not two nested ones: 10^10 steps, hours
+    bad = tmp_path / "bad.gguf"
+    shutil.copyfile(default_model, bad)
+    template = read_metadata(default_model)["tokenizer.chat_template"]
+    loops = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    with open(bad, "r+b") as f:
+        f.seek(template.offset + 8)
+        f.write(loops.ljust(len(template.value.encode())).encode())   # the same length, in place
+    llm = pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
+    t = time.perf_counter()
+    with pytest.raises(pyrcedge.GenerationInputError, match="chat template ran more than"):
+        llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert time.perf_counter() - t < 30
+    assert llm("Hello", max_tokens=2)["choices"]      # the model goes on working
+    llm.close()
+
+
 def _vocabulary(model: str, tokens: list[bytes]) -> dict[str, Field]:
     return {"tokenizer.ggml.model": Field(STRING, model, 0),
             "tokenizer.ggml.tokens": Field(STRING, len(tokens), 0, True, tuple(tokens))}

@@ -49,6 +49,7 @@ from ..native import binding as _native
 from ..native import stats as kernel_stats
 from ..native.batch import fill_batch
 from . import inputs, usage
+from .chat_template import bound_chat_templates
 from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count, check_threads
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
@@ -152,6 +153,7 @@ class Llama(llama_cpp.Llama):
                                  f"compile: {e}") from e
         finally:
             lib.llama_rcedge_set_exact_n_ctx(prev)
+        bound_chat_templates(self._chat_handlers)     # the model file's templates: a step limit
 
         self._allocated = int(lib.llama_rcedge_kv_bytes(_native.context_ptr(self.ctx)))
         self._cell_bytes = self._allocated // max(1, _native.kv_cells_total(self.ctx))
