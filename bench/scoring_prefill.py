@@ -59,7 +59,8 @@ VARIANTS = {
     "default": (Path(sys.executable), "default"),
 }
 RATIOS = (("a2sf", "a2sf before"), ("read", "read before"), ("default", "default before"),
-          ("on", "on before"), ("a2sf before", "off"), ("default before", "off"), ("on before", "off"), ("on", "off"), ("window", "off"),
+          ("on", "on before"), ("a2sf before", "off"), ("default before", "off"),
+          ("on before", "off"), ("on", "off"), ("window", "off"),
           ("a2sf", "off"), ("read", "off"), ("default", "off"), ("off", "stock"), ("on", "stock"),
           ("window", "stock"), ("a2sf", "stock"), ("read", "stock"), ("default", "stock"))
 

@@ -177,6 +177,25 @@ static rc_rows rc_score_rows(const ggml_cpu_rcedge & rc, int64_t s, int64_t g, i
 static inline int32_t rc_visible(ggml_fp16_t m) { return m != (ggml_fp16_t) 0xFC00; }
 static inline int32_t rc_visible(uint32_t m)    { return m != 0xFF800000u; }
 
+// One cell's moments (count, sum, sumsq, max) gain its logit f when visible (vis 1), nothing when
+// masked (vis 0): branch-free, so the loops around it vectorise.
+static inline void rc_moment(float & cnt, float & sum, float & sumsq, float & mx, float f, int32_t vis) {
+    const float fv = f*(float) vis;
+    cnt   += (float) vis;
+    sum   += fv;
+    sumsq += fv*fv;
+    mx     = vis ? std::max(mx, f) : mx;
+}
+
+// One slab's moments of a cell into another's.
+static inline void rc_merge_moment(float & cnt, float & sum, float & sumsq, float & mx,
+                                   float icnt, float isum, float isumsq, float imx) {
+    cnt   += icnt;
+    sum   += isum;
+    sumsq += isumsq;
+    mx     = imx > mx ? imx : mx;
+}
+
 // One row's n cells into the statistic rows a..mx, in one pass: a += v*fac (v: the row's
 // exponentials or probabilities, 0 where masked), the logits f (finite everywhere, masked cells
 // included), visibility from the mask mp (f16 or f32 bits; null: all visible). Without the
@@ -194,22 +213,14 @@ static void rc_add_cells(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, flo
     }
     if (mp == nullptr) {
         for (int64_t i = 0; i < n; ++i) {
-            a[i]     += v[i]*fac;
-            cnt[i]   += 1.0f;
-            sum[i]   += f[i];
-            sumsq[i] += f[i]*f[i];
-            mx[i]     = std::max(mx[i], f[i]);
+            a[i] += v[i]*fac;
+            rc_moment(cnt[i], sum[i], sumsq[i], mx[i], f[i], 1);
         }
         return;
     }
     for (int64_t i = 0; i < n; ++i) {
-        const int32_t vis = rc_visible(mp[i]);
-        const float   fv  = f[i]*(float) vis;
-        a[i]     += v[i]*fac;
-        cnt[i]   += (float) vis;
-        sum[i]   += fv;
-        sumsq[i] += fv*fv;
-        mx[i]     = vis ? std::max(mx[i], f[i]) : mx[i];
+        a[i] += v[i]*fac;
+        rc_moment(cnt[i], sum[i], sumsq[i], mx[i], f[i], rc_visible(mp[i]));
     }
 }
 
@@ -218,12 +229,7 @@ static void rc_add_moments(float * GGML_RESTRICT cnt, float * GGML_RESTRICT sum,
                            float * GGML_RESTRICT mx, int64_t n, const float * GGML_RESTRICT f,
                            const ggml_fp16_t * GGML_RESTRICT mp) {
     for (int64_t i = 0; i < n; ++i) {
-        const int32_t vis = mp ? rc_visible(mp[i]) : 1;
-        const float   fv  = f[i]*(float) vis;
-        cnt[i]   += (float) vis;
-        sum[i]   += fv;
-        sumsq[i] += fv*fv;
-        mx[i]     = vis ? std::max(mx[i], f[i]) : mx[i];
+        rc_moment(cnt[i], sum[i], sumsq[i], mx[i], f[i], mp ? rc_visible(mp[i]) : 1);
     }
 }
 
@@ -321,11 +327,8 @@ static void rc_merge_rows(float * GGML_RESTRICT a, float * GGML_RESTRICT cnt, fl
         return;
     }
     for (int64_t i = 0; i < n; ++i) {
-        a[i]     += ia[i];
-        cnt[i]   += icnt[i];
-        sum[i]   += isum[i];
-        sumsq[i] += isumsq[i];
-        mx[i]     = imx[i] > mx[i] ? imx[i] : mx[i];
+        a[i] += ia[i];
+        rc_merge_moment(cnt[i], sum[i], sumsq[i], mx[i], icnt[i], isum[i], isumsq[i], imx[i]);
     }
 }
 
@@ -371,10 +374,7 @@ void ggml_cpu_rcedge_fa_tile_moments(const ggml_cpu_rcedge & rc, int64_t iq1, in
     }
     const rc_rows o = rc_slab_rows(rc, rc.slab, iq3/rc.rk3, iq2/rc.rk2, ic);
     for (int64_t i = 0; i < kv_tile; ++i) {
-        o.cnt[i]   += acc[0][i];
-        o.sum[i]   += acc[1][i];
-        o.sumsq[i] += acc[2][i];
-        o.max[i]    = acc[3][i] > o.max[i] ? acc[3][i] : o.max[i];
+        rc_merge_moment(o.cnt[i], o.sum[i], o.sumsq[i], o.max[i], acc[0][i], acc[1][i], acc[2][i], acc[3][i]);
     }
 }
 

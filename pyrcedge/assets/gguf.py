@@ -74,17 +74,26 @@ def _ints(field: Field | None) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def _damaged(source: str, what: str) -> ModelLoadError:
+    return ModelLoadError(f"{source}: GGUF {what}; the file is damaged or was not written by a "
+                          "GGUF converter")
+
+
+def _architecture(meta: dict[str, Field]) -> str | None:
+    """general.architecture, the prefix of the model's own keys (None when missing)."""
+    field = meta.get("general.architecture")
+    return field.value if field is not None and field.type == STRING else None
+
+
 def check_hyperparameters(meta: dict[str, Field], source: str) -> None:
     """ModelLoadError for the metadata llama.cpp's loader would abort on (GGML_ASSERT in
     llama_model::load_hparams) or compute with (an epsilon or a rope base that is not a finite
     number)."""
 
     def bad(key: str, value: Any, want: str) -> ModelLoadError:
-        return ModelLoadError(f"{source}: GGUF metadata {key} = {value!r} is invalid ({want}); "
-                              "the file is damaged or was not written by a GGUF converter")
+        return _damaged(source, f"metadata {key} = {value!r} is invalid ({want})")
 
-    arch_field = meta.get("general.architecture")
-    arch = arch_field.value if arch_field is not None and arch_field.type == STRING else None
+    arch = _architecture(meta)
     if arch is None:
         return      # llama.cpp reports a missing architecture itself
     for key, f in meta.items():
@@ -149,8 +158,7 @@ def check_tokenizer(meta: dict[str, Field], source: str) -> None:
     missing a byte that its byte fallback looks up (an uncaught std::out_of_range)."""
 
     def bad(what: str) -> ModelLoadError:
-        return ModelLoadError(f"{source}: GGUF tokenizer {what}; "
-                              "the file is damaged or was not written by a GGUF converter")
+        return _damaged(source, f"tokenizer {what}")
 
     model = meta.get("tokenizer.ggml.model")
     kind = model.value if model is not None and model.type == STRING else None
@@ -159,17 +167,14 @@ def check_tokenizer(meta: dict[str, Field], source: str) -> None:
     tokens = meta.get("tokenizer.ggml.tokens")
     if tokens is None or not tokens.strings:
         return      # llama.cpp refuses a missing or empty vocabulary itself
-    texts = [t or f"[EMPTY_{i}]".encode() for i, t in enumerate(tokens.strings)]
-    if len(set(texts)) != len(texts):
-        seen: dict[bytes, int] = {}
-        for i, t in enumerate(texts):
-            if t in seen:
-                raise bad(f"tokenizer.ggml.tokens holds {t!r} twice (ids {seen[t]} and {i})")
-            seen[t] = i
+    ids: dict[bytes, int] = {}
+    for i, t in enumerate(tokens.strings):
+        t = t or f"[EMPTY_{i}]".encode()
+        if ids.setdefault(t, i) != i:
+            raise bad(f"tokenizer.ggml.tokens holds {t!r} twice (ids {ids[t]} and {i})")
     if kind in BYTE_FALLBACK:
-        have = set(texts)
         for b in range(256):
-            if f"<0x{b:02X}>".encode() not in have and bytes([b]) not in have:
+            if f"<0x{b:02X}>".encode() not in ids and bytes([b]) not in ids:
                 raise bad(f"{kind!r} has no token for byte 0x{b:02X} (neither <0x{b:02X}> nor the "
                           "byte itself), which its byte fallback needs")
 
@@ -179,10 +184,10 @@ def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]]
     llama.cpp checks each weight's shape against layer 0's head count, but sizes every layer's
     KV cache by its own, and the first store into a layer that differs aborts (GGML_ASSERT in
     ggml_set_rows). Layers whose K and V come from another tensor (fused QKV, MLA) are skipped."""
-    arch_field = meta.get("general.architecture")
-    if arch_field is None or arch_field.type != STRING:
+    arch = _architecture(meta)
+    if arch is None:
         return
-    k = f"{arch_field.value}."
+    k = f"{arch}."
     heads_kv = meta.get(k + "attention.head_count_kv")
     if heads_kv is None or not heads_kv.is_array or len(set(_ints(heads_kv))) <= 1:
         return      # one count for every layer: llama.cpp checks the weights against it
@@ -199,7 +204,6 @@ def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]]
             else:
                 return
             if shape is not None and len(shape) == 2 and shape[1] != n_kv * head:
-                raise ModelLoadError(
-                    f"{source}: GGUF metadata {k}attention.head_count_kv[{i}] = {n_kv} does not "
-                    f"match blk.{i}.attn_{kind}.weight ({shape[1]} = {shape[1] // max(head, 1)} heads "
-                    f"of {head}); the file is damaged or was not written by a GGUF converter")
+                raise _damaged(source, f"metadata {k}attention.head_count_kv[{i}] = {n_kv} does not "
+                               f"match blk.{i}.attn_{kind}.weight ({shape[1]} = "
+                               f"{shape[1] // max(head, 1)} heads of {head})")

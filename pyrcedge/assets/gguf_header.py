@@ -70,10 +70,7 @@ class _Reader:
         return self.take(self.unpack("<Q"))
 
     def strings(self, n: int) -> tuple[bytes, ...]:
-        out = []
-        for _ in range(n):
-            out.append(self.string())
-        return tuple(out)
+        return tuple(self.string() for _ in range(n))
 
     def skip_strings(self, n: int) -> None:
         pos, buf, size, u64 = self.pos, self.buf, self.size, _U64.unpack_from

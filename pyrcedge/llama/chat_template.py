@@ -6,7 +6,7 @@ ranges runs for hours, and create_chat_completion (a server request) with it. py
 renders the model's templates under a step limit: a trace function that counts the lines the
 template's own compiled code runs (Jinja compiles a template from a string to code named
 "<template>"; every other frame is left untraced) and raises GenerationInputError past
-MAX_TEMPLATE_STEPS. A real template runs tens of lines per message.
+MAX_TEMPLATE_STEPS, far more than a real template runs for a chat.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import GenerationInputError
 
-MAX_TEMPLATE_STEPS = 2_000_000     # about a second traced; 20,000 messages of 100 lines
+MAX_TEMPLATE_STEPS = 2_000_000     # room for 20,000 messages of a 100-line template
 TEMPLATE_FILENAME = "<template>"   # what Jinja names the code of a template compiled from a string
 
 Tracer = Callable[[FrameType, str, Any], Any]
