@@ -147,18 +147,32 @@ def test_a_chat_template_that_does_not_compile_is_a_model_load_error(tmp_path, d
         pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
 
 
-def test_a_chat_template_that_loops_for_hours_is_stopped(tmp_path, default_model):
-    # Jinja's sandbox caps each range at 100,000, not two nested ones: 10^10 steps, hours
+def _with_template(tmp_path: Path, default_model: str, source: str) -> str:
+    """A copy of the default model whose tokenizer.chat_template is source (written in place,
+    padded with spaces to the template's length)."""
     bad = tmp_path / "bad.gguf"
     shutil.copyfile(default_model, bad)
     template = read_metadata(default_model)["tokenizer.chat_template"]
-    loops = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    assert len(source) <= len(template.value.encode())
     with open(bad, "r+b") as f:
         f.seek(template.offset + 8)
-        f.write(loops.ljust(len(template.value.encode())).encode())   # the same length, in place
-    llm = pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
+        f.write(source.ljust(len(template.value.encode())).encode())
+    return str(bad)
+
+
+@pytest.mark.parametrize("source, message", [
+    # Jinja's sandbox caps each range at 100,000, not two nested ones: 10^10 steps, hours
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+     "chat template ran more than"),
+    # Jinja folds the constant as it compiles, so as llama_cpp loads the model: 10 GB
+    ("{{ 'a' * 10**10 }}", "chat template asked for the result of \\*"),
+])
+def test_a_chat_template_that_would_run_for_hours_or_fill_memory_is_stopped(
+        tmp_path, default_model, source, message):
     t = time.perf_counter()
-    with pytest.raises(pyrcedge.GenerationInputError, match="chat template ran more than"):
+    llm = pyrcedge.Llama(_with_template(tmp_path, default_model, source), kv_budget=64,
+                         n_threads=1)
+    with pytest.raises(pyrcedge.GenerationInputError, match=message):
         llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     assert time.perf_counter() - t < 30
     assert llm("Hello", max_tokens=2)["choices"]      # the model goes on working

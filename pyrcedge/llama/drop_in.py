@@ -49,7 +49,7 @@ from ..native import binding as _native
 from ..native import stats as kernel_stats
 from ..native.batch import fill_batch
 from . import inputs, usage
-from .chat_template import bound_chat_templates
+from .chat_template import bound_chat_templates, bounded_environments
 from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count, check_threads
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
@@ -145,7 +145,8 @@ class Llama(llama_cpp.Llama):
         lib = _native.lib()
         prev = lib.llama_rcedge_set_exact_n_ctx(1)
         try:
-            super().__init__(model_path=path, n_ctx=cells, **kwargs)
+            with bounded_environments():   # llama_cpp compiles the model's chat templates here
+                super().__init__(model_path=path, n_ctx=cells, **kwargs)
         except ValueError as e:
             raise ModelLoadError(f"llama.cpp could not load {path}: {e}") from e
         except jinja2.TemplateError as e:     # llama_cpp compiles tokenizer.chat_template
@@ -153,7 +154,7 @@ class Llama(llama_cpp.Llama):
                                  f"compile: {e}") from e
         finally:
             lib.llama_rcedge_set_exact_n_ctx(prev)
-        bound_chat_templates(self._chat_handlers)     # the model file's templates: a step limit
+        bound_chat_templates(self._chat_handlers)     # the model file's templates: a budget
 
         self._allocated = int(lib.llama_rcedge_kv_bytes(_native.context_ptr(self.ctx)))
         self._cell_bytes = self._allocated // max(1, _native.kv_cells_total(self.ctx))
