@@ -42,7 +42,7 @@ from ..errors import GenerationInputError
 from . import template_sizes
 
 MAX_TEMPLATE_STEPS = 2_000_000     # room for 20,000 messages of a 100-line template
-MAX_TEMPLATE_CHARS = 1 << 24       # 16M characters for one value or the output, beyond 4x the input
+MAX_TEMPLATE_CHARS = 1 << 20       # 1M characters for one value or the output, beyond 4x the input
 CHARS_PER_STEP = 64                # what one step of the budget pays for in a sized operation
 TEMPLATE_FILENAME = "<template>"   # what Jinja names the code of a template compiled from a string
 
