@@ -7,6 +7,7 @@ subprocess, so that the test sees the signal instead of dying with it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from conftest import serving
 
 import pyrcedge
 from pyrcedge import ModelLoadError, SessionError, session
-from pyrcedge.assets.gguf import check_gguf, check_layer_heads, check_tokenizer
+from pyrcedge.assets.gguf import check_gguf, check_layer_heads, check_tensor_types, check_tokenizer
 from pyrcedge.assets.gguf_header import _SCALAR, STRING, Field, read_header, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,6 +235,56 @@ def test_per_layer_kv_heads_must_match_the_weights(heads_kv, message):
             check_layer_heads(meta, shapes, "m.gguf")
     del shapes["blk.2.attn_k.weight"], shapes["blk.2.attn_v.weight"]    # a layer without its own K
     check_layer_heads(meta, shapes, "m.gguf")                           # and V: nothing to compare
+
+
+def _retype(source: str, target: Path, tensor: str, ggml_type: int) -> Path:
+    """A copy of source with one tensor's ggml type in the index changed in place."""
+    shutil.copyfile(source, target)
+    name = tensor.encode()
+    with open(target, "r+b") as f:
+        head = f.read(4 << 20)
+        at = head.find(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+        n_dims = struct.unpack_from("<I", head, at)[0]
+        f.seek(at + 4 + 8 * n_dims)
+        f.write(struct.pack("<I", ggml_type))
+    return target
+
+
+def test_the_tensor_types_read_in_python(default_model):
+    types = read_header(default_model).types
+    assert types["blk.0.attn_q.weight"] == 3 and types["blk.0.attn_norm.weight"] == 0  # Q4_1, F32
+    assert types["token_embd.weight"] == 8                                             # Q8_0
+
+
+@pytest.mark.parametrize("tensor, ggml_type, message", [
+    # the same size (4 bytes an element), one u32 of the index: SIGABRT at the first decode
+    # (binary_op: unsupported types: dst: f32, src0: f32, src1: i32)
+    ("blk.0.attn_norm.weight", 26, "tensor blk.0.attn_norm.weight has type I32"),
+    # output_norm is the last tensor, so a smaller type still fits the file: the same abort
+    ("output_norm.weight", 1, "tensor output_norm.weight is 1-D of ggml type 1, not F32"),
+])
+def test_a_tensor_type_llama_cpp_would_abort_on_is_refused(tmp_path, default_model, tensor,
+                                                           ggml_type, message):
+    bad = _retype(default_model, tmp_path / "bad.gguf", tensor, ggml_type)
+    assert read_header(bad).types[tensor] == ggml_type
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
+
+
+@pytest.mark.parametrize("shape, ggml_type, refused", [
+    ((576, 576), 9, True), ((576, 576), 15, True), ((576, 49152), 26, True),  # Q8_1 Q8_K I32
+    ((576, 576), 24, True), ((576, 576), 28, True),                           # I8 F64: null kernels
+    ((576,), 1, True), ((576,), 30, True), ((576,), 8, True),                 # 1-D F16 BF16 Q8_0
+    ((576,), 0, False), ((576, 576), 1, False), ((576, 576), 30, False),      # what converters write
+    ((576, 576), 34, False), ((576, 576), 39, False), ((576, 576), 12, False),
+])
+def test_check_tensor_types(shape, ggml_type, refused):
+    check = functools.partial(check_tensor_types, {"w": shape}, {"w": ggml_type}, "m.gguf")
+    if refused:
+        with pytest.raises(ModelLoadError, match="tensor w"):
+            check()
+    else:
+        check()
 
 
 # --- 2. integers that cross into llama.cpp's C types ------------------------------------------

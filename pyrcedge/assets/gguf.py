@@ -62,6 +62,7 @@ def _check_file(path: str, size: int, mtime_ns: int) -> None:
     header = read_header(path)
     check_hyperparameters(header.fields, path)
     check_layer_heads(header.fields, header.shapes, path)
+    check_tensor_types(header.shapes, header.types, path)
     check_tokenizer(header.fields, path)
 
 
@@ -207,3 +208,26 @@ def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]]
                 raise _damaged(source, f"metadata {k}attention.head_count_kv[{i}] = {n_kv} does not "
                                f"match blk.{i}.attn_{kind}.weight ({shape[1]} = "
                                f"{shape[1] // max(head, 1)} heads of {head})")
+
+
+# ggml types that hold no model weight: the integer and double types, and the blocks ggml-cpu
+# quantises activations into for a dot product (ggml.h's numbering)
+NOT_WEIGHT_TYPES = {9: "Q8_1", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64"}
+GGML_TYPE_F32 = 0
+
+
+def check_tensor_types(shapes: dict[str, tuple[int, ...]], types: dict[str, int],
+                       source: str) -> None:
+    """ModelLoadError for a tensor type that llama.cpp loads but the CPU backend aborts or jumps
+    to a null kernel on at the first decode (or, for token_embd, as it reserves its graph): a
+    1-D tensor (a norm's weight, a bias: applied by element-wise ops, which take F32 only with
+    F32 activations; every converter writes them in F32), or any tensor of a type in
+    NOT_WEIGHT_TYPES (no matrix product or row lookup takes it). llama.cpp refuses unknown types
+    itself."""
+    for name, ggml_type in types.items():
+        if ggml_type in NOT_WEIGHT_TYPES:
+            raise _damaged(source, f"tensor {name} has type {NOT_WEIGHT_TYPES[ggml_type]}, "
+                           "which holds no model weight")
+        if len(shapes.get(name, ())) == 1 and ggml_type != GGML_TYPE_F32:
+            raise _damaged(source, f"tensor {name} is 1-D of ggml type {ggml_type}, not F32 "
+                           "(llama.cpp applies it element-wise, in F32 only)")

@@ -107,10 +107,12 @@ class _Reader:
 
 @dataclass(frozen=True)
 class Header:
-    """A GGUF file's metadata and the shapes of its tensors (name -> dims, innermost first)."""
+    """A GGUF file's metadata and its tensors' shapes (name -> dims, innermost first) and ggml
+    types (name -> GGML_TYPE_* number)."""
 
     fields: dict[str, Field]
     shapes: dict[str, tuple[int, ...]]
+    types: dict[str, int]
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Field]:
@@ -152,6 +154,7 @@ def _read_header(r: _Reader, source: str) -> Header:
     if n_tensors > (r.size - r.pos) // _MIN_TENSOR_INFO:
         raise r.past_end()
     shapes: dict[str, tuple[int, ...]] = {}
+    types: dict[str, int] = {}
     for _ in range(n_tensors):
         name = r.string().decode("utf-8", "replace")
         n_dims = r.unpack("<I")
@@ -159,5 +162,6 @@ def _read_header(r: _Reader, source: str) -> Header:
             raise ModelLoadError(f"{source}: GGUF tensor {name} has {n_dims} dimensions (at most "
                                  f"{_MAX_DIMS})")
         shapes[name] = struct.unpack(f"<{n_dims}Q", r.take(8 * n_dims))
-        r.take(4 + 8)               # type and offset: llama.cpp checks them
-    return Header(fields, shapes)
+        types[name] = r.unpack("<I")
+        r.take(8)                   # the offset: llama.cpp checks it
+    return Header(fields, shapes, types)
