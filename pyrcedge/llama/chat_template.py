@@ -120,13 +120,6 @@ def render_budget(budget: RenderBudget) -> Iterator[RenderBudget]:
         _render.budget = outer
 
 
-@contextlib.contextmanager
-def step_limit(max_steps: int) -> Iterator[None]:
-    """Raise GenerationInputError once template code has run more than max_steps lines."""
-    with render_budget(RenderBudget(max_steps)):
-        yield
-
-
 class BoundedCodeGenerator(CodeGenerator):
     """Jinja's code generator, with `~` (string concatenation, which the sandbox cannot
     intercept) routed through BoundedEnvironment.bounded_join."""
