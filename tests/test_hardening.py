@@ -180,9 +180,12 @@ def test_a_chat_template_that_would_run_for_hours_or_fill_memory_is_stopped(
     llm.close()
 
 
-def _vocabulary(model: str, tokens: list[bytes]) -> dict[str, Field]:
-    return {"tokenizer.ggml.model": Field(STRING, model, 0),
+def _vocabulary(model: str, tokens: list[bytes], pre: str | None = None) -> dict[str, Field]:
+    meta = {"tokenizer.ggml.model": Field(STRING, model, 0),
             "tokenizer.ggml.tokens": Field(STRING, len(tokens), 0, True, tuple(tokens))}
+    if pre is not None:
+        meta["tokenizer.ggml.pre"] = Field(STRING, pre, 0)
+    return meta
 
 
 BYTES = [f"<0x{b:02X}>".encode() for b in range(256)]
@@ -190,11 +193,19 @@ BYTES = [f"<0x{b:02X}>".encode() for b in range(256)]
 
 @pytest.mark.parametrize("model,tokens,message", [
     ("no_vocab", [b"a"], "has no tokenizer"),
-    ("gpt2", [b"a", b"b", b"a"], "holds b'a' twice (ids 0 and 2)"),
+    ("gpt2", [b"a", b"b", b"a"], "holds b'a' twice (ids 0 and 2"),
     ("gpt2", [b"a", b"", b"[EMPTY_1]"], "holds b'[EMPTY_1]' twice"),   # llama.cpp's name for ""
     ("llama", BYTES[:10] + BYTES[11:], "no token for byte 0x0A"),      # no newline to fall back on
     ("llama", BYTES[:10] + [b"\n"] + BYTES[11:], None),               # the byte itself will do
     ("gpt2", [b"a", b"b"], None),
+    # llama.cpp reads a token's text up to its first NUL: GGML_ASSERT in the vocabulary's load
+    ("gpt2", [b"Hel", b"a", b"Hel\0lo"], "holds b'Hel' twice (ids 0 and 2"),
+    ("gpt2", [b"a", b"\0b"], None),                                   # "" is [EMPTY_1]
+    # greedy RWKV: "\xc3\xb6" with no token "\xc3" alone restarted from 0 for ever (bad_alloc)
+    ("rwkv", [b"a", b"\\xc3\\xb6", b"\\xc3\\xa9"], "begin with byte b'\\xc3' but no token"),
+    ("rwkv", [b"a", b"\\xc3\\xb6", b"\\xc3"], None),
+    ("rwkv", [b"a", b"\\tb"], "begin with byte b'\\t'"),              # RWKV's own escapes
+    ("rwkv", [b"a", b"\\tb", b"\\t"], None),
 ])
 def test_check_tokenizer(model, tokens, message):
     meta = _vocabulary(model, tokens)
@@ -203,6 +214,46 @@ def test_check_tokenizer(model, tokens, message):
         return
     with pytest.raises(ModelLoadError, match=re.escape(message)):
         check_tokenizer(meta, "m.gguf")
+
+
+def test_the_whitespace_pre_tokenizer_only_goes_with_its_model():
+    # it skips GPT-2's byte encoding, so BPE merges meet raw spaces: GGML_ASSERT in find_bpe_rank
+    with pytest.raises(ModelLoadError, match="'whitespace' goes with the 'whitespace' model"):
+        check_tokenizer(_vocabulary("gpt2", [b"a"], pre="whitespace"), "m.gguf")
+    check_tokenizer(_vocabulary("whitespace", [b"a"], pre="whitespace"), "m.gguf")
+
+
+def _respell(source: str, target: Path, strings: dict[str, str], scalars: dict[str, bytes]) -> Path:
+    """A copy of source with metadata strings replaced (their lengths must add up to the same
+    total, so that nothing after them moves) and scalars overwritten in place."""
+    meta = read_metadata(source)
+    data = bytearray(Path(source).read_bytes())
+    assert sum(len(v) - len(meta[k].value) for k, v in strings.items()) == 0
+    for key in sorted(strings, key=lambda k: meta[k].offset, reverse=True):
+        at, old = meta[key].offset, meta[key].value.encode()
+        data[at:at + 8 + len(old)] = struct.pack("<Q", len(strings[key])) + strings[key].encode()
+    for key, value in scalars.items():
+        data[meta[key].offset:meta[key].offset + len(value)] = value
+    target.write_bytes(data)
+    return target
+
+
+def test_a_special_token_the_tokenizer_adds_but_lacks_is_refused(tmp_path, default_model):
+    # T5's tokenizer (UGM) has no default BOS; an id outside the vocabulary falls back to it, and
+    # with add_bos_token llm.tokenize(b"Hello") aborted: GGML_ASSERT(special_bos_id != -1)
+    n_vocab = read_metadata(default_model)["tokenizer.ggml.tokens"].value
+    bad = _respell(default_model, tmp_path / "bad.gguf",
+                   {"tokenizer.ggml.model": "t5", "tokenizer.ggml.pre": "smollm__"},
+                   {"tokenizer.ggml.add_bos_token": b"\1",
+                    "tokenizer.ggml.bos_token_id": struct.pack("<I", n_vocab)})
+    with pytest.raises(ModelLoadError, match="adds the special token BOS to every prompt"):
+        pyrcedge.Llama(str(bad), kv_budget=64, n_threads=1)
+    fine = _respell(default_model, tmp_path / "fine.gguf",    # its own BOS id: loads and runs
+                    {"tokenizer.ggml.model": "t5", "tokenizer.ggml.pre": "smollm__"},
+                    {"tokenizer.ggml.add_bos_token": b"\1"})
+    llm = pyrcedge.Llama(str(fine), kv_budget=64, n_threads=1)
+    assert llm("Hello", max_tokens=2)["choices"]
+    llm.close()
 
 
 def test_the_tensor_index_reads_in_python(default_model):

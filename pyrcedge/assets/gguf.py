@@ -153,10 +153,14 @@ BYTE_FALLBACK = ("llama",)
 
 
 def check_tokenizer(meta: dict[str, Field], source: str) -> None:
-    """ModelLoadError for a vocabulary that llama.cpp loads but aborts on: a token text twice
-    (GGML_ASSERT in llama_vocab::impl::load; an empty text counts as "[EMPTY_<id>]", which is
-    what llama.cpp names it), no tokenizer (llama_tokenize asserts one), or an SPM vocabulary
-    missing a byte that its byte fallback looks up (an uncaught std::out_of_range)."""
+    """ModelLoadError for a vocabulary that llama.cpp loads but aborts or loops on: a token
+    text twice (GGML_ASSERT in llama_vocab::impl::load; llama.cpp reads a text up to its first
+    NUL, and names an empty one "[EMPTY_<id>]"), no tokenizer (llama_tokenize asserts one), an
+    SPM vocabulary missing a byte that its byte fallback looks up (an uncaught
+    std::out_of_range), the "whitespace" pre-tokenizer on another model's vocabulary (it skips
+    the byte encoding that BPE merges assume: GGML_ASSERT in find_bpe_rank), or an RWKV
+    vocabulary where a byte begins a token but is not one itself (the greedy tokenizer then
+    restarts from the text's start for ever, growing its output until memory runs out)."""
 
     def bad(what: str) -> ModelLoadError:
         return _damaged(source, f"tokenizer {what}")
@@ -168,16 +172,51 @@ def check_tokenizer(meta: dict[str, Field], source: str) -> None:
     tokens = meta.get("tokenizer.ggml.tokens")
     if tokens is None or not tokens.strings:
         return      # llama.cpp refuses a missing or empty vocabulary itself
+    pre = meta.get("tokenizer.ggml.pre")
+    if pre is not None and pre.value == "whitespace" and kind != "whitespace":
+        raise bad(f"tokenizer.ggml.pre 'whitespace' goes with the 'whitespace' model, not {kind!r}")
     ids: dict[bytes, int] = {}
     for i, t in enumerate(tokens.strings):
-        t = t or f"[EMPTY_{i}]".encode()
+        t = t.split(b"\0", 1)[0] or f"[EMPTY_{i}]".encode()
         if ids.setdefault(t, i) != i:
-            raise bad(f"tokenizer.ggml.tokens holds {t!r} twice (ids {ids[t]} and {i})")
+            raise bad(f"tokenizer.ggml.tokens holds {t!r} twice (ids {ids[t]} and {i}; a text "
+                      "ends at its first NUL)")
+    if kind == "rwkv":
+        texts = {_unescape_rwkv(t) for t in ids}
+        for first in sorted({t[:1] for t in texts if t} - texts):
+            raise bad(f"'rwkv' vocabulary has tokens that begin with byte {first!r} but no token "
+                      "for that byte alone, which its greedy tokenizer needs")
     if kind in BYTE_FALLBACK:
         for b in range(256):
             if f"<0x{b:02X}>".encode() not in ids and bytes([b]) not in ids:
                 raise bad(f"{kind!r} has no token for byte 0x{b:02X} (neither <0x{b:02X}> nor the "
                           "byte itself), which its byte fallback needs")
+
+
+def _unescape_rwkv(text: bytes) -> bytes:
+    """An RWKV token's bytes, as llama.cpp's llama_unescape_rwkv_token reads its text:
+    backslash escapes \\t \\n \\r and \\xNN (any other escaped byte stands for itself),
+    the hex digits taken as it takes them."""
+    out, i = bytearray(), 0
+    while i < len(text):
+        c = text[i]
+        if c == 0x5C and i + 1 < len(text):     # a backslash
+            e = text[i + 1]
+            i += 2
+            if e == ord("x"):
+                digits, value = text[i:i + 2], 0
+                for d in digits:
+                    value = (value * 16 + (d - 87 if d >= ord("a") else d - 48)) & 0xFF
+                if len(digits) == 2:        # a code cut short by the text's end is dropped
+                    out.append(value)
+                i += 2
+            else:
+                out.append({ord("t"): 9, ord("n"): 10, ord("r"): 13}.get(e, e))
+        else:
+            if c != 0x5C:
+                out.append(c)
+            i += 1
+    return bytes(out)
 
 
 def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]], source: str) -> None:
