@@ -60,6 +60,9 @@ HOSTILE = {
     "output": "{% for i in range(99999) %}{{ 'x' * 10**4 }}{% endfor %}",
     "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}"
                     "{% endfor %}",
+    # a generator's size is known only once it has run: joined, it made 10 GB in 75 s
+    "join generator": "{{ ('x' * 10**5).join(range(10**5)|map('string')) }}",
+    "join filter generator": "{{ range(10**5)|map('string')|join('x' * 10**5) }}",
 }
 
 
@@ -71,6 +74,19 @@ def test_a_hostile_template_is_refused_in_a_moment(source):
     with pytest.raises(pyrcedge.GenerationInputError, match="chat template"):
         BoundedTemplate(template).render(messages=[])
     assert time.perf_counter() - t < 5
+
+
+# A filter runs over up to 100,000 items in one step of a loop: hours, under the step limit
+SLOW = ["{% for i in range(99999) %}{% set x = range(99999)|map('string')|list %}{% endfor %}",
+        "{% for i in range(99999) %}{% set x = range(99999)|select('odd')|list %}{% endfor %}"]
+
+
+@pytest.mark.parametrize("source", SLOW)
+def test_a_template_that_works_for_hours_in_few_steps_is_stopped_by_the_clock(source):
+    t = time.perf_counter()
+    with pytest.raises(pyrcedge.GenerationInputError, match="ran for more than 1 s"):
+        BoundedTemplate(environment().from_string(source), max_seconds=1).render(messages=[])
+    assert time.perf_counter() - t < 3
 
 
 def test_lipsum_is_not_offered():

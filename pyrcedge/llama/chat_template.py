@@ -15,11 +15,14 @@ RenderBudget:
 - steps: the lines the template's own compiled code runs (a trace function on frames of code
   named "<template>", what Jinja names a template compiled from a string), plus one step per 64
   characters each checked operation makes; past the budget, GenerationInputError;
+- time: a filter runs over up to 100,000 items in one step, so the clock is read every 256
+  steps too, and a render past MAX_TEMPLATE_SECONDS is stopped the same way;
 - size: every operation that can outgrow its operands (the intercepted operators `* ** % +` and
   `~`, every call and filter) is sized before it runs (template_sizes) and refused past the size
   limit, as is an output past it. The limits grow with the input: a template may make
   MAX_TEMPLATE_CHARS plus 4 times the size of the messages it is given, and run
-  MAX_TEMPLATE_STEPS plus one step per 16 characters of them.
+  MAX_TEMPLATE_STEPS plus one step per 16 characters of them, MAX_TEMPLATE_SECONDS plus one
+  second per 100,000 characters.
 Real templates (tests/test_chat_template.py renders the default models' own) stay far inside.
 """
 
@@ -30,8 +33,10 @@ import functools
 import inspect
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from types import FrameType
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -43,6 +48,7 @@ from . import template_sizes
 
 MAX_TEMPLATE_STEPS = 2_000_000     # room for 20,000 messages of a 100-line template
 MAX_TEMPLATE_CHARS = 1 << 20       # 1M characters for one value or the output, beyond 4x the input
+MAX_TEMPLATE_SECONDS = 10.0        # and one second per 100,000 characters of the input
 CHARS_PER_STEP = 64                # what one step of the budget pays for in a sized operation
 TEMPLATE_FILENAME = "<template>"   # what Jinja names the code of a template compiled from a string
 
@@ -50,24 +56,40 @@ Tracer = Callable[[FrameType, str, Any], Any]
 
 
 class RenderBudget:
-    """What one render may still spend: steps and the size of any one value."""
+    """What one render may still spend: steps, seconds and the size of any one value."""
 
-    def __init__(self, max_steps: int = MAX_TEMPLATE_STEPS,
-                 max_chars: int = MAX_TEMPLATE_CHARS) -> None:
+    def __init__(self, max_steps: int = MAX_TEMPLATE_STEPS, max_chars: int = MAX_TEMPLATE_CHARS,
+                 max_seconds: float = MAX_TEMPLATE_SECONDS) -> None:
         self.steps_left, self.max_steps, self.max_chars = max_steps, max_steps, max_chars
+        self.max_seconds, self.deadline = max_seconds, time.monotonic() + max_seconds
+        self.ticks = 0
 
     @classmethod
-    def for_input(cls, given: Any, max_steps: int = MAX_TEMPLATE_STEPS) -> RenderBudget:
+    def for_input(cls, given: Any, max_steps: int = MAX_TEMPLATE_STEPS,
+                  max_seconds: float = MAX_TEMPLATE_SECONDS) -> RenderBudget:
         """The budget of a render given these variables (the messages and the rest)."""
         size = template_sizes.size_of(given, 1 << 40)
-        return cls(max_steps + size // 16, MAX_TEMPLATE_CHARS + 4 * size)
+        return cls(max_steps + size // 16, MAX_TEMPLATE_CHARS + 4 * size,
+                   max_seconds + size / 100_000)
 
     def step(self, steps: int = 1) -> None:
+        """Charge steps (a line: 1), looking at the clock every 256 lines."""
         self.steps_left -= steps
         if self.steps_left < 0:
             raise GenerationInputError(
                 f"the model's chat template ran more than {self.max_steps} steps (loops inside "
                 "loops?); the model file's tokenizer.chat_template cannot format a chat")
+        self.ticks += 1
+        if self.ticks & 255 == 0:
+            self.check_clock()
+
+    def check_clock(self) -> None:
+        """After every sized operation too: a filter can run over 100,000 items in one step
+        (`range(99999)|select('odd')|list` in a loop took hours)."""
+        if time.monotonic() > self.deadline:
+            raise GenerationInputError(
+                f"the model's chat template ran for more than {self.max_seconds:.0f} s; the model "
+                "file's tokenizer.chat_template cannot format a chat")
 
     def allow(self, size: int, what: str) -> None:
         """Refuse an operation that would make a value of more than max_chars."""
@@ -81,6 +103,7 @@ class RenderBudget:
         size = template_sizes.size_of(value, self.max_chars)
         self.allow(size, "a value")
         self.step(size // CHARS_PER_STEP)
+        self.check_clock()
         return value
 
 
@@ -143,6 +166,7 @@ def _sized_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]
     @functools.wraps(function)
     def sized(*args: Any, **kwargs: Any) -> Any:
         budget = current_budget()
+        args = _materialized(args, skip)
         _check_counts(budget, args[skip + 1:], kwargs)
         budget.allow(template_sizes.filter_size(name, args[skip:], kwargs, budget.max_chars),
                      f"the filter {name} to make a value")
@@ -150,6 +174,14 @@ def _sized_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]
 
     sized.__dict__["pyrcedge_sized"] = True
     return sized
+
+
+def _materialized(args: tuple[Any, ...], at: int) -> tuple[Any, ...]:
+    """args with the one at `at`, when an iterator (a generator from map or select), made a
+    list: an iterator's size is unknown until it has run, and the call would consume it anyway."""
+    if len(args) > at and isinstance(args[at], Iterator):
+        return (*args[:at], list(args[at]), *args[at + 1:])
+    return args
 
 
 def _check_counts(budget: RenderBudget, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
@@ -177,6 +209,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             size = len(left) + len(right)
             budget.allow(size, "the result of +")
             budget.step(size // CHARS_PER_STEP)
+            budget.check_clock()
             return left + right
         budget.allow(template_sizes.binop_size(operator, left, right, budget.max_chars),
                      f"the result of {operator}")
@@ -184,6 +217,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         budget = current_budget()
+        args = _materialized(args, 0)
         _check_counts(budget, args, kwargs)
         method = getattr(__obj, "__wrapped__", __obj)     # the sandbox wraps str.format
         budget.allow(template_sizes.method_size(method, args, kwargs, budget.max_chars),
@@ -216,11 +250,13 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 class BoundedTemplate:
     """A compiled jinja2 Template whose render runs under a RenderBudget sized by its input."""
 
-    def __init__(self, template: Any, max_steps: int = MAX_TEMPLATE_STEPS) -> None:
-        self.template, self.max_steps = template, max_steps
+    def __init__(self, template: Any, max_steps: int = MAX_TEMPLATE_STEPS,
+                 max_seconds: float = MAX_TEMPLATE_SECONDS) -> None:
+        self.template, self.max_steps, self.max_seconds = template, max_steps, max_seconds
 
     def render(self, *args: Any, **kwargs: Any) -> str:
-        with render_budget(RenderBudget.for_input((args, kwargs), self.max_steps)):
+        budget = RenderBudget.for_input((args, kwargs), self.max_steps, self.max_seconds)
+        with render_budget(budget):
             return str(self.template.render(*args, **kwargs))
 
 

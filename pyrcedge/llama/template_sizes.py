@@ -156,10 +156,15 @@ def method_size(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], limi
     return 0
 
 
+# the filters whose result can outgrow their value and arguments together
+SIZED_FILTERS = frozenset({"replace", "join", "center", "format", "indent", "wordwrap", "tojson",
+                           "pprint", "urlize", "batch", "slice"})
+
+
 def filter_size(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> int:
     """Bound on what a Jinja filter returns, for the filters whose result can outgrow their
     value and arguments together (0 for the others); args[0] is the filtered value."""
-    if not args:
+    if not args or name not in SIZED_FILTERS:
         return 0
     value, rest = args[0], args[1:]
     every = (*rest, kwargs)
