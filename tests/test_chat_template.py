@@ -61,8 +61,8 @@ HOSTILE = {
     "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}"
                     "{% endfor %}",
     # a generator's size is known only once it has run: joined, it made 10 GB in 75 s
-    "join generator": "{{ ('x' * 10**5).join(range(10**5)|map('string')) }}",
-    "join filter generator": "{{ range(10**5)|map('string')|join('x' * 10**5) }}",
+    "join generator": "{{ ('x' * 10**6).join(range(10**4)|map('string')) }}",
+    "join filter generator": "{{ range(10**4)|map('string')|join('x' * 10**6) }}",
 }
 
 
