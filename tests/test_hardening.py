@@ -25,7 +25,13 @@ from conftest import serving
 
 import pyrcedge
 from pyrcedge import ModelLoadError, SessionError, session
-from pyrcedge.assets.gguf import check_gguf, check_layer_heads, check_tensor_types, check_tokenizer
+from pyrcedge.assets.gguf import (
+    check_gguf,
+    check_head_sizes,
+    check_layer_heads,
+    check_tensor_types,
+    check_tokenizer,
+)
 from pyrcedge.assets.gguf_header import _SCALAR, STRING, Field, read_header, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
@@ -286,6 +292,65 @@ def test_per_layer_kv_heads_must_match_the_weights(heads_kv, message):
             check_layer_heads(meta, shapes, "m.gguf")
     del shapes["blk.2.attn_k.weight"], shapes["blk.2.attn_v.weight"]    # a layer without its own K
     check_layer_heads(meta, shapes, "m.gguf")                           # and V: nothing to compare
+
+
+def _with_u32_array(source: str, target: Path, key: str, values: list[int]) -> Path:
+    """A copy of source whose scalar metadata `key` is a u32 array of values: the key-value
+    section grows, so the tensor index moves and the data section is re-aligned (tensor offsets
+    are relative to it)."""
+    header, data = read_header(source), Path(source).read_bytes()
+    at = header.fields[key].offset - 4           # the value's type, then the scalar
+    array = struct.pack("<IIQ", 9, 4, len(values)) + struct.pack(f"<{len(values)}I", *values)
+    head = data[:at] + array + data[at + 4 + 4:header.index_end]
+    assert "general.alignment" not in header.fields        # GGUF's default, 32 bytes
+    target.write_bytes(head + bytes(-len(head) % 32) + data[header.data_offset:])
+    return target
+
+
+PROBED_READ = """
+import sys, pyrcedge
+llm = pyrcedge.Llama(sys.argv[1], kv_budget=64, n_threads=1)
+out = llm(" ".join(["word"] * 200) + " What is the word?", max_tokens=4)
+print("read", out["usage"]["kv_cache"]["evictions"] > 0)
+"""
+
+
+def test_a_per_layer_head_count_the_graph_ignores_leaves_the_probe_decoding(tmp_path,
+                                                                          default_model):
+    # llama's graph uses layer 0's head count everywhere; the kept probe queries were sized by
+    # each layer's own, and the first probed read aborted the process in pyrcedge's native code
+    # (GGML_ASSERT in llama_rcedge_graph_keep_queries): now that layer keeps no queries and the
+    # probe is decoded instead
+    n_layer = read_metadata(default_model)["llama.block_count"].value
+    heads = [9] * n_layer
+    heads[3] = 7
+    bad = _with_u32_array(default_model, tmp_path / "heads.gguf", "llama.attention.head_count",
+                          heads)
+    assert read_metadata(bad)["llama.attention.head_count"].value == tuple(heads)
+    done = run_python(PROBED_READ, str(bad))
+    assert done.returncode == 0 and "read True" in done.stdout, done.stderr[-1500:]
+
+
+@pytest.mark.parametrize("extra, message", [
+    # qwen2's graph asserted n_embd_head == n_rot as the context reserved it
+    ({"rope.dimension_count": 128}, "rope.dimension_count = 128 does not fit a head of 64"),
+    ({"rope.dimension_count": 63}, "rope.dimension_count = 63 does not fit"),
+    ({"rope.dimension_count": 0}, "rope.dimension_count = 0 does not fit"),
+    ({"rope.dimension_count": 32}, None),           # partial rotary (phi2, stablelm) is real
+    ({"rope.dimension_count": 64}, None),
+    # qwen2 sizes K by the value head: its graph asserted n_embd_head == n_embd_head_k
+    ({"attention.key_length": 32}, "key_length = 32 does not match blk.0.attn_k.weight (192"),
+    ({"attention.key_length": 64}, None),
+    ({"attention.key_length": 32, "attention.key_length_swa": 32}, None),   # SWA layers differ
+])
+def test_head_sizes_must_fit_the_heads_and_the_weights(extra, message):
+    meta, shapes = _layers([3, 3, 3])
+    meta.update({f"llama.{key}": Field(4, value, 0) for key, value in extra.items()})
+    if message is None:
+        check_head_sizes(meta, shapes, "m.gguf")
+    else:
+        with pytest.raises(ModelLoadError, match=re.escape(message)):
+            check_head_sizes(meta, shapes, "m.gguf")
 
 
 def _retype(source: str, target: Path, tensor: str, ggml_type: int) -> Path:

@@ -30,7 +30,14 @@
 ggml_tensor * llama_rcedge_graph_keep_queries(ggml_context * ctx, const llama_rcedge_layer_scores & rc,
         ggml_tensor * q, float kq_scale) {
     llama_rcedge_probe_layer & pl = *rc.probe;
-    GGML_ASSERT(q->ne[0] == pl.q->ne[0] && q->ne[1] == pl.q->ne[1] && q->ne[3] == 1);
+    if (q->ne[0] != pl.q->ne[0] || q->ne[1] != pl.q->ne[1] || q->ne[3] != 1) {
+        // the store is sized by the layer's hparams; a graph that computes another head count for
+        // this layer (a per-layer head_count on an architecture whose graph reads layer 0's) keeps
+        // nothing, and llama_rcedge_probe_max then refuses (LLAMA_RCEDGE_ERR_NO_QUERIES): the
+        // probe is decoded instead. q is in the graph already: expanding it adds nothing.
+        pl.n = 0;
+        return q;
+    }
     const int64_t n = std::min(q->ne[2], pl.q->ne[2]);
     pl.kq_scale = kq_scale;
     pl.n = (int32_t) n;

@@ -62,6 +62,7 @@ def _check_file(path: str, size: int, mtime_ns: int) -> None:
     header = read_header(path)
     check_hyperparameters(header.fields, path)
     check_layer_heads(header.fields, header.shapes, path)
+    check_head_sizes(header.fields, header.shapes, path)
     check_tensor_types(header.shapes, header.types, path)
     check_tokenizer(header.fields, path)
 
@@ -270,3 +271,33 @@ def check_tensor_types(shapes: dict[str, tuple[int, ...]], types: dict[str, int]
         if len(shapes.get(name, ())) == 1 and ggml_type != GGML_TYPE_F32:
             raise _damaged(source, f"tensor {name} is 1-D of ggml type {ggml_type}, not F32 "
                            "(llama.cpp applies it element-wise, in F32 only)")
+
+
+def check_head_sizes(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]],
+                     source: str) -> None:
+    """ModelLoadError for attention head sizes that llama.cpp loads but aborts on as it reserves
+    its graph: a rope.dimension_count that no head can hold (0, odd, or over the key head
+    size: GGML_ASSERT(n_embd_head == n_rot) in qwen2's graph), and an attention.key_length that
+    disagrees with layer 0's K weight (key_length x head_count_kv columns; qwen2 sizes K by the
+    value head, so its graph asserted n_embd_head == n_embd_head_k). Skipped where K comes from
+    another tensor (fused QKV, MLA) or sliding-window layers have head sizes of their own."""
+    arch = _architecture(meta)
+    if arch is None:
+        return
+    k = f"{arch}."
+    heads = _ints(meta.get(k + "attention.head_count"))
+    heads_kv = _ints(meta.get(k + "attention.head_count_kv")) or heads
+    embd = _ints(meta.get(k + "embedding_length"))
+    key_length = _ints(meta.get(k + "attention.key_length"))
+    head = key_length[0] if key_length else embd[0] // heads[0] if embd and heads and heads[0] \
+        else None
+    rot = _ints(meta.get(k + "rope.dimension_count"))
+    if rot and head and not (0 < rot[0] <= head and rot[0] % 2 == 0):
+        raise _damaged(source, f"metadata {k}rope.dimension_count = {rot[0]} does not fit a head "
+                       f"of {head} (RoPE turns an even number of a head's dimensions, at most all)")
+    shape = shapes.get("blk.0.attn_k.weight")
+    own_swa = any(key.startswith(k) and key.endswith("_swa") for key in meta)
+    if key_length and heads_kv and shape is not None and len(shape) == 2 and not own_swa \
+            and shape[1] != key_length[0] * heads_kv[0]:
+        raise _damaged(source, f"metadata {k}attention.key_length = {key_length[0]} does not match "
+                       f"blk.0.attn_k.weight ({shape[1]} columns for {heads_kv[0]} KV heads)")

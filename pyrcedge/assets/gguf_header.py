@@ -20,7 +20,8 @@ from typing import Any
 from ..errors import ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
-GGUF_VERSIONS = (2, 3)     # what llama.cpp reads (version 1 was refused long ago)
+GGUF_VERSIONS = (2, 3)
+GGUF_DEFAULT_ALIGNMENT = 32   # of the tensor data, unless general.alignment says otherwise     # what llama.cpp reads (version 1 was refused long ago)
 
 # GGUF value types: (struct format) for the fixed-size ones; STRING = 8, ARRAY = 9
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
@@ -113,6 +114,8 @@ class Header:
     fields: dict[str, Field]
     shapes: dict[str, tuple[int, ...]]
     types: dict[str, int]
+    index_end: int                # where the tensor index ends
+    data_offset: int              # where the tensor data starts (index_end, aligned)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Field]:
@@ -164,4 +167,7 @@ def _read_header(r: _Reader, source: str) -> Header:
         shapes[name] = struct.unpack(f"<{n_dims}Q", r.take(8 * n_dims))
         types[name] = r.unpack("<I")
         r.take(8)                   # the offset: llama.cpp checks it
-    return Header(fields, shapes, types)
+    alignment = fields.get("general.alignment")
+    align = alignment.value if alignment is not None and isinstance(alignment.value, int) \
+        and alignment.value > 0 else GGUF_DEFAULT_ALIGNMENT
+    return Header(fields, shapes, types, r.pos, -(-r.pos // align) * align)
