@@ -220,6 +220,19 @@ def _unescape_rwkv(text: bytes) -> bytes:
     return bytes(out)
 
 
+def _head_size(meta: dict[str, Field], k: str, length_key: str, layer: int) -> int | None:
+    """A layer's key or value head size (length_key "key_length" or "value_length"), as
+    llama.cpp takes it: the attention.* key, else embedding_length / that layer's head_count;
+    None when neither is known."""
+    length = _ints(meta.get(k + "attention." + length_key))
+    if length:
+        return length[0]
+    heads = _ints(meta.get(k + "attention.head_count"))
+    embd = _ints(meta.get(k + "embedding_length"))
+    n_head = heads[min(layer, len(heads) - 1)] if heads else 0
+    return embd[0] // n_head if embd and n_head else None
+
+
 def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]], source: str) -> None:
     """ModelLoadError when a per-layer head_count_kv disagrees with that layer's K or V weight.
     llama.cpp checks each weight's shape against layer 0's head count, but sizes every layer's
@@ -232,17 +245,11 @@ def check_layer_heads(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]]
     heads_kv = meta.get(k + "attention.head_count_kv")
     if heads_kv is None or not heads_kv.is_array or len(set(_ints(heads_kv))) <= 1:
         return      # one count for every layer: llama.cpp checks the weights against it
-    heads = _ints(meta.get(k + "attention.head_count"))
-    embd = _ints(meta.get(k + "embedding_length"))
     for kind, length_key in (("k", "key_length"), ("v", "value_length")):
-        length = _ints(meta.get(k + "attention." + length_key))
         for i, n_kv in enumerate(_ints(heads_kv)):
             shape = shapes.get(f"blk.{i}.attn_{kind}.weight")
-            if length:
-                head = length[0]
-            elif embd and heads and heads[min(i, len(heads) - 1)]:
-                head = embd[0] // heads[min(i, len(heads) - 1)]
-            else:
+            head = _head_size(meta, k, length_key, i)
+            if head is None:
                 return
             if shape is not None and len(shape) == 2 and shape[1] != n_kv * head:
                 raise _damaged(source, f"metadata {k}attention.head_count_kv[{i}] = {n_kv} does not "
@@ -285,12 +292,10 @@ def check_head_sizes(meta: dict[str, Field], shapes: dict[str, tuple[int, ...]],
     if arch is None:
         return
     k = f"{arch}."
-    heads = _ints(meta.get(k + "attention.head_count"))
-    heads_kv = _ints(meta.get(k + "attention.head_count_kv")) or heads
-    embd = _ints(meta.get(k + "embedding_length"))
+    heads_kv = _ints(meta.get(k + "attention.head_count_kv")) \
+        or _ints(meta.get(k + "attention.head_count"))
     key_length = _ints(meta.get(k + "attention.key_length"))
-    head = key_length[0] if key_length else embd[0] // heads[0] if embd and heads and heads[0] \
-        else None
+    head = _head_size(meta, k, "key_length", 0)
     rot = _ints(meta.get(k + "rope.dimension_count"))
     if rot and head and not (0 < rot[0] <= head and rot[0] % 2 == 0):
         raise _damaged(source, f"metadata {k}rope.dimension_count = {rot[0]} does not fit a head "

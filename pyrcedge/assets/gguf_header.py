@@ -2,8 +2,8 @@
 
 Only the header and the key-value section are read (for the default model: about 2 MB, most of
 it the tokenizer's vocabulary: its tokens are read as bytes, for the checks llama.cpp would abort
-on; every other string array is skipped without reading), then the tensor index (names and
-shapes), never the tensors. Every length is checked against the
+on; every other string array is skipped without reading), then the tensor index (names,
+shapes and types), never the tensors. Every length is checked against the
 file's size, so a crafted header fails here with ModelLoadError instead of allocating or
 looping on what it claims.
 """
@@ -20,8 +20,8 @@ from typing import Any
 from ..errors import ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
-GGUF_VERSIONS = (2, 3)
-GGUF_DEFAULT_ALIGNMENT = 32   # of the tensor data, unless general.alignment says otherwise     # what llama.cpp reads (version 1 was refused long ago)
+GGUF_VERSIONS = (2, 3)     # what llama.cpp reads (version 1 was refused long ago)
+GGUF_DEFAULT_ALIGNMENT = 32   # of the tensor data, unless general.alignment says otherwise
 
 # GGUF value types: (struct format) for the fixed-size ones; STRING = 8, ARRAY = 9
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",

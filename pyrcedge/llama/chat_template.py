@@ -98,12 +98,16 @@ class RenderBudget:
                 f"the model's chat template asked for {what} of more than {self.max_chars} "
                 "characters; the model file's tokenizer.chat_template cannot format a chat")
 
-    def spend(self, value: Any) -> Any:
-        """Charge a checked operation's result to the budget and pass it on."""
-        size = template_sizes.size_of(value, self.max_chars)
-        self.allow(size, "a value")
+    def charge(self, size: int, what: str) -> None:
+        """A checked operation that made `what` of `size` characters: refused past the size
+        limit, else charged its steps, and the clock read."""
+        self.allow(size, what)
         self.step(size // CHARS_PER_STEP)
         self.check_clock()
+
+    def spend(self, value: Any) -> Any:
+        """Charge a checked operation's result to the budget and pass it on."""
+        self.charge(template_sizes.size_of(value, self.max_chars), "a value")
         return value
 
 
@@ -206,10 +210,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         budget = current_budget()
         if operator == "+" and type(left) is str and type(right) is str:  # most of a chat's
-            size = len(left) + len(right)
-            budget.allow(size, "the result of +")
-            budget.step(size // CHARS_PER_STEP)
-            budget.check_clock()
+            budget.charge(len(left) + len(right), "the result of +")
             return left + right
         budget.allow(template_sizes.binop_size(operator, left, right, budget.max_chars),
                      f"the result of {operator}")
@@ -262,7 +263,7 @@ class BoundedTemplate:
 
 _patch_lock = threading.Lock()
 _patch_depth = 0                      # loads under way in bounded_environments
-_patched_from: list[type] = []        # the class llama_cpp had before them
+_LLAMA_CPP_ENVIRONMENT = llama_chat_format.ImmutableSandboxedEnvironment   # what it had
 
 
 @contextlib.contextmanager
@@ -273,7 +274,6 @@ def bounded_environments() -> Iterator[None]:
     global _patch_depth
     with _patch_lock:
         if _patch_depth == 0:
-            _patched_from.append(llama_chat_format.ImmutableSandboxedEnvironment)
             llama_chat_format.ImmutableSandboxedEnvironment = BoundedEnvironment  # type: ignore
         _patch_depth += 1
     try:
@@ -282,8 +282,7 @@ def bounded_environments() -> Iterator[None]:
         with _patch_lock:
             _patch_depth -= 1
             if _patch_depth == 0:
-                llama_chat_format.ImmutableSandboxedEnvironment = _patched_from.pop()  # type: ignore
-
+                llama_chat_format.ImmutableSandboxedEnvironment = _LLAMA_CPP_ENVIRONMENT  # type: ignore
 
 
 def bound_chat_templates(handlers: dict[str, Any], max_steps: int = MAX_TEMPLATE_STEPS) -> int:

@@ -51,7 +51,7 @@ from ..native.batch import fill_batch
 from . import inputs, usage
 from .chat_template import bound_chat_templates, bounded_environments
 from .settings import DEFAULT_PROBE, DEFAULT_RECALL, BudgetSettings, check_count, check_threads
-from .special_tokens import SPECIAL_TOKEN_KEYS, missing_special_token
+from .special_tokens import check_special_tokens
 
 # The history a budgeted Llama may hold: positions are int32 in llama.cpp.
 LOGICAL_CONTEXT = 2**31 - 1
@@ -156,14 +156,11 @@ class Llama(llama_cpp.Llama):
         finally:
             lib.llama_rcedge_set_exact_n_ctx(prev)
         bound_chat_templates(self._chat_handlers)     # the model file's templates: a budget
-        missing = missing_special_token(self.model)
-        if missing is not None:
+        try:
+            check_special_tokens(self.model, path)
+        except ModelLoadError:
             self.close()
-            raise ModelLoadError(f"{path}: its tokenizer adds the special token {missing} to every "
-                                 f"prompt but has none (tokenizer.ggml.{SPECIAL_TOKEN_KEYS[missing]} "
-                                 "is missing or outside the vocabulary, and the tokenizer has no "
-                                 "default); llama.cpp would abort the process whenever it "
-                                 "tokenizes with special tokens (Llama.tokenize's default)")
+            raise
 
         self._allocated = int(lib.llama_rcedge_kv_bytes(_native.context_ptr(self.ctx)))
         self._cell_bytes = self._allocated // max(1, _native.kv_cells_total(self.ctx))

@@ -15,6 +15,8 @@ from typing import Any
 
 import llama_cpp
 
+from ..errors import ModelLoadError
+
 LLAMA_TOKEN_NULL = -1
 # the metadata keys of the special tokens (GGUF spells the separator's so)
 SPECIAL_TOKEN_KEYS = {"BOS": "bos_token_id", "EOS": "eos_token_id", "SEP": "seperator_token_id"}
@@ -38,3 +40,14 @@ def missing_special_token(model: Any) -> str | None:
     else:
         return None
     return next((name for name, token in added.items() if token == LLAMA_TOKEN_NULL), None)
+
+
+def check_special_tokens(model: Any, path: str) -> None:
+    """ModelLoadError when the loaded model's tokenizer adds a special token it lacks."""
+    missing = missing_special_token(model)
+    if missing is not None:
+        raise ModelLoadError(f"{path}: its tokenizer adds the special token {missing} to every "
+                             f"prompt but has none (tokenizer.ggml.{SPECIAL_TOKEN_KEYS[missing]} "
+                             "is missing or outside the vocabulary, and the tokenizer has no "
+                             "default); llama.cpp would abort the process whenever it tokenizes "
+                             "with special tokens (Llama.tokenize's default)")

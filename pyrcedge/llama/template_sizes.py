@@ -12,7 +12,7 @@ prints to); an integer counts its decimal digits.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 MAX_INT_BITS = 1 << 14      # about 4,900 decimal digits: Python itself refuses to print 4,300
 
@@ -62,24 +62,25 @@ def depth_of(value: Any, limit: int = 64) -> int:
     return depth
 
 
+def _one_level(args: Iterable[Any]) -> Iterator[Any]:
+    """args, and the items of the lists, tuples and dicts (values) among them."""
+    for arg in args:
+        if isinstance(arg, dict):
+            yield from arg.values()
+        elif isinstance(arg, (list, tuple)):
+            yield from arg
+        else:
+            yield arg
+
+
 def ints_in(args: Iterable[Any]) -> list[int]:
     """The integers among args and one level inside the containers among them."""
-    found: list[int] = []
-    for arg in args:
-        items = arg.values() if isinstance(arg, dict) else arg if isinstance(arg, (list, tuple)) \
-            else (arg,)
-        found.extend(i for i in items if isinstance(i, int) and not isinstance(i, bool))
-    return found
+    return [i for i in _one_level(args) if isinstance(i, int) and not isinstance(i, bool)]
 
 
 def strings_in(args: Iterable[Any]) -> int:
     """Characters of the strings among args and one level inside the containers among them."""
-    total = 0
-    for arg in args:
-        items = arg.values() if isinstance(arg, dict) else arg if isinstance(arg, (list, tuple)) \
-            else (arg,)
-        total += sum(len(i) for i in items if isinstance(i, str))
-    return total
+    return sum(len(i) for i in _one_level(args) if isinstance(i, str))
 
 
 def format_size(template: str, args: tuple[Any, ...], limit: int) -> int:
